@@ -23,3 +23,54 @@ inline std::string source_path(const std::string& rel) {
     if (!std::filesystem::exists(::eigenkv::testing::shared_path(rel)))               \
       GTEST_SKIP() << "skipped: ../shared/" << (rel) << " is absent";                \
   } while (0)
+
+#include <array>
+#include <cstdio>
+#include <memory>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace eigenkv::testing {
+
+// Runs a shell command; returns its stdout and sets *status to its exit status.
+inline std::string run_command(const std::string& command, int* status = nullptr) {
+  std::string out;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) {
+    if (status) *status = -1;
+    return out;
+  }
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
+  const int rc = ::pclose(pipe);
+  if (status) *status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  return out;
+}
+
+// Debian's python3 with numpy runs the float64 reference (scripts/reference/).
+inline bool have_reference_python() {
+  int status = 0;
+  run_command("/usr/bin/python3 -c 'import numpy' 2>/dev/null", &status);
+  return status == 0;
+}
+
+inline std::string reference_script() {
+  return "/usr/bin/python3 " + source_path("scripts/reference/eigenkv_ref.py");
+}
+
+inline std::string eigenkv_binary() { return EIGENKV_BINARY; }
+
+inline std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() /
+          ("eigenkv_test_" + std::to_string(::getpid()) + "_" + name))
+      .string();
+}
+
+}  // namespace eigenkv::testing
+
+#define EKV_REQUIRE_REFERENCE()                                                        \
+  do {                                                                                 \
+    if (!::eigenkv::testing::have_reference_python())                                  \
+      GTEST_SKIP() << "skipped: /usr/bin/python3 with numpy (python3-numpy) is absent"; \
+  } while (0)

@@ -1,0 +1,40 @@
+#include "cli/common.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "util/error.h"
+#include "util/threads.h"
+
+namespace eigenkv::cli {
+
+void add_model_flags(CLI::App* app, ModelFlags& flags, bool required) {
+  auto* m = app->add_option("-m,--model", flags.model,
+                            "model: a .gguf file or a Hugging Face directory (config.json + "
+                            "safetensors + tokenizer.json)");
+  if (required) m->required();
+  app->add_option("-t,--threads", flags.threads, "threads (default: all cores)")
+      ->check(CLI::PositiveNumber);
+}
+
+std::unique_ptr<model::Model> load_model(const ModelFlags& flags) {
+  set_thread_count(flags.threads);
+  return model::Model::load(flags.model);
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, ": cannot open");
+  std::ostringstream s;
+  s << in.rdbuf();
+  std::string text = s.str();
+  EKV_CHECK(!text.empty(), path, ": the file is empty");
+  return text;
+}
+
+std::string prompt_text(const std::string& prompt, const std::string& file) {
+  EKV_CHECK(prompt.empty() || file.empty(), "give the text with -p or -f, not both");
+  return file.empty() ? prompt : read_text_file(file);
+}
+
+}  // namespace eigenkv::cli

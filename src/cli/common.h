@@ -1,0 +1,35 @@
+// Flags and helpers shared by the subcommands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+
+namespace eigenkv::cli {
+
+struct ModelFlags {
+  std::string model;
+  int threads = 0;  // 0: all cores
+};
+
+// -m/--model (required unless `required` is false) and -t/--threads.
+void add_model_flags(CLI::App* app, ModelFlags& flags, bool required = true);
+// Sets the thread count, loads the model; prints nothing.
+std::unique_ptr<model::Model> load_model(const ModelFlags& flags);
+
+// The whole file; throws Error naming the file when it cannot be read or is empty.
+std::string read_text_file(const std::string& path);
+// The text given by -p or read from -f (exactly one of them may be set; both empty gives "").
+std::string prompt_text(const std::string& prompt, const std::string& file);
+
+// Each subcommand registers itself on the app; its callback runs the job.
+void register_generate(CLI::App& app);
+void register_perplexity(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_info(CLI::App& app);
+void register_bench(CLI::App& app);
+
+}  // namespace eigenkv::cli

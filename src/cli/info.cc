@@ -1,0 +1,76 @@
+// eigenkv info: a model's shapes, stored tensor types and KV cache size.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "tokenizer/tokenizer.h"
+
+namespace eigenkv::cli {
+namespace {
+
+struct InfoFlags {
+  ModelFlags model;
+  bool json = false;
+};
+
+void run(const InfoFlags& f) {
+  auto model = load_model(f.model);
+  const model::ModelConfig& c = model->config();
+  const int64_t kv = model->kv_bytes_per_token();
+  const int64_t kv_full = c.full_kv_bytes_per_token(sizeof(float));
+  nlohmann::json j = {{"path", model->path()},
+                      {"architecture", c.architecture},
+                      {"name", c.name},
+                      {"n_vocab", c.n_vocab},
+                      {"d_model", c.d_model},
+                      {"n_layers", c.n_layers},
+                      {"n_heads", c.n_heads},
+                      {"n_kv_heads", c.n_kv_heads},
+                      {"head_dim", c.head_dim},
+                      {"d_ffn", c.d_ffn},
+                      {"n_ctx_train", c.n_ctx_train},
+                      {"rope_theta", c.rope_theta},
+                      {"norm_eps", c.norm_eps},
+                      {"tied_embeddings", c.tied_embeddings},
+                      {"tensor_types", model->stored_types()},
+                      {"bos_id", model->tokenizer().bos_id()},
+                      {"eos_id", model->tokenizer().eos_id()},
+                      {"weight_bytes_f32", model->weights().decode_bytes_read()},
+                      {"kv_bytes_per_token", kv},
+                      {"kv_bytes_per_token_full", kv_full},
+                      {"kv_ratio", static_cast<double>(kv) / kv_full}};
+  if (f.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("model:          %s\n", model->path().c_str());
+  std::printf("architecture:   %s (%s)\n", c.architecture.c_str(), c.name.c_str());
+  std::printf("shape:          %lld layers, d_model %lld, %lld heads / %lld KV heads of %lld, "
+              "FFN %lld, vocab %lld\n",
+              static_cast<long long>(c.n_layers), static_cast<long long>(c.d_model),
+              static_cast<long long>(c.n_heads), static_cast<long long>(c.n_kv_heads),
+              static_cast<long long>(c.head_dim), static_cast<long long>(c.d_ffn),
+              static_cast<long long>(c.n_vocab));
+  std::printf("context:        %lld (RoPE theta %g)\n", static_cast<long long>(c.n_ctx_train),
+              c.rope_theta);
+  std::string types;
+  for (const auto& [name, count] : model->stored_types()) {
+    types += (types.empty() ? "" : ", ") + name + " x" + std::to_string(count);
+  }
+  std::printf("tensor types:   %s\n", types.c_str());
+  std::printf("KV bytes/token: %lld (f32; uncompressed %lld, ratio %.3f)\n",
+              static_cast<long long>(kv), static_cast<long long>(kv_full),
+              static_cast<double>(kv) / kv_full);
+}
+
+}  // namespace
+
+void register_info(CLI::App& app) {
+  auto flags = std::make_shared<InfoFlags>();
+  CLI::App* cmd = app.add_subcommand("info", "model shapes, tensor types and KV bytes per token");
+  add_model_flags(cmd, flags->model);
+  cmd->add_flag("--json", flags->json, "print one JSON object (includes kv_bytes_per_token)");
+  cmd->callback([flags] { run(*flags); });
+}
+
+}  // namespace eigenkv::cli

@@ -1,0 +1,38 @@
+// eigenkv: one binary, one subcommand per job.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "cli/common.h"
+#include "util/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"eigenkv: run Llama-family models with a low-rank KV cache"};
+  app.require_subcommand(1);
+  app.failure_message([](const CLI::App* failed, const CLI::Error& e) {
+    return "eigenkv: error: " + std::string(e.what()) + " (see: eigenkv " +
+           (failed && failed->get_parent() ? failed->get_name() + " " : std::string()) +
+           "--help)\n";
+  });
+  app.set_version_flag("--version", "eigenkv 0.1.0");
+  eigenkv::cli::register_generate(app);
+  eigenkv::cli::register_perplexity(app);
+  eigenkv::cli::register_tokenize(app);
+  eigenkv::cli::register_info(app);
+  eigenkv::cli::register_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const eigenkv::Error& e) {
+    std::fprintf(stderr, "eigenkv: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "eigenkv: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "eigenkv: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

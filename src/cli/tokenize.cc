@@ -1,0 +1,78 @@
+// eigenkv tokenize: ids for a text, from a model's vocabulary or a tokenizer.json.
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "io/gguf.h"
+#include "tokenizer/tokenizer.h"
+#include "util/error.h"
+
+namespace eigenkv::cli {
+namespace {
+
+struct TokenizeFlags {
+  ModelFlags model;
+  std::string tokenizer_json;
+  std::string prompt;
+  std::string file;
+  bool no_bos = false;
+  bool parse_special = false;
+  bool json = false;
+  bool pieces = false;
+};
+
+std::unique_ptr<tok::Tokenizer> load_tokenizer(const TokenizeFlags& f) {
+  EKV_CHECK(f.model.model.empty() != f.tokenizer_json.empty(),
+            "give either -m MODEL or --tokenizer tokenizer.json");
+  if (!f.tokenizer_json.empty()) return tok::tokenizer_from_json(f.tokenizer_json);
+  // Only the vocabulary is needed: read it without loading weights where the format allows.
+  std::ifstream in(f.model.model, std::ios::binary);
+  char magic[4] = {};
+  in.read(magic, 4);
+  if (in.gcount() == 4 && std::string(magic, 4) == "GGUF") {
+    return tok::tokenizer_from_gguf(io::GgufFile(f.model.model));
+  }
+  return tok::tokenizer_from_json(f.model.model + "/tokenizer.json");
+}
+
+void run(const TokenizeFlags& f) {
+  auto tokenizer = load_tokenizer(f);
+  const std::string text = prompt_text(f.prompt, f.file);
+  EKV_CHECK(!f.prompt.empty() || !f.file.empty(), "no text: give -p TEXT or -f FILE");
+  const std::vector<int32_t> ids = tokenizer->encode(text, !f.no_bos, f.parse_special);
+  if (f.json) {
+    std::printf("%s\n", nlohmann::json{{"ids", ids}}.dump().c_str());
+    return;
+  }
+  if (f.pieces) {
+    for (int32_t id : ids) {
+      nlohmann::json piece = tokenizer->token_to_piece(id);
+      std::printf("%6d %s\n", id,
+                  piece.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    }
+    return;
+  }
+  std::string line = "[";
+  for (size_t i = 0; i < ids.size(); ++i) line += (i ? ", " : "") + std::to_string(ids[i]);
+  std::printf("%s]\n", line.c_str());
+}
+
+}  // namespace
+
+void register_tokenize(CLI::App& app) {
+  auto flags = std::make_shared<TokenizeFlags>();
+  CLI::App* cmd = app.add_subcommand("tokenize", "token ids of a text");
+  add_model_flags(cmd, flags->model, false);
+  cmd->add_option("--tokenizer", flags->tokenizer_json, "a Hugging Face tokenizer.json (instead of -m)");
+  cmd->add_option("-p,--prompt", flags->prompt, "text to tokenize");
+  cmd->add_option("-f,--file", flags->file, "read the text from a file");
+  cmd->add_flag("--no-bos", flags->no_bos, "do not prepend the BOS token");
+  cmd->add_flag("--parse-special", flags->parse_special,
+                "match special tokens written in the text (e.g. <|begin_of_text|>)");
+  cmd->add_flag("--pieces", flags->pieces, "print one id and its text piece per line");
+  cmd->add_flag("--json", flags->json, "print {\"ids\": [...]}");
+  cmd->callback([flags] { run(*flags); });
+}
+
+}  // namespace eigenkv::cli

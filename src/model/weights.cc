@@ -1,0 +1,157 @@
+#include "model/weights.h"
+
+#include <algorithm>
+
+#include "ops/dequant.h"
+#include "util/error.h"
+
+namespace eigenkv::model {
+namespace {
+
+const io::TensorView& require(const TensorSource& source, const std::string& name) {
+  const io::TensorView* t = source.find(name);
+  if (!t) fail(source.label(), ": tensor '", name, "' is missing");
+  return *t;
+}
+
+void check_shape(const TensorSource& source, const io::TensorView& t,
+                 const std::vector<int64_t>& expected) {
+  io::TensorView want;
+  want.shape = expected;
+  if (t.shape != expected) {
+    fail(source.label(), ": tensor '", t.name, "' has shape ", t.shape_string(), ", expected ",
+         want.shape_string(), " from the model's config");
+  }
+}
+
+std::vector<float> to_float(const TensorSource& source, const io::TensorView& t) {
+  if (!ops::can_dequantize(t.type)) {
+    fail(source.label(), ": tensor '", t.name, "' has type ",
+         io::tensor_type_name(static_cast<uint32_t>(t.type)), " which eigenkv cannot convert");
+  }
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  ops::dequantize_parallel(t.type, t.data, out.data(), t.numel());
+  return out;
+}
+
+// Hugging Face stores each head's q/k rows as [first halves; second halves] for its rotate-half
+// RoPE; reorder them to interleaved pairs so the adjacent-pair kernel applies: row 2i of a head
+// takes HF row i, row 2i+1 takes HF row i + head_dim/2.
+void interleave_rotary_rows(Matrix& m, int64_t n_heads, int64_t head_dim) {
+  std::vector<float> head(static_cast<size_t>(head_dim * m.cols));
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* base = m.data.data() + h * head_dim * m.cols;
+    std::copy(base, base + head_dim * m.cols, head.begin());
+    for (int64_t i = 0; i < half; ++i) {
+      std::copy_n(head.data() + i * m.cols, m.cols, base + (2 * i) * m.cols);
+      std::copy_n(head.data() + (i + half) * m.cols, m.cols, base + (2 * i + 1) * m.cols);
+    }
+  }
+}
+
+struct TensorNames {
+  std::string embedding, output_norm, output;
+  std::string attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;  // with {} for the layer
+};
+
+std::string layer_name(const std::string& pattern, int64_t layer) {
+  std::string s = pattern;
+  s.replace(s.find("{}"), 2, std::to_string(layer));
+  return s;
+}
+
+ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const TensorNames& n) {
+  ModelWeights w;
+  const int64_t d = c.d_model;
+  const int64_t q_rows = c.n_heads * c.head_dim;
+  const int64_t kv_rows = c.n_kv_heads * c.head_dim;
+  w.token_embedding = load_matrix(source, n.embedding, c.n_vocab, d);
+  w.output_norm = load_vector(source, n.output_norm, d);
+  if (source.find(n.output)) {
+    w.output = load_matrix(source, n.output, c.n_vocab, d);
+  } else if (c.tied_embeddings) {
+    w.output = w.token_embedding;
+  } else {
+    fail(source.label(), ": tensor '", n.output, "' is missing and the embeddings are not tied");
+  }
+  w.layers.resize(static_cast<size_t>(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    LayerWeights& L = w.layers[l];
+    L.attn_norm = load_vector(source, layer_name(n.attn_norm, l), d);
+    L.wq = load_matrix(source, layer_name(n.wq, l), q_rows, d);
+    L.wk = load_matrix(source, layer_name(n.wk, l), kv_rows, d);
+    L.wv = load_matrix(source, layer_name(n.wv, l), kv_rows, d);
+    L.wo = load_matrix(source, layer_name(n.wo, l), d, q_rows);
+    L.ffn_norm = load_vector(source, layer_name(n.ffn_norm, l), d);
+    L.w_gate = load_matrix(source, layer_name(n.w_gate, l), c.d_ffn, d);
+    L.w_up = load_matrix(source, layer_name(n.w_up, l), c.d_ffn, d);
+    L.w_down = load_matrix(source, layer_name(n.w_down, l), d, c.d_ffn);
+  }
+  return w;
+}
+
+}  // namespace
+
+Matrix load_matrix(const TensorSource& source, const std::string& name, int64_t rows, int64_t cols) {
+  const io::TensorView& t = require(source, name);
+  check_shape(source, t, {rows, cols});
+  Matrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.data = to_float(source, t);
+  return m;
+}
+
+std::vector<float> load_vector(const TensorSource& source, const std::string& name, int64_t n) {
+  const io::TensorView& t = require(source, name);
+  check_shape(source, t, {n});
+  return to_float(source, t);
+}
+
+ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& config) {
+  TensorNames n{"token_embd.weight",     "output_norm.weight",    "output.weight",
+                "blk.{}.attn_norm.weight", "blk.{}.attn_q.weight", "blk.{}.attn_k.weight",
+                "blk.{}.attn_v.weight",  "blk.{}.attn_output.weight", "blk.{}.ffn_norm.weight",
+                "blk.{}.ffn_gate.weight", "blk.{}.ffn_up.weight", "blk.{}.ffn_down.weight"};
+  ModelWeights w = load_named(source, config, n);
+  if (source.find("rope_freqs.weight")) {
+    w.rope_freq_factors = load_vector(source, "rope_freqs.weight", config.rope_dims / 2);
+  }
+  return w;
+}
+
+ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& config) {
+  TensorNames n{"model.embed_tokens.weight",
+                "model.norm.weight",
+                "lm_head.weight",
+                "model.layers.{}.input_layernorm.weight",
+                "model.layers.{}.self_attn.q_proj.weight",
+                "model.layers.{}.self_attn.k_proj.weight",
+                "model.layers.{}.self_attn.v_proj.weight",
+                "model.layers.{}.self_attn.o_proj.weight",
+                "model.layers.{}.post_attention_layernorm.weight",
+                "model.layers.{}.mlp.gate_proj.weight",
+                "model.layers.{}.mlp.up_proj.weight",
+                "model.layers.{}.mlp.down_proj.weight"};
+  ModelWeights w = load_named(source, config, n);
+  for (LayerWeights& L : w.layers) {
+    interleave_rotary_rows(L.wq, config.n_heads, config.head_dim);
+    interleave_rotary_rows(L.wk, config.n_kv_heads, config.head_dim);
+  }
+  return w;
+}
+
+int64_t ModelWeights::decode_bytes_read() const {
+  int64_t numbers = token_embedding.cols + static_cast<int64_t>(output_norm.size()) +
+                    output.rows * output.cols;
+  for (const LayerWeights& L : layers) {
+    for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
+      numbers += m->rows * m->cols;
+    }
+    numbers += static_cast<int64_t>(L.attn_norm.size() + L.ffn_norm.size());
+  }
+  return numbers * static_cast<int64_t>(sizeof(float));
+}
+
+}  // namespace eigenkv::model

@@ -1,0 +1,45 @@
+#include "ops/elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace eigenkv::ops {
+
+void rms_norm(const float* x, const float* weight, int64_t n_rows, int64_t n, double eps, float* y) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; ++i) ss += double{xr[i]} * xr[i];
+    const float scale = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
+    for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * scale * weight[i];
+  }
+}
+
+void swiglu(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+double softmax_inplace(float* x, int64_t n) {
+  const float mx = *std::max_element(x, x + n);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+  return std::log(sum) + mx;
+}
+
+double log_softmax_at(const float* x, int64_t n, int64_t target) {
+  const float mx = *std::max_element(x, x + n);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(double{x[i]} - mx);
+  return double{x[target]} - mx - std::log(sum);
+}
+
+}  // namespace eigenkv::ops

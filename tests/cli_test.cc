@@ -1,0 +1,182 @@
+// The eigenkv binary as a user runs it: known outputs of real models, machine-readable output,
+// and one-line errors (exit code != 0, no crash) for bad input.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace eigenkv {
+namespace {
+
+using testing::eigenkv_binary;
+using testing::run_command;
+using testing::shared_path;
+using testing::source_path;
+
+const std::string kBundled = source_path("models/stories260K.gguf");
+
+struct Outcome {
+  int status = 0;
+  std::string out;
+};
+
+Outcome run(const std::string& args) {
+  Outcome o;
+  o.out = run_command(eigenkv_binary() + " " + args + " 2>&1", &o.status);
+  return o;
+}
+
+TEST(Cli, GreedyGenerationFromBosMatchesKnownStory) {
+  Outcome o = run("generate -m " + kBundled + " -n 40 --temp 0");
+  ASSERT_EQ(o.status, 0) << o.out;
+  EXPECT_EQ(o.out.rfind("Once upon a time, there was a little girl named Lily. She loved to play "
+                        "outside in the park.", 0),
+            0u)
+      << o.out;
+}
+
+TEST(Cli, GreedyGenerationOfTinyStories656K) {
+  EKV_REQUIRE_SHARED("models/TinyStories-656K");
+  Outcome o = run("generate -m " + shared_path("models/TinyStories-656K") + " -n 30 --temp 0");
+  ASSERT_EQ(o.status, 0) << o.out;
+  EXPECT_EQ(o.out.rfind("Once upon a time, there was a little girl named Lily.", 0), 0u) << o.out;
+}
+
+TEST(Cli, GenerateJsonHasTextIdsAndSpeed) {
+  Outcome o = run("generate -m " + kBundled + " -n 8 --temp 0 --json 2>/dev/null");
+  ASSERT_EQ(o.status, 0) << o.out;
+  auto j = nlohmann::json::parse(o.out);
+  EXPECT_EQ(j["ids"].size(), 8u);
+  EXPECT_EQ(j["text"].get<std::string>().rfind("Once upon a time", 0), 0u);
+  EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
+}
+
+TEST(Cli, SeededSamplingIsReproducible) {
+  Outcome a = run("generate -m " + kBundled + " -n 20 --temp 1 --seed 42 --json");
+  Outcome b = run("generate -m " + kBundled + " -n 20 --temp 1 --seed 42 --json");
+  ASSERT_EQ(a.status, 0);
+  EXPECT_EQ(nlohmann::json::parse(a.out)["ids"], nlohmann::json::parse(b.out)["ids"]);
+}
+
+TEST(Cli, TokenizeJsonIncludesBosUnlessAsked) {
+  Outcome o = run("tokenize -m " + kBundled + " -p 'Once upon a time' --json");
+  ASSERT_EQ(o.status, 0) << o.out;
+  auto ids = nlohmann::json::parse(o.out)["ids"];
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids[0], 1);
+  Outcome n = run("tokenize -m " + kBundled + " -p 'Once upon a time' --json --no-bos");
+  EXPECT_EQ(nlohmann::json::parse(n.out)["ids"].size(), ids.size() - 1);
+}
+
+TEST(Cli, InfoJsonReportsKvBytesPerToken) {
+  Outcome o = run("info -m " + kBundled + " --json");
+  ASSERT_EQ(o.status, 0) << o.out;
+  auto j = nlohmann::json::parse(o.out);
+  // 2 (K and V) x 5 layers x 4 KV heads x 8 dims x 4 bytes.
+  EXPECT_EQ(j["kv_bytes_per_token"], 2 * 5 * 4 * 8 * 4);
+  EXPECT_EQ(j["n_layers"], 5);
+}
+
+TEST(Cli, PerplexityJsonFields) {
+  const std::string text = testing::temp_path("ppl.txt");
+  std::string story;
+  for (int i = 0; i < 30; ++i) story += "Once upon a time, there was a little girl named Lily. ";
+  std::ofstream(text) << story;
+  Outcome o = run("perplexity -m " + kBundled + " -f " + text + " --ctx 64 --json --kld-base " +
+                  kBundled + " 2>/dev/null");
+  std::filesystem::remove(text);
+  ASSERT_EQ(o.status, 0) << o.out;
+  auto j = nlohmann::json::parse(o.out);
+  EXPECT_GT(j["windows"].get<int>(), 0);
+  EXPECT_EQ(j["tokens_scored"].get<int>(), j["windows"].get<int>() * 63);
+  EXPECT_GT(j["ppl"].get<double>(), 1.0);
+  EXPECT_NEAR(j["kld_mean"].get<double>(), 0.0, 1e-9);  // a model against itself
+  EXPECT_DOUBLE_EQ(j["top1_agree"].get<double>(), 1.0);
+}
+
+TEST(Cli, BenchJsonRows) {
+  Outcome o = run("bench -m " + kBundled + " -p 16 -n 4 -d 0,16 -r 1 --json");
+  ASSERT_EQ(o.status, 0) << o.out;
+  auto j = nlohmann::json::parse(o.out);
+  ASSERT_EQ(j["rows"].size(), 4u);
+  for (const auto& row : j["rows"]) {
+    EXPECT_GT(row["tokens_per_s"].get<double>(), 0.0);
+    if (row["test"] == "tg") EXPECT_GT(row["bandwidth_fraction"].get<double>(), 0.0);
+  }
+}
+
+// Bad input: one line naming the problem on stderr, exit status 1, never a crash.
+void expect_error(const std::string& args, const std::string& fragment) {
+  Outcome o = run(args);
+  EXPECT_NE(o.status, 0) << args << "\n" << o.out;
+  EXPECT_LT(o.status, 128) << "crashed: " << args << "\n" << o.out;
+  EXPECT_NE(o.out.find(fragment), std::string::npos) << args << "\n" << o.out;
+  EXPECT_NE(o.out.find("error"), std::string::npos) << o.out;
+}
+
+TEST(CliErrors, MissingFile) { expect_error("info -m /nonexistent.gguf", "no such file"); }
+
+TEST(CliErrors, BadMagic) {
+  const std::string path = testing::temp_path("bad.gguf");
+  std::ofstream(path) << "this is not a model file at all";
+  expect_error("info -m " + path, "not a model");
+  std::filesystem::remove(path);
+}
+
+TEST(CliErrors, TruncatedGguf) {
+  const std::string path = testing::temp_path("truncated.gguf");
+  std::ifstream in(kBundled, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (size_t cut : {size_t{100}, bytes.size() / 2, bytes.size() - 10}) {
+    std::ofstream(path, std::ios::binary) << bytes.substr(0, cut);
+    expect_error("info -m " + path, "truncated");
+  }
+  std::filesystem::remove(path);
+}
+
+TEST(CliErrors, ZeroOrNegativeFlags) {
+  expect_error("generate -m " + kBundled + " -n 0", "-n");
+  expect_error("generate -m " + kBundled + " -n -3", "-n");
+  expect_error("generate -m " + kBundled + " -t 0", "-t");
+  expect_error("perplexity -m " + kBundled + " -f x --ctx 0", "--ctx");
+  expect_error("generate -m " + kBundled + " --top-p 1.5", "--top-p");
+}
+
+TEST(CliErrors, EmptyTextFile) {
+  const std::string path = testing::temp_path("empty.txt");
+  std::ofstream(path) << "";
+  expect_error("perplexity -m " + kBundled + " -f " + path, "empty");
+  std::filesystem::remove(path);
+}
+
+TEST(CliErrors, TextShorterThanOneWindow) {
+  const std::string path = testing::temp_path("short.txt");
+  std::ofstream(path) << "Once upon a time.";
+  expect_error("perplexity -m " + kBundled + " -f " + path + " --ctx 256", "fewer than one window");
+  std::filesystem::remove(path);
+}
+
+TEST(CliErrors, PromptLongerThanContext) {
+  std::string prompt;
+  for (int i = 0; i < 50; ++i) prompt += "Once upon a time ";
+  expect_error("generate -m " + kBundled + " --ctx 16 -p '" + prompt + "'", "context");
+}
+
+TEST(CliErrors, UnknownArchitectureInHfConfig) {
+  const std::string dir = testing::temp_path("hfdir");
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << R"({"model_type": "bloom", "vocab_size": 10})";
+  expect_error("info -m " + dir, "unsupported model_type 'bloom'");
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CliErrors, UnknownSubcommand) {
+  Outcome o = run("frobnicate");
+  EXPECT_NE(o.status, 0);
+  EXPECT_LT(o.status, 128);
+}
+
+}  // namespace
+}  // namespace eigenkv
