@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libeigen3-dev libopenblas-dev libhwy-dev libomp-dev libbz2-dev
+  libeigen3-dev libopenblas-openmp-dev libhwy-dev libomp-dev libbz2-dev
   libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy

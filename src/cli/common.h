@@ -31,5 +31,7 @@ void register_perplexity(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_info(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_calibrate(CLI::App& app);
+void register_compare(CLI::App& app);
 
 }  // namespace eigenkv::cli

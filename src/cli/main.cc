@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   eigenkv::cli::register_tokenize(app);
   eigenkv::cli::register_info(app);
   eigenkv::cli::register_bench(app);
+  eigenkv::cli::register_calibrate(app);
+  eigenkv::cli::register_compare(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

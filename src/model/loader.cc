@@ -1,4 +1,6 @@
 // Model::load: finds out what `path` is (GGUF file or Hugging Face directory) and builds the model.
+#include <stdlib.h>
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -6,6 +8,7 @@
 #include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/save.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -47,18 +50,87 @@ std::map<std::string, int64_t> count_types(const Range& tensors) {
   return counts;
 }
 
+// The per-layer attention shapes recorded in a compressed model's eigenkv.* keys.
+std::vector<LayerSpec> read_compression(const io::GgufFile& file, const ModelConfig& c) {
+  const int64_t version = file.get_int("eigenkv.version");
+  EKV_CHECK(version == kCompressedFormatVersion, file.path(), ": eigenkv format version ", version,
+            " is not supported (this build reads version ", kCompressedFormatVersion, ")");
+  const KeyMode mode = key_mode_from_name(file.get_string("eigenkv.key_mode"));
+  EKV_CHECK(mode != KeyMode::kFull, file.path(), ": eigenkv.key_mode 'full' is not a compression");
+  EKV_CHECK((mode == KeyMode::kNoRope) == (c.position != PositionKind::kRope), file.path(),
+            ": eigenkv.key_mode '", key_mode_name(mode), "' does not fit the model's positions");
+  const auto& key_ranks = file.get_number_array("eigenkv.key_ranks");
+  const auto& value_ranks = file.get_number_array("eigenkv.value_ranks");
+  EKV_CHECK(static_cast<int64_t>(key_ranks.size()) == c.n_layers &&
+                static_cast<int64_t>(value_ranks.size()) == c.n_layers,
+            file.path(), ": eigenkv ranks are given for ", key_ranks.size(), "/",
+            value_ranks.size(), " layers, the model has ", c.n_layers);
+  std::vector<LayerSpec> specs;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    LayerSpec s{mode, static_cast<int64_t>(key_ranks[l]), static_cast<int64_t>(value_ranks[l])};
+    for (int64_t r : {s.key_rank, s.value_rank}) {
+      EKV_CHECK(r >= 1 && r <= c.head_dim, file.path(), ": layer ", l, " has rank ", r,
+                ", outside [1, head width ", c.head_dim, "]");
+    }
+    specs.push_back(s);
+  }
+  return specs;
+}
+
+// A GGUF written from a Hugging Face model carries its tokenizer.json (and tokenizer_config.json)
+// as text; the tokenizer.json reader takes a directory, so the texts are laid out in a private
+// temporary one for the duration of the parse.
+std::unique_ptr<tok::Tokenizer> embedded_hf_tokenizer(const io::GgufFile& file) {
+  std::string dir_template = (fs::temp_directory_path() / "eigenkv_tokenizer_XXXXXX").string();
+  EKV_CHECK(::mkdtemp(dir_template.data()) != nullptr, file.path(),
+            ": cannot make a temporary directory for the embedded tokenizer");
+  const fs::path dir(dir_template);
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{dir};
+  std::ofstream(dir / "tokenizer.json", std::ios::binary)
+      << file.get_string("tokenizer.huggingface.json");
+  if (auto config = file.find_string(kEmbeddedTokenizerConfigKey)) {
+    std::ofstream(dir / "tokenizer_config.json", std::ios::binary) << *config;
+  }
+  return tok::tokenizer_from_json((dir / "tokenizer.json").string());
+}
+
+std::unique_ptr<tok::Tokenizer> gguf_tokenizer(const io::GgufFile& file) {
+  if (!file.has("tokenizer.ggml.model") && file.has("tokenizer.huggingface.json")) {
+    return embedded_hf_tokenizer(file);
+  }
+  return tok::tokenizer_from_gguf(file);
+}
+
 std::unique_ptr<Model> load_gguf(const std::string& path) {
   io::GgufFile file(path);
   ModelConfig config = config_from_gguf(file);
-  ModelWeights weights = load_gguf_weights(GgufSource(file), config);
-  auto tokenizer = tok::tokenizer_from_gguf(file);
+  const bool compressed = file.has("eigenkv.version");
+  std::vector<LayerSpec> specs;
+  if (compressed) specs = read_compression(file, config);
+  ModelWeights weights = load_gguf_weights(GgufSource(file), config, specs);
+  auto tokenizer = gguf_tokenizer(file);
   EKV_CHECK(static_cast<int64_t>(tokenizer->vocab_size()) <= config.n_vocab, path,
             ": the tokenizer has ", tokenizer->vocab_size(), " tokens but the model only ",
             config.n_vocab, " embeddings");
   auto model = std::make_unique<Model>(std::move(config), std::move(weights), std::move(tokenizer),
                                        path);
   model->set_stored_types(count_types(file.tensors()));
+  if (compressed) {
+    model->set_compression_json(file.find_string("eigenkv.report").value_or("{}"));
+  }
   return model;
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path.string(), ": cannot open");
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 nlohmann::json read_json(const fs::path& path) {
@@ -84,6 +156,10 @@ std::unique_ptr<Model> load_hf(const std::string& dir) {
   const fs::path tokenizer_path = root / "tokenizer.json";
   EKV_CHECK(fs::exists(tokenizer_path), dir, ": no tokenizer.json");
   auto tokenizer = tok::tokenizer_from_json(tokenizer_path.string());
+  std::string tokenizer_text = read_file(tokenizer_path);
+  const fs::path tokenizer_config_path = root / "tokenizer_config.json";
+  std::string tokenizer_config =
+      fs::exists(tokenizer_config_path) ? read_file(tokenizer_config_path) : std::string();
   EKV_CHECK(static_cast<int64_t>(tokenizer->vocab_size()) <= config.n_vocab, tokenizer_path.string(),
             ": ", tokenizer->vocab_size(), " tokens but the model only has ", config.n_vocab,
             " embeddings");
@@ -94,6 +170,7 @@ std::unique_ptr<Model> load_hf(const std::string& dir) {
   auto model = std::make_unique<Model>(std::move(config), std::move(weights), std::move(tokenizer),
                                        dir);
   model->set_stored_types(count_types(stored));
+  model->set_tokenizer_json(std::move(tokenizer_text), std::move(tokenizer_config));
   return model;
 }
 

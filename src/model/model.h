@@ -20,6 +20,19 @@ class Tokenizer;
 
 namespace eigenkv::model {
 
+// Sees the uncompressed model's intermediate values during forward (calibration uses it).
+// Arrays are [n_tokens, ...] rows; positions run from pos0.
+class ForwardTap {
+ public:
+  virtual ~ForwardTap() = default;
+  // q: [T, n_heads, d_h], k and v: [T, n_kv_heads, d_h]; before and after RoPE.
+  virtual void on_attention(int64_t layer, int64_t n_tokens, int64_t pos0, const float* q_pre,
+                            const float* k_pre, const float* q_post, const float* k_post,
+                            const float* v) {}
+  // The decoder layer's input and output residual streams, [T, d_model] each.
+  virtual void on_layer(int64_t layer, int64_t n_tokens, const float* input, const float* output) {}
+};
+
 class Model {
  public:
   // Loads a .gguf file, or a Hugging Face directory (config.json, model.safetensors or sharded
@@ -44,13 +57,40 @@ class Model {
   // Runs `tokens` at positions cache.size(), cache.size()+1, ... and appends their keys and
   // values to the cache. Writes logits [n, n_vocab] to `logits`, n = tokens.size() when
   // all_logits, else n = 1 (the last token's). Throws when the cache has no room.
+  // `tap`, when given, sees every layer's intermediate values (uncompressed layers only).
   void forward(std::span<const int32_t> tokens, kv::KvCache& cache, float* logits,
-               bool all_logits) const;
+               bool all_logits, ForwardTap* tap = nullptr) const;
+
+  // Runs one decoder layer with weights `w` (this model's layer `layer` or a candidate
+  // replacement for it) on x [n_tokens, d_model] in place, at positions cache.size().. of
+  // `cache_layer` in `cache`. Does not advance the cache.
+  void layer_forward(int64_t layer, const LayerWeights& w, float* x, int64_t n_tokens,
+                     kv::KvCache& cache, int64_t cache_layer, ForwardTap* tap = nullptr) const;
+
+  // Replaces the weights (compression folds new attention weights in) and records how.
+  void set_weights(ModelWeights weights) { weights_ = std::move(weights); }
+  ModelWeights& mutable_weights() { return weights_; }
+  const ops::RopeTable& rope() const { return rope_; }
+
+  // The tokenizer.json text of a Hugging Face model (empty for GGUF), kept so that a compressed
+  // GGUF written from it carries its tokenizer.
+  const std::string& tokenizer_json() const { return tokenizer_json_; }
+  const std::string& tokenizer_config_json() const { return tokenizer_config_json_; }
+  void set_tokenizer_json(std::string text, std::string config_text) {
+    tokenizer_json_ = std::move(text);
+    tokenizer_config_json_ = std::move(config_text);
+  }
+  // The eigenkv.* metadata of a compressed model file (empty object when uncompressed).
+  const std::string& compression_json() const { return compression_json_; }
+  void set_compression_json(std::string text) { compression_json_ = std::move(text); }
+  bool is_compressed() const;
 
  private:
-  void attention_block(int64_t layer, const float* x_norm, int64_t n_tokens, kv::KvCache& cache,
-                       float* attn_out) const;
-  void ffn_block(int64_t layer, const float* x_norm, int64_t n_tokens, float* ffn_out) const;
+  void attention_block(int64_t layer, const LayerWeights& w, const float* x_norm,
+                       int64_t n_tokens, kv::KvCache& cache, int64_t cache_layer,
+                       float* attn_out, ForwardTap* tap) const;
+  void ffn_block(const LayerWeights& w, const float* x_norm, int64_t n_tokens,
+                 float* ffn_out) const;
 
   ModelConfig config_;
   ModelWeights weights_;
@@ -58,6 +98,9 @@ class Model {
   std::string path_;
   std::map<std::string, int64_t> stored_types_;
   ops::RopeTable rope_;
+  std::string tokenizer_json_;
+  std::string tokenizer_config_json_;
+  std::string compression_json_;
 };
 
 }  // namespace eigenkv::model

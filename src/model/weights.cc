@@ -53,6 +53,7 @@ void interleave_rotary_rows(Matrix& m, int64_t n_heads, int64_t head_dim) {
 struct TensorNames {
   std::string embedding, output_norm, output;
   std::string attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;  // with {} for the layer
+  std::string key_basis;
 };
 
 std::string layer_name(const std::string& pattern, int64_t layer) {
@@ -61,11 +62,10 @@ std::string layer_name(const std::string& pattern, int64_t layer) {
   return s;
 }
 
-ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const TensorNames& n) {
+ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const TensorNames& n,
+                        const std::vector<LayerSpec>& specs) {
   ModelWeights w;
   const int64_t d = c.d_model;
-  const int64_t q_rows = c.n_heads * c.head_dim;
-  const int64_t kv_rows = c.n_kv_heads * c.head_dim;
   w.token_embedding = load_matrix(source, n.embedding, c.n_vocab, d);
   w.output_norm = load_vector(source, n.output_norm, d);
   if (source.find(n.output)) {
@@ -79,10 +79,28 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
   for (int64_t l = 0; l < c.n_layers; ++l) {
     LayerWeights& L = w.layers[l];
     L.attn_norm = load_vector(source, layer_name(n.attn_norm, l), d);
-    L.wq = load_matrix(source, layer_name(n.wq, l), q_rows, d);
-    L.wk = load_matrix(source, layer_name(n.wk, l), kv_rows, d);
-    L.wv = load_matrix(source, layer_name(n.wv, l), kv_rows, d);
-    L.wo = load_matrix(source, layer_name(n.wo, l), d, q_rows);
+    L.key_rank = c.head_dim;
+    L.value_rank = c.head_dim;
+    if (!specs.empty()) {
+      L.key_mode = specs[l].key_mode;
+      L.key_rank = specs[l].key_rank;
+      L.value_rank = specs[l].value_rank;
+    }
+    const int64_t hd = c.head_dim;
+    L.wq = load_matrix(source, layer_name(n.wq, l), c.n_heads * L.query_width(hd), d);
+    L.wk = load_matrix(source, layer_name(n.wk, l), c.n_kv_heads * L.key_proj_width(hd), d);
+    L.wv = load_matrix(source, layer_name(n.wv, l), c.n_kv_heads * L.value_rank, d);
+    L.wo = load_matrix(source, layer_name(n.wo, l), d, c.n_heads * L.value_rank);
+    if (L.key_mode == KeyMode::kPre || L.key_mode == KeyMode::kPost) {
+      Matrix all = load_matrix(source, layer_name(n.key_basis, l), c.n_kv_heads * hd, L.key_rank);
+      for (int64_t j = 0; j < c.n_kv_heads; ++j) {
+        Matrix u;
+        u.rows = hd;
+        u.cols = L.key_rank;
+        u.data.assign(all.row(j * hd), all.row(j * hd) + hd * L.key_rank);
+        L.key_basis.push_back(std::move(u));
+      }
+    }
     L.ffn_norm = load_vector(source, layer_name(n.ffn_norm, l), d);
     L.w_gate = load_matrix(source, layer_name(n.w_gate, l), c.d_ffn, d);
     L.w_up = load_matrix(source, layer_name(n.w_up, l), c.d_ffn, d);
@@ -92,6 +110,23 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
 }
 
 }  // namespace
+
+const char* key_mode_name(KeyMode mode) {
+  switch (mode) {
+    case KeyMode::kFull: return "full";
+    case KeyMode::kNoRope: return "norope";
+    case KeyMode::kPre: return "pre";
+    case KeyMode::kPost: return "post";
+  }
+  return "unknown";
+}
+
+KeyMode key_mode_from_name(const std::string& name) {
+  for (KeyMode m : {KeyMode::kFull, KeyMode::kNoRope, KeyMode::kPre, KeyMode::kPost}) {
+    if (name == key_mode_name(m)) return m;
+  }
+  fail("unknown key mode '", name, "' (expected full, norope, pre or post)");
+}
 
 Matrix load_matrix(const TensorSource& source, const std::string& name, int64_t rows, int64_t cols) {
   const io::TensorView& t = require(source, name);
@@ -109,12 +144,17 @@ std::vector<float> load_vector(const TensorSource& source, const std::string& na
   return to_float(source, t);
 }
 
-ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& config) {
+ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& config,
+                               const std::vector<LayerSpec>& layers) {
   TensorNames n{"token_embd.weight",     "output_norm.weight",    "output.weight",
                 "blk.{}.attn_norm.weight", "blk.{}.attn_q.weight", "blk.{}.attn_k.weight",
                 "blk.{}.attn_v.weight",  "blk.{}.attn_output.weight", "blk.{}.ffn_norm.weight",
-                "blk.{}.ffn_gate.weight", "blk.{}.ffn_up.weight", "blk.{}.ffn_down.weight"};
-  ModelWeights w = load_named(source, config, n);
+                "blk.{}.ffn_gate.weight", "blk.{}.ffn_up.weight", "blk.{}.ffn_down.weight",
+                kGgufKeyBasisName};
+  EKV_CHECK(layers.empty() || static_cast<int64_t>(layers.size()) == config.n_layers,
+            source.label(), ": ", layers.size(), " layer ranks recorded for ", config.n_layers,
+            " layers");
+  ModelWeights w = load_named(source, config, n, layers);
   if (source.find("rope_freqs.weight")) {
     w.rope_freq_factors = load_vector(source, "rope_freqs.weight", config.rope_dims / 2);
   }
@@ -133,8 +173,9 @@ ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& conf
                 "model.layers.{}.post_attention_layernorm.weight",
                 "model.layers.{}.mlp.gate_proj.weight",
                 "model.layers.{}.mlp.up_proj.weight",
-                "model.layers.{}.mlp.down_proj.weight"};
-  ModelWeights w = load_named(source, config, n);
+                "model.layers.{}.mlp.down_proj.weight",
+                ""};
+  ModelWeights w = load_named(source, config, n, {});
   for (LayerWeights& L : w.layers) {
     interleave_rotary_rows(L.wq, config.n_heads, config.head_dim);
     interleave_rotary_rows(L.wk, config.n_kv_heads, config.head_dim);
@@ -149,6 +190,7 @@ int64_t ModelWeights::decode_bytes_read() const {
     for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
       numbers += m->rows * m->cols;
     }
+    for (const Matrix& u : L.key_basis) numbers += u.rows * u.cols;
     numbers += static_cast<int64_t>(L.attn_norm.size() + L.ffn_norm.size());
   }
   return numbers * static_cast<int64_t>(sizeof(float));

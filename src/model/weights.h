@@ -21,16 +21,41 @@ struct Matrix {
   bool empty() const { return data.empty(); }
 };
 
+// How a layer's keys are stored and scored (DESIGN.md §2). kFull: d_h numbers per key, the
+// uncompressed model. The low-rank modes cache r_K numbers per key:
+//  kNoRope: U_K^T folded into W_q and W_k (models without RoPE); scores q'.k' in r_K dimensions.
+//  kPre:    U_K^T folded into W_k (basis of pre-RoPE keys); each cached key is rebuilt as U_K k'
+//           and rotated with its own position before scoring with the full rotated query.
+//  kPost:   W_k full; the rotated key is projected, k' = U_K^T R_s k, and so is the rotated
+//           query, q' = U_K^T R_t q; scores q'.k' in r_K dimensions.
+enum class KeyMode { kFull, kNoRope, kPre, kPost };
+const char* key_mode_name(KeyMode mode);
+KeyMode key_mode_from_name(const std::string& name);  // throws Error for an unknown name
+
 struct LayerWeights {
   std::vector<float> attn_norm;  // [d_model]
-  Matrix wq;                     // [n_heads * head_dim, d_model]
-  Matrix wk;                     // [n_kv_heads * head_dim, d_model]
-  Matrix wv;                     // [n_kv_heads * head_dim, d_model]
-  Matrix wo;                     // [d_model, n_heads * head_dim]
+  Matrix wq;  // [n_heads * q_width, d_model]; q_width = r_K in kNoRope mode, else d_h
+  Matrix wk;  // [n_kv_heads * k_width, d_model]; k_width = r_K in kPre/kNoRope mode, else d_h
+  Matrix wv;  // [n_kv_heads * r_V, d_model]   (r_V = d_h when uncompressed)
+  Matrix wo;  // [d_model, n_heads * r_V]      (U_V folded in)
   std::vector<float> ffn_norm;   // [d_model]
   Matrix w_gate;                 // [d_ffn, d_model]
   Matrix w_up;                   // [d_ffn, d_model]
   Matrix w_down;                 // [d_model, d_ffn]
+
+  KeyMode key_mode = KeyMode::kFull;
+  int64_t key_rank = 0;    // r_K: numbers cached per KV head and token for keys
+  int64_t value_rank = 0;  // r_V: numbers cached per KV head and token for values
+  // kPre and kPost: per KV head, U_K as [d_h, r_K] (orthonormal columns).
+  std::vector<Matrix> key_basis;
+
+  // Width of one head's query as W_q produces it, and of one KV head's key as W_k produces it.
+  int64_t query_width(int64_t head_dim) const {
+    return key_mode == KeyMode::kNoRope ? key_rank : head_dim;
+  }
+  int64_t key_proj_width(int64_t head_dim) const {
+    return key_mode == KeyMode::kPre || key_mode == KeyMode::kNoRope ? key_rank : head_dim;
+  }
 };
 
 struct ModelWeights {
@@ -44,6 +69,9 @@ struct ModelWeights {
   int64_t decode_bytes_read() const;
 };
 
+// GGUF name of a compressed layer's key bases: [n_kv_heads * d_h, r_K], U_K of each KV head.
+inline constexpr const char* kGgufKeyBasisName = "blk.{}.attn_k_basis.weight";
+
 // Where tensors come from: a name lookup over a GGUF file or a safetensors directory.
 class TensorSource {
  public:
@@ -52,7 +80,17 @@ class TensorSource {
   virtual std::string label() const = 0;
 };
 
-ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& config);
+// The attention shape of one layer of a compressed model, as its file records it.
+struct LayerSpec {
+  KeyMode key_mode = KeyMode::kFull;
+  int64_t key_rank = 0;
+  int64_t value_rank = 0;
+};
+
+// `layers`: empty for an uncompressed model, else one spec per layer (eigenkv.* metadata);
+// tensor shapes are checked against it and the key bases are loaded.
+ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& config,
+                               const std::vector<LayerSpec>& layers = {});
 ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& config);
 
 // Converts a stored tensor to float32, checking its shape (outer dimension first).

@@ -1,0 +1,45 @@
+// Streaming Gram matrices of keys, queries and values (DESIGN.md §2, "Calibration"): while the
+// uncompressed model runs over calibration text, G += X^T X accumulates in float64 per layer,
+// KV head and kind, so memory is O(L * n_kv * d_h^2) whatever the number of tokens, and Gram
+// matrices of separate runs add up.
+#pragma once
+
+#include <Eigen/Dense>
+#include <cstdint>
+#include <vector>
+
+#include "model/model.h"
+
+namespace eigenkv::compress {
+
+// Which vectors the key Gram matrix stacks, by key mode:
+//   kPre:    pre-RoPE keys;  kPost: post-RoPE keys and the group's post-RoPE queries;
+//   kNoRope: keys and the group's queries (no rotation exists).
+struct LayerGrams {
+  std::vector<Eigen::MatrixXd> key;    // per KV head, [d_h, d_h]
+  std::vector<Eigen::MatrixXd> value;  // per KV head, [d_h, d_h]
+};
+
+class GramCollector : public model::ForwardTap {
+ public:
+  GramCollector(const model::ModelConfig& config, model::KeyMode key_mode);
+
+  void on_attention(int64_t layer, int64_t n_tokens, int64_t pos0, const float* q_pre,
+                    const float* k_pre, const float* q_post, const float* k_post,
+                    const float* v) override;
+
+  const std::vector<LayerGrams>& grams() const { return grams_; }
+  int64_t tokens() const { return tokens_; }  // calibration tokens seen (counted at layer 0)
+
+ private:
+  model::ModelConfig config_;
+  model::KeyMode key_mode_;
+  std::vector<LayerGrams> grams_;
+  int64_t tokens_ = 0;
+};
+
+// G += X^T X for X the rows x[t * stride + offset .. + width), t < n (float32 in, float64 sums).
+void add_gram(Eigen::MatrixXd& gram, const float* x, int64_t n, int64_t stride, int64_t offset,
+              int64_t width);
+
+}  // namespace eigenkv::compress

@@ -1,0 +1,118 @@
+#include "model/save.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "io/gguf.h"
+#include "io/gguf_writer.h"
+#include "tokenizer/tokenizer.h"
+#include "util/error.h"
+
+namespace eigenkv::model {
+namespace {
+
+using io::GgufValueType;
+
+std::string layer_tensor(const char* pattern, int64_t layer) {
+  std::string s = pattern;
+  s.replace(s.find("{}"), 2, std::to_string(layer));
+  return s;
+}
+
+// llama.* keys and the tokenizer for a model that did not come from a GGUF file.
+void write_config_metadata(const Model& model, io::GgufWriter& w) {
+  const ModelConfig& c = model.config();
+  w.set_string("general.architecture", "llama");
+  w.set_string("general.name", c.name.empty() ? std::filesystem::path(model.path()).filename().string()
+                                              : c.name);
+  w.set_int("llama.context_length", c.n_ctx_train);
+  w.set_int("llama.embedding_length", c.d_model);
+  w.set_int("llama.block_count", c.n_layers);
+  w.set_int("llama.feed_forward_length", c.d_ffn);
+  w.set_int("llama.attention.head_count", c.n_heads);
+  w.set_int("llama.attention.head_count_kv", c.n_kv_heads);
+  w.set_int("llama.attention.key_length", c.head_dim);
+  w.set_int("llama.attention.value_length", c.head_dim);
+  w.set_float("llama.attention.layer_norm_rms_epsilon", c.norm_eps);
+  w.set_float("llama.rope.freq_base", c.rope_theta);
+  w.set_int("llama.rope.dimension_count", c.rope_dims);
+  w.set_int("llama.vocab_size", c.n_vocab);
+  EKV_CHECK(!model.tokenizer_json().empty(), model.path(),
+            ": the model's tokenizer.json text is not available to embed");
+  w.set_string("tokenizer.huggingface.json", model.tokenizer_json());
+  if (!model.tokenizer_config_json().empty()) {
+    w.set_string(kEmbeddedTokenizerConfigKey, model.tokenizer_config_json());
+  }
+}
+
+}  // namespace
+
+void save_gguf(const Model& model, const std::string& path) {
+  const ModelConfig& c = model.config();
+  const ModelWeights& weights = model.weights();
+  io::GgufWriter w;
+  std::error_code ec;
+  const bool from_gguf = !std::filesystem::is_directory(model.path(), ec);
+  if (from_gguf) {
+    io::GgufFile source(model.path());
+    // Tensors are written in float32 whatever the source stored: its file type no longer holds.
+    w.copy_metadata(source, [](const std::string& key) {
+      return key.rfind("eigenkv.", 0) == 0 || key == "general.file_type";
+    });
+  } else {
+    write_config_metadata(model, w);
+  }
+  if (!from_gguf && c.rope_scaling.kind != RopeScaling::Kind::kNone) {
+    fail(model.path(), ": saving a model with Hugging Face rope_scaling to GGUF is not supported");
+  }
+  const int64_t d = c.d_model;
+  w.add_f32_tensor("token_embd.weight", {c.n_vocab, d}, weights.token_embedding.data.data());
+  w.add_f32_tensor("output_norm.weight", {d}, weights.output_norm.data());
+  if (!c.tied_embeddings) {
+    w.add_f32_tensor("output.weight", {c.n_vocab, d}, weights.output.data.data());
+  }
+  if (!weights.rope_freq_factors.empty()) {
+    w.add_f32_tensor("rope_freqs.weight", {static_cast<int64_t>(weights.rope_freq_factors.size())},
+                     weights.rope_freq_factors.data());
+  }
+  // Basis tensors are assembled into contiguous buffers that must outlive write().
+  std::vector<std::vector<float>> bases(static_cast<size_t>(c.n_layers));
+  std::vector<double> key_ranks, value_ranks;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = weights.layers[l];
+    auto add = [&](const char* pattern, const Matrix& m) {
+      w.add_f32_tensor(layer_tensor(pattern, l), {m.rows, m.cols}, m.data.data());
+    };
+    w.add_f32_tensor(layer_tensor("blk.{}.attn_norm.weight", l), {d}, L.attn_norm.data());
+    add("blk.{}.attn_q.weight", L.wq);
+    add("blk.{}.attn_k.weight", L.wk);
+    add("blk.{}.attn_v.weight", L.wv);
+    add("blk.{}.attn_output.weight", L.wo);
+    w.add_f32_tensor(layer_tensor("blk.{}.ffn_norm.weight", l), {d}, L.ffn_norm.data());
+    add("blk.{}.ffn_gate.weight", L.w_gate);
+    add("blk.{}.ffn_up.weight", L.w_up);
+    add("blk.{}.ffn_down.weight", L.w_down);
+    if (!L.key_basis.empty()) {
+      for (const Matrix& u : L.key_basis) bases[l].insert(bases[l].end(), u.data.begin(), u.data.end());
+      w.add_f32_tensor(layer_tensor(kGgufKeyBasisName, l), {c.n_kv_heads * c.head_dim, L.key_rank},
+                       bases[l].data());
+    }
+    key_ranks.push_back(static_cast<double>(L.key_rank));
+    value_ranks.push_back(static_cast<double>(L.value_rank));
+  }
+  if (model.is_compressed()) {
+    const auto meta = nlohmann::json::parse(model.compression_json());
+    w.set_int("eigenkv.version", kCompressedFormatVersion);
+    w.set_string("eigenkv.method", meta.value("method", "eigen"));
+    w.set_string("eigenkv.key_mode", key_mode_name(weights.layers[0].key_mode));
+    w.set_number_array("eigenkv.key_ranks", key_ranks, GgufValueType::kUint32);
+    w.set_number_array("eigenkv.value_ranks", value_ranks, GgufValueType::kUint32);
+    w.set_string("eigenkv.calibration.source", meta.value("calibration_source", ""));
+    w.set_int("eigenkv.calibration.tokens", meta.value("calibration_tokens", int64_t{0}),
+              GgufValueType::kUint64);
+    w.set_string("eigenkv.report", model.compression_json());
+  }
+  w.write(path);
+}
+
+}  // namespace eigenkv::model

@@ -1,0 +1,41 @@
+// Conversion of stored tensor elements (plain floats and llama.cpp's quantized blocks) to and
+// from float32.
+//
+// Dequantization reproduces llama.cpp's reference dequantizers bit for bit, computing the same
+// float32 expressions in the same order (for example Q4_K forms d*scale and dmin*min, then
+// y = (d*scale)*q - dmin*min). Every product in these formulas is exact in float32: an f16 has
+// 11 significant bits and the integers it is multiplied by (scale times quant) need at most 12
+// more. Each output is therefore its exact value rounded at most once, by the final addition of
+// the min, so neither the grouping of the products nor a compiler fusing that multiply-add into
+// an FMA can change it.
+// Quantization follows llama.cpp's reference quantizers, so a file eigenkv writes holds the
+// blocks llama-quantize writes for the same numbers. Inputs to quantize must be finite.
+//
+// `count` is the number of elements and must be a whole number of the type's blocks; buffers
+// may have any alignment.
+#pragma once
+
+#include <cstdint>
+
+#include "io/tensor_type.h"
+
+namespace eigenkv::ops {
+
+// True for F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
+bool can_dequantize(io::TensorType type);
+
+// Converts `count` numbers stored as `type` at `src` into float32 at `dst`. Throws Error naming
+// the type when it is not supported or count is not a whole number of blocks.
+void dequantize(io::TensorType type, const uint8_t* src, float* dst, int64_t count);
+
+// dequantize() split into block-aligned chunks over the OpenMP threads; for whole tensors.
+void dequantize_parallel(io::TensorType type, const uint8_t* src, float* dst, int64_t count);
+
+// True for the types eigenkv writes: F32, F16, BF16, Q8_0, Q4_0.
+bool can_quantize(io::TensorType type);
+
+// Converts `count` float32 numbers at `src` into `type` at `dst`, which must hold
+// io::tensor_bytes(type, count) bytes. Throws like dequantize().
+void quantize(io::TensorType type, const float* src, uint8_t* dst, int64_t count);
+
+}  // namespace eigenkv::ops
