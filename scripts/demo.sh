@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The main job on the bundled model: what it is, a greedy story, and its perplexity on held-out text.
+# The main job on the bundled model: compress its KV cache with Eigen Attention to half its size,
+# then show the compressed model beside the original (KV bytes, perplexity, KLD, decode speed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=build/eigenkv
 model=models/stories260K.gguf
-echo "== eigenkv info"
+out=build/stories260K-eigen-kv50.gguf
+echo "== the original model"
 $bin info -m "$model"
 echo
-echo "== eigenkv generate (greedy, from BOS)"
-$bin generate -m "$model" -n 60 --temp 0
+echo "== eigenkv calibrate: Eigen Attention at 50 % of the KV cache (layer-wise allotment)"
+$bin calibrate -m "$model" -f data/tinystories-calib.txt --kv-budget 0.5 --rope pre -o "$out"
 echo
-echo "== eigenkv perplexity (bundled TinyStories sample, ctx 256)"
-$bin perplexity -m "$model" -f data/tinystories-eval.txt --ctx 256
+echo "== eigenkv compare: compressed vs original on held-out text"
+$bin compare -m "$out" --base "$model" -f data/tinystories-eval.txt --ctx 256
+echo
+echo "== eigenkv generate with the compressed model (greedy, from BOS)"
+$bin generate -m "$out" -n 60 --temp 0

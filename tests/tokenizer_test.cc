@@ -307,13 +307,10 @@ class TokenizerJsonErrorTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
-const char kTinyBpe[] = R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2},
-  "merges": ["a b"]} %s})";
-
+// A three-token BPE, with `extra` top-level members.
 std::string tiny_with(const std::string& extra) {
-  std::string json = kTinyBpe;
-  json.replace(json.find("%s"), 2, extra);
-  return json;
+  return R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})" +
+         extra + "}";
 }
 
 TEST_F(TokenizerJsonErrorTest, LoadsTheTinyTokenizer) {

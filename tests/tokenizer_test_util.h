@@ -57,9 +57,9 @@ inline std::vector<VocabCase> read_vocab_cases(const std::string& inp_path,
 }
 
 inline std::string ids_to_string(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (const int32_t id : ids) s += (s.empty() ? "" : " ") + std::to_string(id);
-  return s;
+  std::ostringstream s;
+  for (size_t i = 0; i < ids.size(); ++i) s << (i ? " " : "") << ids[i];
+  return s.str();
 }
 
 // Each tokenizer file loads once per test binary (the Llama-3 one takes a moment).

@@ -45,6 +45,7 @@ void run(const BenchFlags& f) {
       if (r.test == "tg") {
         row["bytes_per_token"] = r.bytes_per_token;
         row["bandwidth_fraction"] = r.bandwidth_fraction;
+        row["attention_us_per_token"] = r.attention_us_per_token;
       }
       out["rows"].push_back(row);
     }
@@ -53,16 +54,17 @@ void run(const BenchFlags& f) {
   }
   std::printf("model: %s, threads: %d, copy bandwidth: %.2f GB/s (median of 5)\n\n",
               model->path().c_str(), threads, copy_bw / 1e9);
-  std::printf("| test | depth | tokens/s (median) | min | max | bytes/token | of copy bandwidth |\n");
-  std::printf("|------|------:|------------------:|----:|----:|------------:|------------------:|\n");
+  std::printf("| test | depth | tokens/s (median) | min | max | attention us/token | bytes/token | of copy bandwidth |\n");
+  std::printf("|------|------:|------------------:|----:|----:|-------------------:|------------:|------------------:|\n");
   for (const auto& r : rows) {
     const std::string name = r.test + std::to_string(r.n_tokens);
     if (r.test == "tg") {
-      std::printf("| %s | %lld | %.1f | %.1f | %.1f | %.3g | %.1f %% |\n", name.c_str(),
+      std::printf("| %s | %lld | %.1f | %.1f | %.1f | %.1f | %.3g | %.1f %% |\n", name.c_str(),
                   static_cast<long long>(r.depth), r.tokens_per_s, r.tokens_per_s_min,
-                  r.tokens_per_s_max, r.bytes_per_token, 100.0 * r.bandwidth_fraction);
+                  r.tokens_per_s_max, r.attention_us_per_token, r.bytes_per_token,
+                  100.0 * r.bandwidth_fraction);
     } else {
-      std::printf("| %s | %lld | %.1f | %.1f | %.1f | | |\n", name.c_str(),
+      std::printf("| %s | %lld | %.1f | %.1f | %.1f | | | |\n", name.c_str(),
                   static_cast<long long>(r.depth), r.tokens_per_s, r.tokens_per_s_min,
                   r.tokens_per_s_max);
     }

@@ -100,10 +100,11 @@ std::vector<BenchRow> run_bench(const model::Model& model, const BenchOptions& o
       rows.push_back(summarize("pp", o.n_prompt, depth, rates));
     }
     if (o.n_gen > 0) {
-      std::vector<double> rates;
+      std::vector<double> rates, attention_us;
       for (int r = 0; r < o.repeats + 1; ++r) {
         fill_to_depth(depth);
         int32_t token = 1;
+        model.reset_attention_seconds();
         const double t0 = now_seconds();
         for (int64_t i = 0; i < o.n_gen; ++i) {
           const int32_t one[1] = {token};
@@ -112,9 +113,13 @@ std::vector<BenchRow> run_bench(const model::Model& model, const BenchOptions& o
                                        logits.begin());
         }
         const double dt = now_seconds() - t0;
-        if (r > 0) rates.push_back(o.n_gen / dt);
+        if (r > 0) {
+          rates.push_back(o.n_gen / dt);
+          attention_us.push_back(1e6 * model.attention_seconds() / o.n_gen);
+        }
       }
       BenchRow row = summarize("tg", o.n_gen, depth, rates);
+      row.attention_us_per_token = median(attention_us);
       const double mean_kv_tokens = depth + 0.5 * (o.n_gen + 1);
       row.bytes_per_token = static_cast<double>(model.weights().decode_bytes_read()) +
                             mean_kv_tokens * static_cast<double>(model.kv_bytes_per_token());

@@ -27,6 +27,7 @@ struct BenchRow {
   double tokens_per_s_max = 0;
   double bytes_per_token = 0;  // tg: weights + mean KV read per token
   double bandwidth_fraction = 0;  // tg: bytes_per_token * tokens_per_s / copy bandwidth
+  double attention_us_per_token = 0;  // median over repeats: time in attention proper per token
 };
 
 // STREAM-style copy bandwidth (bytes read + bytes written per second), median of `repeats`,

@@ -121,7 +121,8 @@ void SafetensorsFile::parse(const uint8_t* data, size_t size) {
          ", expected an object");
   }
   if (!duplicate.empty()) {
-    fail(label_, ": corrupt safetensors file: ", quote_name(duplicate), " appears twice in the header");
+    fail(label_, ": corrupt safetensors file: ", quote_name(duplicate),
+         " appears twice in the header");
   }
 
   const uint8_t* data_section = header + header_len;
@@ -135,7 +136,7 @@ void SafetensorsFile::parse(const uint8_t* data, size_t size) {
   std::vector<Entry> entries;
   entries.reserve(root.size());
   for (const auto& item : root.items()) {
-    // References, not a structured binding: clang before 16 cannot capture one in the lambda below.
+    // References, not a structured binding: clang < 16 cannot capture one in the lambda below.
     const std::string& name = item.key();
     const json& desc = item.value();
     if (name == kMetadataKey) {
@@ -145,8 +146,8 @@ void SafetensorsFile::parse(const uint8_t* data, size_t size) {
       }
       for (const auto& [key, value] : desc.items()) {
         if (!value.is_string()) {
-          fail(label_, ": corrupt safetensors file: __metadata__ key ", quote_name(key), " is a JSON ",
-               value.type_name(), ", expected a string");
+          fail(label_, ": corrupt safetensors file: __metadata__ key ", quote_name(key),
+               " is a JSON ", value.type_name(), ", expected a string");
         }
         metadata_.emplace(key, value.get<std::string>());
       }
@@ -209,7 +210,9 @@ void SafetensorsFile::parse(const uint8_t* data, size_t size) {
       fail(where, ": data_offsets hold a ", describe((*offsets_it)[begin ? 1 : 0]),
            ", expected non-negative integers [begin, end]");
     }
-    if (*begin > *end) fail(where, ": data_offsets [", *begin, ", ", *end, "] end before they begin");
+    if (*begin > *end) {
+      fail(where, ": data_offsets [", *begin, ", ", *end, "] end before they begin");
+    }
     if (*end > data_size) {
       fail(where, ": data_offsets [", *begin, ", ", *end, "] run past the data section's ",
            data_size, " bytes (file truncated?)");
@@ -236,8 +239,9 @@ void SafetensorsFile::parse(const uint8_t* data, size_t size) {
   const std::string* previous = nullptr;
   for (const Entry& e : entries) {
     if (e.begin < pos) {
-      fail(label_, ": corrupt safetensors file: tensor ", quote_name(e.view.name), " (bytes ", e.begin,
-           "..", e.end, ") overlaps tensor ", quote_name(*previous), " (which ends at ", pos, ")");
+      fail(label_, ": corrupt safetensors file: tensor ", quote_name(e.view.name), " (bytes ",
+           e.begin, "..", e.end, ") overlaps tensor ", quote_name(*previous), " (which ends at ",
+           pos, ")");
     }
     if (e.begin > pos) {
       fail(label_, ": corrupt safetensors file: ", e.begin - pos, " unused bytes before tensor ",

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "ops/attention.h"
@@ -129,6 +130,7 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
     }
   }
   const int64_t n_keys = p0 + n_tokens;
+  const auto attention_start = std::chrono::steady_clock::now();
   // kPre: rebuild every cached key to d_h numbers (U_K k') and rotate it with its own position.
   std::vector<float> rebuilt;  // [n_kv, n_keys, d_h]
   if (L.key_mode == KeyMode::kPre) {
@@ -163,6 +165,9 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
       }
     }
   }
+  attention_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now() - attention_start)
+                      .count();
   ops::matmul_transposed(heads_out.data(), n_tokens, nh * rv, L.wo.data.data(), d, attn_out);
 }
 

@@ -2,6 +2,7 @@
 // Thread-compatible: one forward call at a time per KvCache; const calls may share the model.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -85,6 +86,11 @@ class Model {
   void set_compression_json(std::string text) { compression_json_ = std::move(text); }
   bool is_compressed() const;
 
+  // Seconds spent in attention proper (key rebuild, scores, softmax, value sum) since the last
+  // reset, summed over layers; the bench reports it per token.
+  double attention_seconds() const { return attention_ns_.load() * 1e-9; }
+  void reset_attention_seconds() const { attention_ns_.store(0); }
+
  private:
   void attention_block(int64_t layer, const LayerWeights& w, const float* x_norm,
                        int64_t n_tokens, kv::KvCache& cache, int64_t cache_layer,
@@ -101,6 +107,7 @@ class Model {
   std::string tokenizer_json_;
   std::string tokenizer_config_json_;
   std::string compression_json_;
+  mutable std::atomic<int64_t> attention_ns_{0};
 };
 
 }  // namespace eigenkv::model

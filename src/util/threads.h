@@ -4,7 +4,8 @@
 
 namespace eigenkv {
 
-// Sets the thread count (n <= 0: all hardware threads). Returns the count in force.
+// Sets the thread count (n <= 0: OMP_NUM_THREADS if set, else all hardware threads). Returns the
+// count in force.
 int set_thread_count(int n);
 int thread_count();
 
