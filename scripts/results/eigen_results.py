@@ -63,18 +63,19 @@ def main():
     tmp = tempfile.mkdtemp(prefix="eigenkv_results_")
     calib, evalp = split_valid_a(tmp)
     wiki = os.path.join(SHARED, "data/wikitext-2-raw/wiki.test.raw")
-    eval_windows = 40 if a.quick else 0
+    eval_windows = 20 if a.quick else 100
     wiki_windows = 20 if a.quick else 100
+    calib_tokens = "16384" if a.quick else "65536"
     models = MODELS[:2] if a.quick else MODELS
     started = time.time()
     lines = []
     lines.append("## Eigen Attention: threshold x key mode\n")
-    lines.append("Calibrated on the first half of valid_a (paragraphs), evaluated at ctx 256 on its "
+    lines.append("Calibrated on the first %s tokens of the first half of valid_a (paragraphs), "
+                 "evaluated at ctx 256 on its "
                  "second half (%s) and on WikiText-2 test (first %d windows). KV fraction: cached "
                  "numbers per token against the uncompressed cache. KLD: mean KL divergence of the "
                  "compressed model's next-token distribution from the original's.\n"
-                 % ("all windows" if not eval_windows else "first %d windows" % eval_windows,
-                    wiki_windows))
+                 % (calib_tokens, "first %d windows" % eval_windows, wiki_windows))
     allot_rows = []
     for name, rel in models:
         path = os.path.join(SHARED, rel)
@@ -94,7 +95,7 @@ def main():
             for mode in ("pre", "post"):
                 out = os.path.join(tmp, "m.gguf")
                 cal = run(["calibrate", "-m", path, "-f", calib, "--threshold", str(eps),
-                           "--rope", mode, "-o", out, "--json"])
+                           "--rope", mode, "--tokens", calib_tokens, "-o", out, "--json"])
                 ts = evaluate(out, path, evalp, eval_windows)
                 wk = evaluate(out, path, wiki, wiki_windows)
                 lines.append("| %.2f | %s | %.3f | %.4f | %.5f | %.1f %% | %.4f | %.5f | %.1f %% |" % (
@@ -103,7 +104,8 @@ def main():
                 if eps == 0.1:
                     # Allotment at the same KV size as this uniform threshold.
                     cal2 = run(["calibrate", "-m", path, "-f", calib, "--kv-budget",
-                                "%.6f" % cal["kv_fraction"], "--rope", mode, "-o", out, "--json"])
+                                "%.6f" % cal["kv_fraction"], "--rope", mode, "--tokens",
+                                calib_tokens, "-o", out, "--json"])
                     ts2 = evaluate(out, path, evalp, eval_windows)
                     wk2 = evaluate(out, path, wiki, wiki_windows)
                     allot_rows.append((name, mode, cal["kv_fraction"], ts, wk, cal2["kv_fraction"],

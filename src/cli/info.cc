@@ -39,6 +39,15 @@ void run(const InfoFlags& f) {
                       {"kv_bytes_per_token", kv},
                       {"kv_bytes_per_token_full", kv_full},
                       {"kv_ratio", static_cast<double>(kv) / kv_full}};
+  nlohmann::json layers = nlohmann::json::array();
+  for (const model::LayerWeights& L : model->weights().layers) {
+    layers.push_back({{"key_mode", model::key_mode_name(L.key_mode)},
+                      {"key_rank", L.key_rank},
+                      {"value_rank", L.value_rank}});
+  }
+  j["layers"] = layers;
+  j["compressed"] = model->is_compressed();
+  if (model->is_compressed()) j["compression"] = nlohmann::json::parse(model->compression_json());
   if (f.json) {
     std::printf("%s\n", j.dump().c_str());
     return;
@@ -58,6 +67,19 @@ void run(const InfoFlags& f) {
     types += (types.empty() ? "" : ", ") + name + " x" + std::to_string(count);
   }
   std::printf("tensor types:   %s\n", types.c_str());
+  if (model->is_compressed()) {
+    const auto meta = nlohmann::json::parse(model->compression_json());
+    std::printf("compression:    %s, key mode %s, calibrated on %s tokens of %s\n",
+                meta.value("method", "?").c_str(), model::key_mode_name(model->weights().layers[0].key_mode),
+                meta.contains("calibration_tokens") ? meta["calibration_tokens"].dump().c_str() : "?",
+                meta.value("calibration_source", "?").c_str());
+    std::string ranks;
+    for (size_t l = 0; l < model->weights().layers.size(); ++l) {
+      const model::LayerWeights& L = model->weights().layers[l];
+      ranks += (l ? ", " : "") + std::to_string(L.key_rank) + "/" + std::to_string(L.value_rank);
+    }
+    std::printf("ranks r_K/r_V:  %s (of %lld)\n", ranks.c_str(), static_cast<long long>(c.head_dim));
+  }
   std::printf("KV bytes/token: %lld (f32; uncompressed %lld, ratio %.3f)\n",
               static_cast<long long>(kv), static_cast<long long>(kv_full),
               static_cast<double>(kv) / kv_full);

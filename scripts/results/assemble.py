@@ -1,0 +1,24 @@
+#!/usr/bin/env python3
+"""Assembles docs/RESULTS.md from the hand-written reading of the numbers (docs/results/summary.md)
+and the tables the result scripts wrote (docs/results/reference.md, docs/results/eigen.md)."""
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PARTS = ["summary.md", "reference.md", "eigen.md"]
+
+
+def main():
+    out = ["# eigenkv results (quality)", "",
+           "Every table below is written by a committed script from eigenkv's own `--json` output "
+           "(the command, machine and date are under each table); the prose in the first section "
+           "is our reading of them. Regenerate with `python3 scripts/results/reference_check.py`, "
+           "`python3 scripts/results/eigen_results.py`, then this script.", ""]
+    for part in PARTS:
+        path = os.path.join(ROOT, "docs", "results", part)
+        if os.path.exists(path):
+            out.append(open(path).read().rstrip() + "\n")
+    open(os.path.join(ROOT, "docs", "RESULTS.md"), "w").write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
