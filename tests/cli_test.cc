@@ -107,6 +107,37 @@ TEST(Cli, BenchJsonRows) {
   }
 }
 
+TEST(Cli, CalibrateWritesACompressedModelThatInfoAndCompareRead) {
+  const std::string out = testing::temp_path("calibrated.gguf");
+  Outcome c = run("calibrate -m " + kBundled + " -f " + source_path("data/tinystories-calib.txt") +
+                  " --threshold 0.05 --rope post --tokens 2048 --json -o " + out + " 2>/dev/null");
+  ASSERT_EQ(c.status, 0) << c.out;
+  auto cal = nlohmann::json::parse(c.out);
+  EXPECT_LT(cal["kv_fraction"].get<double>(), 1.0);
+  EXPECT_EQ(cal["calibration_tokens"], 2048);
+  Outcome i = run("info -m " + out + " --json");
+  ASSERT_EQ(i.status, 0) << i.out;
+  auto info = nlohmann::json::parse(i.out);
+  EXPECT_TRUE(info["compressed"].get<bool>());
+  EXPECT_EQ(info["kv_bytes_per_token"], cal["kv_bytes_per_token"]);
+  EXPECT_EQ(info["layers"][0]["key_mode"], "post");
+  Outcome cmp = run("compare -m " + out + " --base " + kBundled + " -f " +
+                    source_path("data/tinystories-eval.txt") +
+                    " --ctx 64 --max-windows 4 -n 4 -r 1 --json 2>/dev/null");
+  ASSERT_EQ(cmp.status, 0) << cmp.out;
+  auto j = nlohmann::json::parse(cmp.out);
+  EXPECT_NEAR(j["kv_ratio"].get<double>(), cal["kv_fraction"].get<double>(), 1e-9);
+  EXPECT_GT(j["model"]["kld_mean"].get<double>(), 0.0);
+  // A compressed model cannot be calibrated again, and no output is left behind.
+  const std::string again = testing::temp_path("again.gguf");
+  Outcome twice = run("calibrate -m " + out + " -f " + source_path("data/tinystories-calib.txt") +
+                      " --threshold 0.05 -o " + again);
+  EXPECT_NE(twice.status, 0);
+  EXPECT_NE(twice.out.find("already compressed"), std::string::npos) << twice.out;
+  EXPECT_FALSE(std::filesystem::exists(again));
+  std::filesystem::remove(out);
+}
+
 // Bad input: one line naming the problem on stderr, exit status 1, never a crash.
 void expect_error(const std::string& args, const std::string& fragment) {
   Outcome o = run(args);
@@ -170,6 +201,46 @@ TEST(CliErrors, UnknownArchitectureInHfConfig) {
   std::ofstream(dir + "/config.json") << R"({"model_type": "bloom", "vocab_size": 10})";
   expect_error("info -m " + dir, "unsupported model_type 'bloom'");
   std::filesystem::remove_all(dir);
+}
+
+TEST(CliErrors, CalibrateBadBudgetsAndText) {
+  const std::string calib = source_path("data/tinystories-calib.txt");
+  const std::string out = testing::temp_path("never.gguf");
+  const std::string base = "calibrate -m " + kBundled + " -o " + out + " -f ";
+  expect_error(base + calib + " --threshold 1.5", "--threshold");
+  expect_error(base + calib + " --threshold -0.1", "--threshold");
+  expect_error(base + calib + " --kv-budget 0", "--kv-budget");
+  expect_error(base + calib + " --error-budget 2", "--error-budget");
+  expect_error(base + calib + " --threshold 0.1 --kv-budget 0.5", "exactly one");
+  expect_error(base + calib + " --threshold 0.1 --rope sideways", "--rope");
+  expect_error(base + calib + " --threshold 0.1 --method magic", "--method");
+  expect_error(base + calib + " --kv-budget 0.01", "cannot be met");
+  const std::string tiny = testing::temp_path("tiny.txt");
+  std::ofstream(tiny) << "Once upon a time.";
+  expect_error(base + tiny + " --threshold 0.1", "are needed");
+  std::filesystem::remove(tiny);
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST(CliErrors, CorruptCompressionMetadata) {
+  // A compressed file whose recorded ranks exceed the head width is refused by name.
+  const std::string out = testing::temp_path("c.gguf");
+  Outcome c = run("calibrate -m " + kBundled + " -f " + source_path("data/tinystories-calib.txt") +
+                  " --threshold 0.1 --tokens 1024 -o " + out);
+  ASSERT_EQ(c.status, 0) << c.out;
+  std::ifstream in(out, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  // eigenkv.key_ranks is a uint32 array: find it and overwrite its first element with 99.
+  const std::string key = "eigenkv.key_ranks";
+  const size_t at = bytes.find(key);
+  ASSERT_NE(at, std::string::npos);
+  const size_t first = at + key.size() + 4 + 4 + 8;  // value type, element type, count
+  bytes[first] = 99;
+  bytes[first + 1] = bytes[first + 2] = bytes[first + 3] = 0;
+  std::ofstream(out, std::ios::binary) << bytes;
+  expect_error("info -m " + out, "rank 99");
+  std::filesystem::remove(out);
 }
 
 TEST(CliErrors, UnknownSubcommand) {
