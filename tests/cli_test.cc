@@ -103,7 +103,9 @@ TEST(Cli, BenchJsonRows) {
   ASSERT_EQ(j["rows"].size(), 4u);
   for (const auto& row : j["rows"]) {
     EXPECT_GT(row["tokens_per_s"].get<double>(), 0.0);
-    if (row["test"] == "tg") EXPECT_GT(row["bandwidth_fraction"].get<double>(), 0.0);
+    if (row["test"] == "tg") {
+      EXPECT_GT(row["bandwidth_fraction"].get<double>(), 0.0);
+    }
   }
 }
 
