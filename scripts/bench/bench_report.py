@@ -44,8 +44,10 @@ def bench_table(model, threads, depths, n_prompt, n_gen, repeats):
 
 def llama_bench(path, model, threads, depths, n_prompt, n_gen, repeats):
     cmd = [path, "-m", model, "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen), "-r",
-           str(repeats), "-o", "json", "-d", ",".join(map(str, depths))]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+           str(repeats), "-o", "json"]
+    out = subprocess.run(cmd + ["-d", ",".join(map(str, depths))], capture_output=True, text=True)
+    if out.returncode != 0:  # builds before llama-bench had -d measure depth 0 only
+        out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return None
     rows = json.loads(out.stdout)
