@@ -643,7 +643,7 @@ void mutate_json_once(Rng& rng, std::string& s, const std::vector<std::string>& 
       size_t j = k + 2;  // the value: a scalar, or an opening bracket up to its closing one
       if (j >= tokens.size()) return;
       if (s[tokens[j].begin] == '{' || s[tokens[j].begin] == '[') {
-        ++j;
+        if (++j == tokens.size()) return;  // an opening bracket that ends the text
         while (j + 1 < tokens.size() && tokens[j].depth > 1) ++j;
       }
       size_t begin = tokens[k].begin, end = tokens[j].end;
