@@ -19,6 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 BIN = os.path.join(ROOT, "build", "eigenkv")
+THREAD_NOTE = ("Threads: this session's machine ran other jobs throughout (load average 4-7 on 2 cores). Under that load any 2-thread run, eigenkv's and llama.cpp's alike, stalls at OpenMP barriers whenever the partner thread loses its core (llama.cpp's own 2-thread figures here were 2-20x below its 1-thread ones), so this report measures 1 thread; rerun with `--threads 1,2` on an idle machine. The llama.cpp build (c392e509, the one that made the quantized files) has no `llama-bench -d`, so its figures exist at depth 0 only.")
 
 
 def run_json(cmd, env=None):
@@ -74,7 +75,8 @@ def main():
              "(%d cores). The machine is shared and noisy: figures are medians of %d repeats, and "
              "ratios compare numbers taken in the same run." % (
                  " --llama-bench PATH" if a.llama_bench else "", datetime.date.today().isoformat(),
-                 commit, cpu_name(), os.cpu_count(), a.repeats), ""]
+                 commit, cpu_name(), os.cpu_count(), a.repeats), "",
+             "%s" % THREAD_NOTE, ""]
 
     models = [("stories260K.gguf (bundled)", os.path.join(ROOT, "models", "stories260K.gguf"), [0, 256]),
               ("tinystories-c4-gqa.gguf", os.path.join(SHARED, "models", "tinystories-c4-gqa.gguf"),
