@@ -59,6 +59,10 @@ def main():
         rel_diff = abs(ours["ppl"] - ref["ppl"]) / ref["ppl"]
         rows.append((rel, ours["tokens_scored"], ours["ppl"], ref["ppl"], rel_diff))
         print("%s: eigenkv %.6f reference %.6f" % (rel, ours["ppl"], ref["ppl"]), file=sys.stderr)
+        write_table(a.out, rows, started, len(rows) < len(MODELS))
+
+
+def write_table(out, rows, started, partial):
     lines = ["## Perplexity against the float64 reference\n",
              "Whole `valid_a.txt`, ctx 256, one BOS at the start of the text, non-overlapping "
              "windows, every token but each window's first scored (DESIGN.md §5). The reference "
@@ -70,11 +74,12 @@ def main():
         lines.append("| %s | %d | %.6f | %.6f | %.1e |" % (rel, n, ours, ref, d))
     lines.append("")
     lines.append("Produced by `python3 scripts/results/reference_check.py` on %s (%s, %d cores) "
-                 "in %.0f s." % (datetime.date.today().isoformat(),
-                                 platform.processor() or platform.machine(), os.cpu_count(),
-                                 time.time() - started))
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    open(a.out, "w").write("\n".join(lines) + "\n")
+                 "in %.0f s%s." % (datetime.date.today().isoformat(),
+                                   platform.processor() or platform.machine(), os.cpu_count(),
+                                   time.time() - started,
+                                   " (run still in progress: the models so far)" if partial else ""))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    open(out, "w").write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
