@@ -82,25 +82,6 @@ size_t scalar_size(GgufValueType t) {
   }
 }
 
-const char* value_type_name(GgufValueType t) {
-  switch (t) {
-    case GgufValueType::kUint8: return "uint8";
-    case GgufValueType::kInt8: return "int8";
-    case GgufValueType::kUint16: return "uint16";
-    case GgufValueType::kInt16: return "int16";
-    case GgufValueType::kUint32: return "uint32";
-    case GgufValueType::kInt32: return "int32";
-    case GgufValueType::kFloat32: return "float32";
-    case GgufValueType::kBool: return "bool";
-    case GgufValueType::kString: return "string";
-    case GgufValueType::kArray: return "array";
-    case GgufValueType::kUint64: return "uint64";
-    case GgufValueType::kInt64: return "int64";
-    case GgufValueType::kFloat64: return "float64";
-  }
-  return "unknown";
-}
-
 bool is_valid_value_type(uint32_t raw) { return raw <= 12; }
 
 // Reads one numeric scalar of type t as a double (arrays) or into the variant (scalars).
@@ -166,13 +147,32 @@ void read_value(Reader& r, GgufValue& out, const std::string& key, const std::st
   size_t elem = scalar_size(out.element_type);
   if (count > r.remaining() / elem) {
     fail(label, ": truncated or corrupt GGUF: key '", key, "' claims ", count, " ",
-         value_type_name(out.element_type), " values, more than the file can hold");
+         gguf_value_type_name(out.element_type), " values, more than the file can hold");
   }
   out.numbers.reserve(static_cast<size_t>(count));
   for (uint64_t i = 0; i < count; ++i) out.numbers.push_back(as_double(read_scalar(r, out.element_type)));
 }
 
 }  // namespace
+
+const char* gguf_value_type_name(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::kUint8: return "uint8";
+    case GgufValueType::kInt8: return "int8";
+    case GgufValueType::kUint16: return "uint16";
+    case GgufValueType::kInt16: return "int16";
+    case GgufValueType::kUint32: return "uint32";
+    case GgufValueType::kInt32: return "int32";
+    case GgufValueType::kFloat32: return "float32";
+    case GgufValueType::kBool: return "bool";
+    case GgufValueType::kString: return "string";
+    case GgufValueType::kArray: return "array";
+    case GgufValueType::kUint64: return "uint64";
+    case GgufValueType::kInt64: return "int64";
+    case GgufValueType::kFloat64: return "float64";
+  }
+  return "unknown";
+}
 
 GgufFile::GgufFile(const std::string& path) : file_(path), label_(path) {
   parse(file_.data(), file_.size());
@@ -301,7 +301,7 @@ std::optional<std::string> GgufFile::find_string(const std::string& key) const {
   const GgufValue* v = find(key);
   if (!v) return std::nullopt;
   if (v->type != GgufValueType::kString) {
-    fail(label_, ": metadata key '", key, "' is ", value_type_name(v->type), ", expected string");
+    fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type), ", expected string");
   }
   return std::get<std::string>(v->scalar);
 }
@@ -316,7 +316,7 @@ std::optional<int64_t> GgufFile::find_int(const std::string& key) const {
     }
     return static_cast<int64_t>(*u);
   }
-  fail(label_, ": metadata key '", key, "' is ", value_type_name(v->type), ", expected an integer");
+  fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type), ", expected an integer");
 }
 
 int64_t GgufFile::get_int(const std::string& key) const {
@@ -344,7 +344,7 @@ bool GgufFile::get_bool(const std::string& key) const {
   const GgufValue* v = find(key);
   if (!v) fail(label_, ": missing metadata key '", key, "'");
   if (v->type != GgufValueType::kBool) {
-    fail(label_, ": metadata key '", key, "' is ", value_type_name(v->type), ", expected bool");
+    fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type), ", expected bool");
   }
   return std::get<bool>(v->scalar);
 }

@@ -32,6 +32,9 @@ enum class GgufValueType : uint32_t {
   kFloat64 = 12,
 };
 
+// The format's name of a value type ("uint32", "string", ...), for messages.
+const char* gguf_value_type_name(GgufValueType type);
+
 // One metadata value. Integers of every width are held as int64/uint64, floats as double;
 // arrays keep their element type and hold strings or numbers.
 struct GgufValue {

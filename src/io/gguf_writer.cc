@@ -35,25 +35,6 @@ constexpr int64_t kMaxNumel = int64_t{1} << 48;
 // Linux moves at most about 2 GiB per write(2); larger tensors go in chunks.
 constexpr size_t kMaxWriteChunk = size_t{1} << 30;
 
-const char* value_type_name(GgufValueType t) {
-  switch (t) {
-    case GgufValueType::kUint8: return "uint8";
-    case GgufValueType::kInt8: return "int8";
-    case GgufValueType::kUint16: return "uint16";
-    case GgufValueType::kInt16: return "int16";
-    case GgufValueType::kUint32: return "uint32";
-    case GgufValueType::kInt32: return "int32";
-    case GgufValueType::kFloat32: return "float32";
-    case GgufValueType::kBool: return "bool";
-    case GgufValueType::kString: return "string";
-    case GgufValueType::kArray: return "array";
-    case GgufValueType::kUint64: return "uint64";
-    case GgufValueType::kInt64: return "int64";
-    case GgufValueType::kFloat64: return "float64";
-  }
-  return "unknown";
-}
-
 struct IntegerType {
   bool is_signed;
   int bits;
@@ -283,9 +264,9 @@ void GgufWriter::set_string(const std::string& key, std::string value) {
 void GgufWriter::set_int(const std::string& key, int64_t value, GgufValueType type) {
   const auto it = integer_type(type);
   EKV_CHECK(it, "GGUF writer: metadata key '", key, "': set_int needs an integer type, not ",
-            value_type_name(type));
+            gguf_value_type_name(type));
   EKV_CHECK(fits(*it, value), "GGUF writer: metadata key '", key, "': ", value, " does not fit ",
-            value_type_name(type));
+            gguf_value_type_name(type));
   GgufValue v;
   v.type = type;
   // Signed and unsigned alternatives as GgufFile holds them, so that read-back values compare.
@@ -299,7 +280,7 @@ void GgufWriter::set_int(const std::string& key, int64_t value, GgufValueType ty
 
 void GgufWriter::set_float(const std::string& key, double value, GgufValueType type) {
   EKV_CHECK(is_float_type(type), "GGUF writer: metadata key '", key,
-            "': set_float needs float32 or float64, not ", value_type_name(type));
+            "': set_float needs float32 or float64, not ", gguf_value_type_name(type));
   EKV_CHECK(type == GgufValueType::kFloat64 || fits_float32(value), "GGUF writer: metadata key '",
             key, "': ", value, " overflows float32");
   GgufValue v;
@@ -328,11 +309,11 @@ void GgufWriter::set_number_array(const std::string& key, std::vector<double> va
   EKV_CHECK(integer_type(element_type) || is_float_type(element_type) ||
                 element_type == GgufValueType::kBool,
             "GGUF writer: metadata key '", key, "': a number array cannot hold ",
-            value_type_name(element_type));
+            gguf_value_type_name(element_type));
   for (size_t i = 0; i < values.size(); ++i) {
     const double x = values[i];
     EKV_CHECK(is_value_of(element_type, x), "GGUF writer: metadata key '", key, "': element ", i,
-              " (", x, ") is not a value of type ", value_type_name(element_type));
+              " (", x, ") is not a value of type ", gguf_value_type_name(element_type));
   }
   GgufValue v;
   v.type = GgufValueType::kArray;
@@ -405,7 +386,7 @@ void GgufWriter::write(const std::string& path) const {
     // llama.cpp reads this key only as uint32.
     EKV_CHECK(value.type == GgufValueType::kUint32, path,
               ": cannot write GGUF: general.alignment must be uint32, not ",
-              value_type_name(value.type));
+              gguf_value_type_name(value.type));
     const uint64_t a = std::get<uint64_t>(value.scalar);
     EKV_CHECK(std::has_single_bit(a) && a <= kMaxAlignment, path,
               ": cannot write GGUF: general.alignment ", a, " is not a power of two up to ",
