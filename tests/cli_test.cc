@@ -32,7 +32,8 @@ TEST(Cli, GreedyGenerationFromBosMatchesKnownStory) {
   Outcome o = run("generate -m " + kBundled + " -n 40 --temp 0");
   ASSERT_EQ(o.status, 0) << o.out;
   EXPECT_EQ(o.out.rfind("Once upon a time, there was a little girl named Lily. She loved to play "
-                        "outside in the park.", 0),
+                        "outside in the park.",
+                        0),
             0u)
       << o.out;
 }

@@ -222,8 +222,8 @@ TEST(Fold, RejectsRanksOutsideTheHead) {
   auto m = synthetic_model(4, 2, true, 1);
   std::mt19937 rng(2);
   const auto u = random_orthonormal(2, 12, rng);
-  EXPECT_THROW(compress::fold_layer(m->weights().layers[0], m->config(), KeyMode::kPre, u, u, 13, 4),
-               Error);
+  EXPECT_THROW(
+      compress::fold_layer(m->weights().layers[0], m->config(), KeyMode::kPre, u, u, 13, 4), Error);
   EXPECT_THROW(compress::fold_layer(m->weights().layers[0], m->config(), KeyMode::kPre, u, u, 4, 0),
                Error);
 }

@@ -136,7 +136,8 @@ TEST(GgufVersusHuggingFace, TinystoriesGqaLogitsEqual) {
 // Decoding one token at a time through the cache gives the logits of one batched prefill.
 TEST(ForwardPass, IncrementalDecodeEqualsPrefill) {
   auto m = model::Model::load(testing::source_path("models/stories260K.gguf"));
-  const std::vector<int32_t> ids = m->tokenizer().encode("Once upon a time, there was a cat.", true);
+  const std::vector<int32_t> ids =
+      m->tokenizer().encode("Once upon a time, there was a cat.", true);
   const std::vector<float> batched = all_logits(*m, ids);
   kv::KvCache cache = m->new_cache(static_cast<int64_t>(ids.size()));
   const int64_t nv = m->config().n_vocab;

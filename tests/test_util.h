@@ -18,17 +18,18 @@ inline std::string source_path(const std::string& rel) {
 }  // namespace eigenkv::testing
 
 // Skips the current test, naming the file, when a file from ../shared is absent.
-#define EKV_REQUIRE_SHARED(rel)                                                       \
-  do {                                                                                \
-    if (!std::filesystem::exists(::eigenkv::testing::shared_path(rel)))               \
-      GTEST_SKIP() << "skipped: ../shared/" << (rel) << " is absent";                \
+#define EKV_REQUIRE_SHARED(rel)                                         \
+  do {                                                                  \
+    if (!std::filesystem::exists(::eigenkv::testing::shared_path(rel))) \
+      GTEST_SKIP() << "skipped: ../shared/" << (rel) << " is absent";   \
   } while (0)
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
 #include <memory>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace eigenkv::testing {
 
@@ -69,8 +70,8 @@ inline std::string temp_path(const std::string& name) {
 
 }  // namespace eigenkv::testing
 
-#define EKV_REQUIRE_REFERENCE()                                                        \
-  do {                                                                                 \
-    if (!::eigenkv::testing::have_reference_python())                                  \
+#define EKV_REQUIRE_REFERENCE()                                                         \
+  do {                                                                                  \
+    if (!::eigenkv::testing::have_reference_python())                                   \
       GTEST_SKIP() << "skipped: /usr/bin/python3 with numpy (python3-numpy) is absent"; \
   } while (0)

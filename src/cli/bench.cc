@@ -1,9 +1,10 @@
 // eigenkv bench: prefill and decode speed at several context depths, as a markdown table or JSON.
+#include "eval/bench.h"
+
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
-#include "eval/bench.h"
 #include "util/threads.h"
 
 namespace eigenkv::cli {
@@ -54,8 +55,12 @@ void run(const BenchFlags& f) {
   }
   std::printf("model: %s, threads: %d, copy bandwidth: %.2f GB/s (median of 5)\n\n",
               model->path().c_str(), threads, copy_bw / 1e9);
-  std::printf("| test | depth | tokens/s (median) | min | max | attention us/token | bytes/token | of copy bandwidth |\n");
-  std::printf("|------|------:|------------------:|----:|----:|-------------------:|------------:|------------------:|\n");
+  std::printf(
+      "| test | depth | tokens/s (median) | min | max | attention us/token | bytes/token | of copy "
+      "bandwidth |\n");
+  std::printf(
+      "|------|------:|------------------:|----:|----:|-------------------:|------------:|---------"
+      "---------:|\n");
   for (const auto& r : rows) {
     const std::string name = r.test + std::to_string(r.n_tokens);
     if (r.test == "tg") {
@@ -78,14 +83,20 @@ void register_bench(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("bench", "prefill/decode tokens per second at context depths");
   add_model_flags(cmd, flags->model);
   cmd->add_option("-p,--n-prompt", flags->n_prompt, "prompt tokens per prefill test (0: skip)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("-n,--n-gen", flags->n_gen, "tokens per decode test (0: skip)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("-d,--depth", flags->depths, "context depths, comma-separated")
-      ->delimiter(',')->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->delimiter(',')
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("-r,--repeats", flags->repeats, "repeats per test (median reported)")
-      ->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_flag("--json", flags->json, "print JSON rows: test, depth, tokens_per_s, bandwidth_fraction");
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_flag("--json", flags->json,
+                "print JSON rows: test, depth, tokens_per_s, bandwidth_fraction");
   cmd->callback([flags] { run(*flags); });
 }
 

@@ -1,10 +1,11 @@
 // eigenkv calibrate: compress a model's KV cache with Eigen Attention and write the result.
+#include "compress/calibrate.h"
+
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
-#include "compress/calibrate.h"
 #include "model/save.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -51,7 +52,8 @@ compress::CalibrationOptions options_from(const CalibrateFlags& f, const model::
   }
   EKV_CHECK(f.method == "eigen", "unknown --method '", f.method, "' (this build offers: eigen)");
   if (model.config().position == model::PositionKind::kRope) {
-    EKV_CHECK(f.rope == "pre" || f.rope == "post", "--rope must be pre or post, found '", f.rope, "'");
+    EKV_CHECK(f.rope == "pre" || f.rope == "post", "--rope must be pre or post, found '", f.rope,
+              "'");
     o.key_mode = model::key_mode_from_name(f.rope);
   } else {
     o.key_mode = model::KeyMode::kNoRope;
@@ -71,13 +73,17 @@ nlohmann::json profile_json(const compress::CalibrationResult& r) {
   for (const auto& lc : r.layers) {
     nlohmann::json points = nlohmann::json::array();
     for (const auto& c : lc.profile) {
-      points.push_back({{"threshold", c.threshold}, {"key_rank", c.key_rank},
-                        {"value_rank", c.value_rank}, {"error", c.error}, {"cosine", c.cosine}});
+      points.push_back({{"threshold", c.threshold},
+                        {"key_rank", c.key_rank},
+                        {"value_rank", c.value_rank},
+                        {"error", c.error},
+                        {"cosine", c.cosine}});
     }
     layers.push_back({{"profile", points},
-                      {"chosen", {{"key_rank", lc.chosen.key_rank},
-                                  {"value_rank", lc.chosen.value_rank},
-                                  {"error", lc.chosen.error}}}});
+                      {"chosen",
+                       {{"key_rank", lc.chosen.key_rank},
+                        {"value_rank", lc.chosen.value_rank},
+                        {"error", lc.chosen.error}}}});
   }
   return layers;
 }
@@ -146,10 +152,12 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--tokens", flags->tokens, "use at most N calibration tokens")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--ctx", flags->ctx, "calibration window in tokens")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))->capture_default_str();
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->capture_default_str();
   cmd->add_option("--error-windows", flags->error_windows,
                   "windows used to measure layer-output errors")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--profile-json", flags->profile_json, "write the error-rank profiles here");
   cmd->add_flag("--json", flags->json, "print a JSON summary");
   cmd->callback([flags] { run(*flags); });

@@ -13,7 +13,8 @@ void add_model_flags(CLI::App* app, ModelFlags& flags, bool required) {
                             "model: a .gguf file or a Hugging Face directory (config.json + "
                             "safetensors + tokenizer.json)");
   if (required) m->required();
-  app->add_option("-t,--threads", flags.threads, "threads (default: OMP_NUM_THREADS, else all cores)")
+  app->add_option("-t,--threads", flags.threads,
+                  "threads (default: OMP_NUM_THREADS, else all cores)")
       ->check(CLI::PositiveNumber);
 }
 

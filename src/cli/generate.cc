@@ -1,10 +1,11 @@
 // eigenkv generate: text from a prompt (or from BOS alone), streamed as it is produced.
+#include "model/generate.h"
+
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "cli/common.h"
-#include "model/generate.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -32,7 +33,11 @@ size_t complete_utf8_prefix(const std::string& s) {
   for (int back = 0; back < 4 && i > 0; ++back) {
     const unsigned char c = static_cast<unsigned char>(s[--i]);
     if ((c & 0xC0) != 0x80) {  // a lead byte (or ASCII): is its sequence complete?
-      const size_t need = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+      const size_t need = c < 0x80           ? 1
+                          : (c >> 5) == 0x6  ? 2
+                          : (c >> 4) == 0xE  ? 3
+                          : (c >> 3) == 0x1E ? 4
+                                             : 1;
       return end - i >= need ? end : i;
     }
   }
@@ -106,15 +111,19 @@ void register_generate(CLI::App& app) {
   cmd->add_option("-p,--prompt", flags->prompt, "prompt text (default: none, start from BOS)");
   cmd->add_option("-f,--file", flags->file, "read the prompt from a file");
   cmd->add_option("-n,--n-predict", flags->n_tokens, "tokens to generate")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--ctx", flags->ctx, "context size (default: the model's)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--temp", flags->temperature, "temperature; 0 = greedy")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--top-k", flags->top_k, "keep the k most likely tokens; 0 = all")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--top-p", flags->top_p, "nucleus sampling mass in (0, 1]")
-      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   cmd->add_option("--seed", flags->seed, "random seed (default: random)");
   cmd->add_flag("--no-bos", flags->no_bos, "do not prepend the BOS token");
   cmd->add_flag("--json", flags->json, "print one JSON object: text, ids, tokens_per_s");

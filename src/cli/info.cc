@@ -54,12 +54,13 @@ void run(const InfoFlags& f) {
   }
   std::printf("model:          %s\n", model->path().c_str());
   std::printf("architecture:   %s (%s)\n", c.architecture.c_str(), c.name.c_str());
-  std::printf("shape:          %lld layers, d_model %lld, %lld heads / %lld KV heads of %lld, "
-              "FFN %lld, vocab %lld\n",
-              static_cast<long long>(c.n_layers), static_cast<long long>(c.d_model),
-              static_cast<long long>(c.n_heads), static_cast<long long>(c.n_kv_heads),
-              static_cast<long long>(c.head_dim), static_cast<long long>(c.d_ffn),
-              static_cast<long long>(c.n_vocab));
+  std::printf(
+      "shape:          %lld layers, d_model %lld, %lld heads / %lld KV heads of %lld, "
+      "FFN %lld, vocab %lld\n",
+      static_cast<long long>(c.n_layers), static_cast<long long>(c.d_model),
+      static_cast<long long>(c.n_heads), static_cast<long long>(c.n_kv_heads),
+      static_cast<long long>(c.head_dim), static_cast<long long>(c.d_ffn),
+      static_cast<long long>(c.n_vocab));
   std::printf("context:        %lld (RoPE theta %g)\n", static_cast<long long>(c.n_ctx_train),
               c.rope_theta);
   std::string types;
@@ -69,16 +70,19 @@ void run(const InfoFlags& f) {
   std::printf("tensor types:   %s\n", types.c_str());
   if (model->is_compressed()) {
     const auto meta = nlohmann::json::parse(model->compression_json());
-    std::printf("compression:    %s, key mode %s, calibrated on %s tokens of %s\n",
-                meta.value("method", "?").c_str(), model::key_mode_name(model->weights().layers[0].key_mode),
-                meta.contains("calibration_tokens") ? meta["calibration_tokens"].dump().c_str() : "?",
-                meta.value("calibration_source", "?").c_str());
+    std::printf(
+        "compression:    %s, key mode %s, calibrated on %s tokens of %s\n",
+        meta.value("method", "?").c_str(),
+        model::key_mode_name(model->weights().layers[0].key_mode),
+        meta.contains("calibration_tokens") ? meta["calibration_tokens"].dump().c_str() : "?",
+        meta.value("calibration_source", "?").c_str());
     std::string ranks;
     for (size_t l = 0; l < model->weights().layers.size(); ++l) {
       const model::LayerWeights& L = model->weights().layers[l];
       ranks += (l ? ", " : "") + std::to_string(L.key_rank) + "/" + std::to_string(L.value_rank);
     }
-    std::printf("ranks r_K/r_V:  %s (of %lld)\n", ranks.c_str(), static_cast<long long>(c.head_dim));
+    std::printf("ranks r_K/r_V:  %s (of %lld)\n", ranks.c_str(),
+                static_cast<long long>(c.head_dim));
   }
   std::printf("KV bytes/token: %lld (f32; uncompressed %lld, ratio %.3f)\n",
               static_cast<long long>(kv), static_cast<long long>(kv_full),

@@ -1,9 +1,10 @@
 // eigenkv perplexity: PPL of a text (DESIGN.md §5), optionally KLD against a base model.
+#include "eval/perplexity.h"
+
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
-#include "eval/perplexity.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -72,11 +73,13 @@ void run(const PerplexityFlags& f) {
 
 void register_perplexity(CLI::App& app) {
   auto flags = std::make_shared<PerplexityFlags>();
-  CLI::App* cmd = app.add_subcommand("perplexity", "perplexity of a text file, and KLD vs a base model");
+  CLI::App* cmd =
+      app.add_subcommand("perplexity", "perplexity of a text file, and KLD vs a base model");
   add_model_flags(cmd, flags->model);
   cmd->add_option("-f,--file", flags->file, "text file to score")->required();
   cmd->add_option("--ctx", flags->ctx, "window size in tokens")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))->capture_default_str();
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->capture_default_str();
   cmd->add_option("--max-windows", flags->max_windows, "score at most this many windows")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--kld-base", flags->kld_base,

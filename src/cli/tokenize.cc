@@ -64,7 +64,8 @@ void register_tokenize(CLI::App& app) {
   auto flags = std::make_shared<TokenizeFlags>();
   CLI::App* cmd = app.add_subcommand("tokenize", "token ids of a text");
   add_model_flags(cmd, flags->model, false);
-  cmd->add_option("--tokenizer", flags->tokenizer_json, "a Hugging Face tokenizer.json (instead of -m)");
+  cmd->add_option("--tokenizer", flags->tokenizer_json,
+                  "a Hugging Face tokenizer.json (instead of -m)");
   cmd->add_option("-p,--prompt", flags->prompt, "text to tokenize");
   cmd->add_option("-f,--file", flags->file, "read the text from a file");
   cmd->add_flag("--no-bos", flags->no_bos, "do not prepend the BOS token");

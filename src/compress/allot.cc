@@ -7,7 +7,8 @@
 
 namespace eigenkv::compress {
 
-std::vector<Candidate> allot_error_budget(const std::vector<LayerProfile>& profiles, double budget) {
+std::vector<Candidate> allot_error_budget(const std::vector<LayerProfile>& profiles,
+                                          double budget) {
   EKV_CHECK(budget > 0 && budget <= 1, "the error budget must be in (0, 1], found ", budget);
   std::vector<Candidate> chosen;
   for (size_t l = 0; l < profiles.size(); ++l) {
@@ -47,11 +48,13 @@ std::vector<Candidate> allot_kv_budget(const std::vector<LayerProfile>& profiles
   }
   EKV_CHECK(budget_numbers >= min_total, "the KV budget of ", budget_numbers,
             " cached numbers per KV head and token summed over layers cannot be met: the "
-            "smallest candidate ranks need ", min_total);
+            "smallest candidate ranks need ",
+            min_total);
   const int64_t cap = std::min(budget_numbers, max_total);
   constexpr double kInf = std::numeric_limits<double>::infinity();
   // best[l][s]: least summed error of layers < l using exactly s numbers; choice[l][s] the pick.
-  std::vector<std::vector<double>> best(n + 1, std::vector<double>(static_cast<size_t>(cap + 1), kInf));
+  std::vector<std::vector<double>> best(n + 1,
+                                        std::vector<double>(static_cast<size_t>(cap + 1), kInf));
   std::vector<std::vector<int>> choice(n, std::vector<int>(static_cast<size_t>(cap + 1), -1));
   best[0][0] = 0;
   for (size_t l = 0; l < n; ++l) {

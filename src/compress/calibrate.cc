@@ -49,16 +49,21 @@ std::vector<Eigen::MatrixXd> basis_vectors(const std::vector<EigenBasis>& bases)
 // The layer's ranks at threshold eps: the largest over its KV heads (one rank per layer and kind).
 std::pair<int64_t, int64_t> ranks_at(const LayerCalibration& lc, double eps, RankRule rule) {
   int64_t rk = 1, rv = 1;
-  for (const EigenBasis& b : lc.key) rk = std::max(rk, rank_for_threshold(b.eigenvalues, eps, rule));
-  for (const EigenBasis& b : lc.value) rv = std::max(rv, rank_for_threshold(b.eigenvalues, eps, rule));
+  for (const EigenBasis& b : lc.key)
+    rk = std::max(rk, rank_for_threshold(b.eigenvalues, eps, rule));
+  for (const EigenBasis& b : lc.value)
+    rv = std::max(rv, rank_for_threshold(b.eigenvalues, eps, rule));
   return {rk, rv};
 }
 
 const char* allotment_name(Allotment a) {
   switch (a) {
-    case Allotment::kThreshold: return "threshold";
-    case Allotment::kErrorBudget: return "error_budget";
-    case Allotment::kKvBudget: return "kv_budget";
+    case Allotment::kThreshold:
+      return "threshold";
+    case Allotment::kErrorBudget:
+      return "error_budget";
+    case Allotment::kKvBudget:
+      return "kv_budget";
   }
   return "unknown";
 }
@@ -75,9 +80,9 @@ Candidate measure_layer(const model::Model& model, int64_t layer,
   const int64_t d = model.config().d_model;
   double diff2 = 0, ref2 = 0, cos_sum = 0;
   int64_t rows = 0;
-  kv::KvCache cache({kv::LayerShape{model.config().n_kv_heads, candidate.key_rank,
-                                    candidate.value_rank}},
-                    samples.ctx);
+  kv::KvCache cache(
+      {kv::LayerShape{model.config().n_kv_heads, candidate.key_rank, candidate.value_rank}},
+      samples.ctx);
   std::vector<float> x;
   for (size_t w = 0; w < samples.inputs.size(); ++w) {
     x = samples.inputs[w][layer];
@@ -119,7 +124,8 @@ CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t
   EKV_CHECK(!rope || o.key_mode != model::KeyMode::kNoRope,
             "the model uses RoPE: choose the pre or post key mode");
   EKV_CHECK(o.ctx >= 2, "the calibration window must be at least 2 tokens, found ", o.ctx);
-  EKV_CHECK(o.threshold >= 0 && o.threshold < 1, "the threshold must be in [0, 1), found ", o.threshold);
+  EKV_CHECK(o.threshold >= 0 && o.threshold < 1, "the threshold must be in [0, 1), found ",
+            o.threshold);
   EKV_CHECK(o.error_budget > 0 && o.error_budget <= 1, "the error budget must be in (0, 1], found ",
             o.error_budget);
   EKV_CHECK(o.kv_budget > 0 && o.kv_budget <= 1, "the KV budget must be in (0, 1], found ",
@@ -167,7 +173,8 @@ CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t
     // The error-rank profile over the eps grid; the uniform threshold's own point is added so
     // its error is reported too.
     std::vector<double> grid;
-    for (double eps = 0; eps <= o.threshold_max + 1e-12; eps += o.threshold_step) grid.push_back(eps);
+    for (double eps = 0; eps <= o.threshold_max + 1e-12; eps += o.threshold_step)
+      grid.push_back(eps);
     if (o.allotment == Allotment::kThreshold) grid = {o.threshold};
     std::map<std::pair<int64_t, int64_t>, Candidate> seen;
     for (double eps : grid) {
@@ -214,9 +221,9 @@ CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t
   for (int64_t l = 0; l < config.n_layers; ++l) {
     LayerCalibration& lc = result.layers[l];
     lc.chosen = chosen[l];
-    new_weights.layers[l] = fold_layer(weights.layers[l], config, o.key_mode, basis_vectors(lc.key),
-                                       basis_vectors(lc.value), lc.chosen.key_rank,
-                                       lc.chosen.value_rank);
+    new_weights.layers[l] =
+        fold_layer(weights.layers[l], config, o.key_mode, basis_vectors(lc.key),
+                   basis_vectors(lc.value), lc.chosen.key_rank, lc.chosen.value_rank);
     layers_json.push_back({{"key_rank", lc.chosen.key_rank},
                            {"value_rank", lc.chosen.value_rank},
                            {"threshold", lc.chosen.threshold},

@@ -20,15 +20,15 @@ struct CalibrationOptions {
   model::KeyMode key_mode = model::KeyMode::kPre;  // kPre or kPost; kNoRope for models without RoPE
   RankRule rule = RankRule::kEnergy;
   Allotment allotment = Allotment::kThreshold;
-  double threshold = 0.05;     // kThreshold: the error threshold eps in [0, 1)
-  double error_budget = 0.05;  // kErrorBudget: per-layer relative output error, (0, 1]
-  double kv_budget = 0.5;      // kKvBudget: fraction of the uncompressed cache, (0, 1]
+  double threshold = 0.05;       // kThreshold: the error threshold eps in [0, 1)
+  double error_budget = 0.05;    // kErrorBudget: per-layer relative output error, (0, 1]
+  double kv_budget = 0.5;        // kKvBudget: fraction of the uncompressed cache, (0, 1]
   double threshold_step = 0.02;  // eps grid of the error-rank profiles (the authors' step)
   double threshold_max = 0.6;
-  int64_t ctx = 256;            // calibration window
-  int64_t max_tokens = 0;       // 0: all the text
-  int64_t error_windows = 8;    // windows kept to measure layer-output errors
-  std::string source;           // name of the calibration text, recorded in the model
+  int64_t ctx = 256;          // calibration window
+  int64_t max_tokens = 0;     // 0: all the text
+  int64_t error_windows = 8;  // windows kept to measure layer-output errors
+  std::string source;         // name of the calibration text, recorded in the model
   bool progress = true;
 };
 

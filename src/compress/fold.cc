@@ -62,8 +62,7 @@ model::LayerWeights fold_layer(const model::LayerWeights& full, const model::Mod
             "expected one key and one value basis per KV head (", nkv, ")");
   for (const auto* bases : {&key_bases, &value_bases}) {
     for (const Eigen::MatrixXd& u : *bases) {
-      EKV_CHECK(u.rows() == dh, "a basis must have ", dh, " rows, found ", u.rows(), "x",
-                u.cols());
+      EKV_CHECK(u.rows() == dh, "a basis must have ", dh, " rows, found ", u.rows(), "x", u.cols());
     }
   }
   EKV_CHECK(key_bases[0].cols() >= key_rank && value_bases[0].cols() >= value_rank,
@@ -100,7 +99,8 @@ model::LayerWeights fold_layer(const model::LayerWeights& full, const model::Mod
     for (int64_t j = 0; j < nkv; ++j) {
       Matrix u = make(dh, key_rank);
       for (int64_t i = 0; i < dh; ++i) {
-        for (int64_t r = 0; r < key_rank; ++r) u.data[i * key_rank + r] = static_cast<float>(key_bases[j](i, r));
+        for (int64_t r = 0; r < key_rank; ++r)
+          u.data[i * key_rank + r] = static_cast<float>(key_bases[j](i, r));
       }
       L.key_basis.push_back(std::move(u));
     }

@@ -36,7 +36,8 @@ void GramCollector::on_attention(int64_t layer, int64_t n, int64_t pos0, const f
   for (int64_t j = 0; j < nkv; ++j) {
     add_gram(grams.key[j], k, n, nkv * dh, j * dh, dh);
     if (key_mode_ != model::KeyMode::kPre) {
-      for (int64_t h = j * g; h < (j + 1) * g; ++h) add_gram(grams.key[j], q, n, nh * dh, h * dh, dh);
+      for (int64_t h = j * g; h < (j + 1) * g; ++h)
+        add_gram(grams.key[j], q, n, nh * dh, h * dh, dh);
     }
     add_gram(grams.value[j], v, n, nkv * dh, j * dh, dh);
   }

@@ -22,11 +22,11 @@ struct BenchRow {
   std::string test;  // "pp" or "tg"
   int64_t n_tokens = 0;
   int64_t depth = 0;
-  double tokens_per_s = 0;     // median over repeats
+  double tokens_per_s = 0;  // median over repeats
   double tokens_per_s_min = 0;
   double tokens_per_s_max = 0;
-  double bytes_per_token = 0;  // tg: weights + mean KV read per token
-  double bandwidth_fraction = 0;  // tg: bytes_per_token * tokens_per_s / copy bandwidth
+  double bytes_per_token = 0;         // tg: weights + mean KV read per token
+  double bandwidth_fraction = 0;      // tg: bytes_per_token * tokens_per_s / copy bandwidth
   double attention_us_per_token = 0;  // median over repeats: time in attention proper per token
 };
 

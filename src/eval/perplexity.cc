@@ -83,7 +83,8 @@ PerplexityResult perplexity(const model::Model& model, const std::vector<int32_t
   }
   const double n = static_cast<double>(nll.size());
   r.nll_mean = sum / n;
-  r.nll_stderr = n > 1 ? std::sqrt(std::max(0.0, sum_sq / n - r.nll_mean * r.nll_mean) / (n - 1)) : 0;
+  r.nll_stderr =
+      n > 1 ? std::sqrt(std::max(0.0, sum_sq / n - r.nll_mean * r.nll_mean) / (n - 1)) : 0;
   r.ppl = std::exp(r.nll_mean);
   if (options.keep_token_nll) r.token_nll = nll;
   if (base) {

@@ -28,12 +28,12 @@ struct PerplexityResult {
   bool has_kld = false;
   double kld_mean = 0;
   double kld_p99 = 0;
-  double top1_agree = 0;         // fraction of scored positions where both argmaxes agree
+  double top1_agree = 0;          // fraction of scored positions where both argmaxes agree
   std::vector<double> token_nll;  // per scored token, window by window (keep_token_nll)
 };
 
-// Throws Error when `ids` holds fewer than ctx tokens (no whole window), ctx < 2, or the base model's
-// vocabulary differs.
+// Throws Error when `ids` holds fewer than ctx tokens (no whole window), ctx < 2, or the base
+// model's vocabulary differs.
 PerplexityResult perplexity(const model::Model& model, const std::vector<int32_t>& ids,
                             const PerplexityOptions& options, const model::Model* base = nullptr);
 

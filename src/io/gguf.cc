@@ -87,19 +87,32 @@ bool is_valid_value_type(uint32_t raw) { return raw <= 12; }
 // Reads one numeric scalar of type t as a double (arrays) or into the variant (scalars).
 std::variant<int64_t, uint64_t, double, bool, std::string> read_scalar(Reader& r, GgufValueType t) {
   switch (t) {
-    case GgufValueType::kUint8: return uint64_t{r.read<uint8_t>("uint8 value")};
-    case GgufValueType::kInt8: return int64_t{r.read<int8_t>("int8 value")};
-    case GgufValueType::kUint16: return uint64_t{r.read<uint16_t>("uint16 value")};
-    case GgufValueType::kInt16: return int64_t{r.read<int16_t>("int16 value")};
-    case GgufValueType::kUint32: return uint64_t{r.read<uint32_t>("uint32 value")};
-    case GgufValueType::kInt32: return int64_t{r.read<int32_t>("int32 value")};
-    case GgufValueType::kUint64: return r.read<uint64_t>("uint64 value");
-    case GgufValueType::kInt64: return r.read<int64_t>("int64 value");
-    case GgufValueType::kFloat32: return double{r.read<float>("float32 value")};
-    case GgufValueType::kFloat64: return r.read<double>("float64 value");
-    case GgufValueType::kBool: return r.read<uint8_t>("bool value") != 0;
-    case GgufValueType::kString: return r.read_string("string value");
-    case GgufValueType::kArray: break;
+    case GgufValueType::kUint8:
+      return uint64_t{r.read<uint8_t>("uint8 value")};
+    case GgufValueType::kInt8:
+      return int64_t{r.read<int8_t>("int8 value")};
+    case GgufValueType::kUint16:
+      return uint64_t{r.read<uint16_t>("uint16 value")};
+    case GgufValueType::kInt16:
+      return int64_t{r.read<int16_t>("int16 value")};
+    case GgufValueType::kUint32:
+      return uint64_t{r.read<uint32_t>("uint32 value")};
+    case GgufValueType::kInt32:
+      return int64_t{r.read<int32_t>("int32 value")};
+    case GgufValueType::kUint64:
+      return r.read<uint64_t>("uint64 value");
+    case GgufValueType::kInt64:
+      return r.read<int64_t>("int64 value");
+    case GgufValueType::kFloat32:
+      return double{r.read<float>("float32 value")};
+    case GgufValueType::kFloat64:
+      return r.read<double>("float64 value");
+    case GgufValueType::kBool:
+      return r.read<uint8_t>("bool value") != 0;
+    case GgufValueType::kString:
+      return r.read_string("string value");
+    case GgufValueType::kArray:
+      break;
   }
   fail("internal: read_scalar on an array");
 }
@@ -125,7 +138,8 @@ void read_value(Reader& r, GgufValue& out, const std::string& key, const std::st
   out.element_type = static_cast<GgufValueType>(raw_elem);
   uint64_t count = r.read<uint64_t>("array length");
   if (out.element_type == GgufValueType::kArray) {
-    if (depth >= kMaxArrayNesting) fail(label, ": corrupt GGUF: key '", key, "' nests arrays too deep");
+    if (depth >= kMaxArrayNesting)
+      fail(label, ": corrupt GGUF: key '", key, "' nests arrays too deep");
     // Nested arrays are legal but unused by any model key eigenkv reads: parse and drop them.
     for (uint64_t i = 0; i < count; ++i) {
       GgufValue inner;
@@ -150,26 +164,40 @@ void read_value(Reader& r, GgufValue& out, const std::string& key, const std::st
          gguf_value_type_name(out.element_type), " values, more than the file can hold");
   }
   out.numbers.reserve(static_cast<size_t>(count));
-  for (uint64_t i = 0; i < count; ++i) out.numbers.push_back(as_double(read_scalar(r, out.element_type)));
+  for (uint64_t i = 0; i < count; ++i)
+    out.numbers.push_back(as_double(read_scalar(r, out.element_type)));
 }
 
 }  // namespace
 
 const char* gguf_value_type_name(GgufValueType t) {
   switch (t) {
-    case GgufValueType::kUint8: return "uint8";
-    case GgufValueType::kInt8: return "int8";
-    case GgufValueType::kUint16: return "uint16";
-    case GgufValueType::kInt16: return "int16";
-    case GgufValueType::kUint32: return "uint32";
-    case GgufValueType::kInt32: return "int32";
-    case GgufValueType::kFloat32: return "float32";
-    case GgufValueType::kBool: return "bool";
-    case GgufValueType::kString: return "string";
-    case GgufValueType::kArray: return "array";
-    case GgufValueType::kUint64: return "uint64";
-    case GgufValueType::kInt64: return "int64";
-    case GgufValueType::kFloat64: return "float64";
+    case GgufValueType::kUint8:
+      return "uint8";
+    case GgufValueType::kInt8:
+      return "int8";
+    case GgufValueType::kUint16:
+      return "uint16";
+    case GgufValueType::kInt16:
+      return "int16";
+    case GgufValueType::kUint32:
+      return "uint32";
+    case GgufValueType::kInt32:
+      return "int32";
+    case GgufValueType::kFloat32:
+      return "float32";
+    case GgufValueType::kBool:
+      return "bool";
+    case GgufValueType::kString:
+      return "string";
+    case GgufValueType::kArray:
+      return "array";
+    case GgufValueType::kUint64:
+      return "uint64";
+    case GgufValueType::kInt64:
+      return "int64";
+    case GgufValueType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
@@ -195,9 +223,11 @@ void GgufFile::parse(const uint8_t* data, size_t size) {
   uint64_t n_kv = r.read<uint64_t>("metadata count");
   // A key-value pair takes at least 8 (key length) + 4 (type) + 1 bytes; a tensor entry at least
   // 8 + 4 + 4 + 8: bounds on the counts before any loop runs.
-  if (n_kv > r.remaining() / 13) fail(label_, ": corrupt GGUF: metadata count ", n_kv, " is impossible");
+  if (n_kv > r.remaining() / 13)
+    fail(label_, ": corrupt GGUF: metadata count ", n_kv, " is impossible");
   if (n_tensors > r.remaining() / 24) {
-    fail(label_, ": corrupt GGUF: tensor count ", n_tensors, " is impossible for a file of ", size, " bytes");
+    fail(label_, ": corrupt GGUF: tensor count ", n_tensors, " is impossible for a file of ", size,
+         " bytes");
   }
 
   for (uint64_t i = 0; i < n_kv; ++i) {
@@ -252,8 +282,8 @@ void GgufFile::parse(const uint8_t* data, size_t size) {
     }
     t.view.type = info->type;
     if (ne[0] % info->block_size != 0) {
-      fail(label_, ": corrupt GGUF: tensor '", t.view.name, "' of type ", info->name, " has rows of ",
-           ne[0], " numbers, not a multiple of the block size ", info->block_size);
+      fail(label_, ": corrupt GGUF: tensor '", t.view.name, "' of type ", info->name,
+           " has rows of ", ne[0], " numbers, not a multiple of the block size ", info->block_size);
     }
     t.view.shape.assign(ne.rbegin(), ne.rend());
     t.view.nbytes = tensor_bytes(t.view.type, numel);
@@ -267,8 +297,8 @@ void GgufFile::parse(const uint8_t* data, size_t size) {
 
   size_t data_start = (r.offset() + alignment_ - 1) / alignment_ * alignment_;
   if (data_start > size && !raw.empty()) {
-    fail(label_, ": truncated GGUF: tensor data would start at byte ", data_start, " past the end (",
-         size, " bytes)");
+    fail(label_, ": truncated GGUF: tensor data would start at byte ", data_start,
+         " past the end (", size, " bytes)");
   }
   size_t data_size = data_start <= size ? size - data_start : 0;
   for (auto& t : raw) {
@@ -301,7 +331,8 @@ std::optional<std::string> GgufFile::find_string(const std::string& key) const {
   const GgufValue* v = find(key);
   if (!v) return std::nullopt;
   if (v->type != GgufValueType::kString) {
-    fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type), ", expected string");
+    fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type),
+         ", expected string");
   }
   return std::get<std::string>(v->scalar);
 }
@@ -316,7 +347,8 @@ std::optional<int64_t> GgufFile::find_int(const std::string& key) const {
     }
     return static_cast<int64_t>(*u);
   }
-  fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type), ", expected an integer");
+  fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type),
+       ", expected an integer");
 }
 
 int64_t GgufFile::get_int(const std::string& key) const {
@@ -344,7 +376,8 @@ bool GgufFile::get_bool(const std::string& key) const {
   const GgufValue* v = find(key);
   if (!v) fail(label_, ": missing metadata key '", key, "'");
   if (v->type != GgufValueType::kBool) {
-    fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type), ", expected bool");
+    fail(label_, ": metadata key '", key, "' is ", gguf_value_type_name(v->type),
+         ", expected bool");
   }
   return std::get<bool>(v->scalar);
 }

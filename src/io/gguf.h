@@ -63,7 +63,7 @@ class GgufFile {
 
   // Typed getters: throw Error naming the key when it is missing or of another type.
   std::string get_string(const std::string& key) const;
-  int64_t get_int(const std::string& key) const;  // any integer type, range-checked
+  int64_t get_int(const std::string& key) const;   // any integer type, range-checked
   double get_float(const std::string& key) const;  // float32/float64 or integer
   bool get_bool(const std::string& key) const;
   std::optional<int64_t> find_int(const std::string& key) const;

@@ -26,7 +26,9 @@ class KvCache {
   const LayerShape& layer(int64_t l) const { return layers_[l]; }
 
   // keys(l, j): [capacity, key_width] for KV head j of layer l; row s is the key of position s.
-  float* keys(int64_t l, int64_t j) { return keys_[l].data() + j * capacity_ * layers_[l].key_width; }
+  float* keys(int64_t l, int64_t j) {
+    return keys_[l].data() + j * capacity_ * layers_[l].key_width;
+  }
   const float* keys(int64_t l, int64_t j) const {
     return keys_[l].data() + j * capacity_ * layers_[l].key_width;
   }

@@ -19,10 +19,10 @@ struct GenerateOptions {
 };
 
 struct GenerateResult {
-  std::vector<int32_t> ids;      // generated tokens only
-  std::string stop_reason;       // "eos", "length" (max_tokens), "context" or "callback"
+  std::vector<int32_t> ids;  // generated tokens only
+  std::string stop_reason;   // "eos", "length" (max_tokens), "context" or "callback"
   double prefill_seconds = 0;
-  double decode_seconds = 0;     // from the first sampled token on
+  double decode_seconds = 0;  // from the first sampled token on
 };
 
 // Calls on_token for each new token as it is chosen; returning false stops generation.

@@ -118,8 +118,8 @@ std::unique_ptr<Model> load_gguf(const std::string& path) {
   EKV_CHECK(static_cast<int64_t>(tokenizer->vocab_size()) <= config.n_vocab, path,
             ": the tokenizer has ", tokenizer->vocab_size(), " tokens but the model only ",
             config.n_vocab, " embeddings");
-  auto model = std::make_unique<Model>(std::move(config), std::move(weights), std::move(tokenizer),
-                                       path);
+  auto model =
+      std::make_unique<Model>(std::move(config), std::move(weights), std::move(tokenizer), path);
   model->set_stored_types(count_types(file.tensors()));
   if (compressed) {
     model->set_compression_json(file.find_string("eigenkv.report").value_or("{}"));
@@ -160,15 +160,15 @@ std::unique_ptr<Model> load_hf(const std::string& dir) {
   const fs::path tokenizer_config_path = root / "tokenizer_config.json";
   std::string tokenizer_config =
       fs::exists(tokenizer_config_path) ? read_file(tokenizer_config_path) : std::string();
-  EKV_CHECK(static_cast<int64_t>(tokenizer->vocab_size()) <= config.n_vocab, tokenizer_path.string(),
-            ": ", tokenizer->vocab_size(), " tokens but the model only has ", config.n_vocab,
-            " embeddings");
+  EKV_CHECK(static_cast<int64_t>(tokenizer->vocab_size()) <= config.n_vocab,
+            tokenizer_path.string(), ": ", tokenizer->vocab_size(),
+            " tokens but the model only has ", config.n_vocab, " embeddings");
   std::vector<io::TensorView> stored;
   for (const std::string& name : tensors.tensor_names()) {
     if (!tensors.aliases().count(name)) stored.push_back(*tensors.find_tensor(name));
   }
-  auto model = std::make_unique<Model>(std::move(config), std::move(weights), std::move(tokenizer),
-                                       dir);
+  auto model =
+      std::make_unique<Model>(std::move(config), std::move(weights), std::move(tokenizer), dir);
   model->set_stored_types(count_types(stored));
   model->set_tokenizer_json(std::move(tokenizer_text), std::move(tokenizer_config));
   return model;

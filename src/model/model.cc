@@ -1,8 +1,8 @@
 #include "model/model.h"
 
-#include <cmath>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 
 #include "ops/attention.h"
@@ -38,7 +38,8 @@ std::vector<kv::LayerShape> Model::cache_shape() const {
 
 int64_t Model::kv_bytes_per_token() const {
   int64_t numbers = 0;
-  for (const kv::LayerShape& s : cache_shape()) numbers += s.n_kv_heads * (s.key_width + s.value_width);
+  for (const kv::LayerShape& s : cache_shape())
+    numbers += s.n_kv_heads * (s.key_width + s.value_width);
   return numbers * static_cast<int64_t>(sizeof(float));
 }
 
@@ -80,9 +81,9 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
   const int64_t kw = L.key_proj_width(dh);  // key width per KV head from W_k
   const int64_t rk = L.key_rank, rv = L.value_rank;
   const bool rope = config_.position == PositionKind::kRope;
-  EKV_CHECK(cache.layer(cl).key_width == rk && cache.layer(cl).value_width == rv,
-            "KV cache layer ", cl, " has widths ", cache.layer(cl).key_width, "/",
-            cache.layer(cl).value_width, ", the model's layer ", layer, " needs ", rk, "/", rv);
+  EKV_CHECK(cache.layer(cl).key_width == rk && cache.layer(cl).value_width == rv, "KV cache layer ",
+            cl, " has widths ", cache.layer(cl).key_width, "/", cache.layer(cl).value_width,
+            ", the model's layer ", layer, " needs ", rk, "/", rv);
   std::vector<float> q(static_cast<size_t>(n_tokens * nh * qw));   // [T, n_heads, q_width]
   std::vector<float> k(static_cast<size_t>(n_tokens * nkv * kw));  // [T, n_kv, k_width]
   std::vector<float> v(static_cast<size_t>(n_tokens * nkv * rv));  // [T, n_kv, r_V]
@@ -101,7 +102,9 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
     if (rotate_queries) rope_.rotate(q.data() + t * nh * qw, nh, dh, p0 + t);
     if (rotate_keys) rope_.rotate(k.data() + t * nkv * kw, nkv, dh, p0 + t);
   }
-  if (tap) tap->on_attention(layer, n_tokens, p0, q_pre.data(), k_pre.data(), q.data(), k.data(), v.data());
+  if (tap)
+    tap->on_attention(layer, n_tokens, p0, q_pre.data(), k_pre.data(), q.data(), k.data(),
+                      v.data());
 
   // Scores use `sw` numbers per query: r_K in kPost/kNoRope (queries projected), else d_h.
   const int64_t sw = L.key_mode == KeyMode::kPost || L.key_mode == KeyMode::kNoRope ? rk : dh;
@@ -115,7 +118,8 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
                      q_scored.data() + (t * nh + h) * rk);
       }
       for (int64_t j = 0; j < nkv; ++j) {
-        project_rows(k.data() + (t * nkv + j) * dh, 1, L.key_basis[j], kp.data() + (t * nkv + j) * rk);
+        project_rows(k.data() + (t * nkv + j) * dh, 1, L.key_basis[j],
+                     kp.data() + (t * nkv + j) * rk);
       }
     }
     k.swap(kp);
@@ -158,16 +162,16 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
     for (int64_t t = 0; t < n_tokens; ++t) {
       for (int64_t h = 0; h < nh; ++h) {
         const int64_t j = h / g;
-        const float* keys = L.key_mode == KeyMode::kPre ? rebuilt.data() + j * n_keys * dh
-                                                        : cache.keys(cl, j);
+        const float* keys =
+            L.key_mode == KeyMode::kPre ? rebuilt.data() + j * n_keys * dh : cache.keys(cl, j);
         ops::attend_one(qs + (t * nh + h) * sw, keys, sw, cache.values(cl, j), rv, p0 + t + 1,
                         scale, scores.data(), heads_out.data() + (t * nh + h) * rv);
       }
     }
   }
   attention_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now() - attention_start)
-                      .count();
+                       std::chrono::steady_clock::now() - attention_start)
+                       .count();
   ops::matmul_transposed(heads_out.data(), n_tokens, nh * rv, L.wo.data.data(), d, attn_out);
 }
 

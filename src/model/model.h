@@ -59,8 +59,8 @@ class Model {
   // values to the cache. Writes logits [n, n_vocab] to `logits`, n = tokens.size() when
   // all_logits, else n = 1 (the last token's). Throws when the cache has no room.
   // `tap`, when given, sees every layer's intermediate values (uncompressed layers only).
-  void forward(std::span<const int32_t> tokens, kv::KvCache& cache, float* logits,
-               bool all_logits, ForwardTap* tap = nullptr) const;
+  void forward(std::span<const int32_t> tokens, kv::KvCache& cache, float* logits, bool all_logits,
+               ForwardTap* tap = nullptr) const;
 
   // Runs one decoder layer with weights `w` (this model's layer `layer` or a candidate
   // replacement for it) on x [n_tokens, d_model] in place, at positions cache.size().. of
@@ -92,9 +92,9 @@ class Model {
   void reset_attention_seconds() const { attention_ns_.store(0); }
 
  private:
-  void attention_block(int64_t layer, const LayerWeights& w, const float* x_norm,
-                       int64_t n_tokens, kv::KvCache& cache, int64_t cache_layer,
-                       float* attn_out, ForwardTap* tap) const;
+  void attention_block(int64_t layer, const LayerWeights& w, const float* x_norm, int64_t n_tokens,
+                       kv::KvCache& cache, int64_t cache_layer, float* attn_out,
+                       ForwardTap* tap) const;
   void ffn_block(const LayerWeights& w, const float* x_norm, int64_t n_tokens,
                  float* ffn_out) const;
 

@@ -16,7 +16,8 @@ struct SamplerOptions {
 
 class Sampler {
  public:
-  // Throws Error when an option is out of range (negative temperature or top_k, top_p not in (0,1]).
+  // Throws Error when an option is out of range (negative temperature or top_k, top_p not in
+  // (0,1]).
   explicit Sampler(const SamplerOptions& options);
   int32_t sample(const float* logits, int64_t n_vocab);
 

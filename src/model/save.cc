@@ -23,8 +23,8 @@ std::string layer_tensor(const char* pattern, int64_t layer) {
 void write_config_metadata(const Model& model, io::GgufWriter& w) {
   const ModelConfig& c = model.config();
   w.set_string("general.architecture", "llama");
-  w.set_string("general.name", c.name.empty() ? std::filesystem::path(model.path()).filename().string()
-                                              : c.name);
+  w.set_string("general.name",
+               c.name.empty() ? std::filesystem::path(model.path()).filename().string() : c.name);
   w.set_int("llama.context_length", c.n_ctx_train);
   w.set_int("llama.embedding_length", c.d_model);
   w.set_int("llama.block_count", c.n_layers);
@@ -93,7 +93,8 @@ void save_gguf(const Model& model, const std::string& path) {
     add("blk.{}.ffn_up.weight", L.w_up);
     add("blk.{}.ffn_down.weight", L.w_down);
     if (!L.key_basis.empty()) {
-      for (const Matrix& u : L.key_basis) bases[l].insert(bases[l].end(), u.data.begin(), u.data.end());
+      for (const Matrix& u : L.key_basis)
+        bases[l].insert(bases[l].end(), u.data.begin(), u.data.end());
       w.add_f32_tensor(layer_tensor(kGgufKeyBasisName, l), {c.n_kv_heads * c.head_dim, L.key_rank},
                        bases[l].data());
     }

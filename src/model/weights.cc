@@ -113,10 +113,14 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
 
 const char* key_mode_name(KeyMode mode) {
   switch (mode) {
-    case KeyMode::kFull: return "full";
-    case KeyMode::kNoRope: return "norope";
-    case KeyMode::kPre: return "pre";
-    case KeyMode::kPost: return "post";
+    case KeyMode::kFull:
+      return "full";
+    case KeyMode::kNoRope:
+      return "norope";
+    case KeyMode::kPre:
+      return "pre";
+    case KeyMode::kPost:
+      return "post";
   }
   return "unknown";
 }
@@ -128,7 +132,8 @@ KeyMode key_mode_from_name(const std::string& name) {
   fail("unknown key mode '", name, "' (expected full, norope, pre or post)");
 }
 
-Matrix load_matrix(const TensorSource& source, const std::string& name, int64_t rows, int64_t cols) {
+Matrix load_matrix(const TensorSource& source, const std::string& name, int64_t rows,
+                   int64_t cols) {
   const io::TensorView& t = require(source, name);
   check_shape(source, t, {rows, cols});
   Matrix m;
@@ -146,10 +151,10 @@ std::vector<float> load_vector(const TensorSource& source, const std::string& na
 
 ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& config,
                                const std::vector<LayerSpec>& layers) {
-  TensorNames n{"token_embd.weight",     "output_norm.weight",    "output.weight",
-                "blk.{}.attn_norm.weight", "blk.{}.attn_q.weight", "blk.{}.attn_k.weight",
-                "blk.{}.attn_v.weight",  "blk.{}.attn_output.weight", "blk.{}.ffn_norm.weight",
-                "blk.{}.ffn_gate.weight", "blk.{}.ffn_up.weight", "blk.{}.ffn_down.weight",
+  TensorNames n{"token_embd.weight",       "output_norm.weight",        "output.weight",
+                "blk.{}.attn_norm.weight", "blk.{}.attn_q.weight",      "blk.{}.attn_k.weight",
+                "blk.{}.attn_v.weight",    "blk.{}.attn_output.weight", "blk.{}.ffn_norm.weight",
+                "blk.{}.ffn_gate.weight",  "blk.{}.ffn_up.weight",      "blk.{}.ffn_down.weight",
                 kGgufKeyBasisName};
   EKV_CHECK(layers.empty() || static_cast<int64_t>(layers.size()) == config.n_layers,
             source.label(), ": ", layers.size(), " layer ranks recorded for ", config.n_layers,
@@ -184,8 +189,8 @@ ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& conf
 }
 
 int64_t ModelWeights::decode_bytes_read() const {
-  int64_t numbers = token_embedding.cols + static_cast<int64_t>(output_norm.size()) +
-                    output.rows * output.cols;
+  int64_t numbers =
+      token_embedding.cols + static_cast<int64_t>(output_norm.size()) + output.rows * output.cols;
   for (const LayerWeights& L : layers) {
     for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
       numbers += m->rows * m->cols;

@@ -38,10 +38,10 @@ struct LayerWeights {
   Matrix wk;  // [n_kv_heads * k_width, d_model]; k_width = r_K in kPre/kNoRope mode, else d_h
   Matrix wv;  // [n_kv_heads * r_V, d_model]   (r_V = d_h when uncompressed)
   Matrix wo;  // [d_model, n_heads * r_V]      (U_V folded in)
-  std::vector<float> ffn_norm;   // [d_model]
-  Matrix w_gate;                 // [d_ffn, d_model]
-  Matrix w_up;                   // [d_ffn, d_model]
-  Matrix w_down;                 // [d_model, d_ffn]
+  std::vector<float> ffn_norm;  // [d_model]
+  Matrix w_gate;                // [d_ffn, d_model]
+  Matrix w_up;                  // [d_ffn, d_model]
+  Matrix w_down;                // [d_model, d_ffn]
 
   KeyMode key_mode = KeyMode::kFull;
   int64_t key_rank = 0;    // r_K: numbers cached per KV head and token for keys
@@ -61,8 +61,8 @@ struct LayerWeights {
 struct ModelWeights {
   Matrix token_embedding;  // [n_vocab, d_model]
   std::vector<LayerWeights> layers;
-  std::vector<float> output_norm;  // [d_model]
-  Matrix output;                   // [n_vocab, d_model]; a copy of token_embedding when tied
+  std::vector<float> output_norm;        // [d_model]
+  Matrix output;                         // [n_vocab, d_model]; a copy of token_embedding when tied
   std::vector<float> rope_freq_factors;  // GGUF rope_freqs: divides the RoPE frequencies, or empty
 
   // Bytes of weights one decode step reads (every matrix once; embeddings: one row).

@@ -22,9 +22,8 @@ void attend_one(const float* q, const float* keys, int64_t key_width, const floa
   }
 }
 
-void attend_one_reference(const float* q, const float* keys, int64_t key_width,
-                          const float* values, int64_t value_width, int64_t n_keys, float scale,
-                          float* out) {
+void attend_one_reference(const float* q, const float* keys, int64_t key_width, const float* values,
+                          int64_t value_width, int64_t n_keys, float scale, float* out) {
   std::vector<double> p(static_cast<size_t>(n_keys));
   double mx = -INFINITY;
   for (int64_t s = 0; s < n_keys; ++s) {

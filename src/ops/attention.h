@@ -11,8 +11,7 @@ void attend_one(const float* q, const float* keys, int64_t key_width, const floa
                 int64_t value_width, int64_t n_keys, float scale, float* scores, float* out);
 
 // The same in double precision with no shortcuts: the reference for tests.
-void attend_one_reference(const float* q, const float* keys, int64_t key_width,
-                          const float* values, int64_t value_width, int64_t n_keys, float scale,
-                          float* out);
+void attend_one_reference(const float* q, const float* keys, int64_t key_width, const float* values,
+                          int64_t value_width, int64_t n_keys, float scale, float* out);
 
 }  // namespace eigenkv::ops

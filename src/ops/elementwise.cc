@@ -5,7 +5,8 @@
 
 namespace eigenkv::ops {
 
-void rms_norm(const float* x, const float* weight, int64_t n_rows, int64_t n, double eps, float* y) {
+void rms_norm(const float* x, const float* weight, int64_t n_rows, int64_t n, double eps,
+              float* y) {
   for (int64_t r = 0; r < n_rows; ++r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;

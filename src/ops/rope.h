@@ -24,7 +24,8 @@ class RopeTable {
 
  private:
   void rotate_with_sign(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, float sign) const;
-  void cos_sin(int64_t pos, const float** cos, const float** sin, std::vector<float>& scratch) const;
+  void cos_sin(int64_t pos, const float** cos, const float** sin,
+               std::vector<float>& scratch) const;
 
   std::vector<float> inv_freq_;
   int64_t cached_positions_ = 0;

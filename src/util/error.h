@@ -28,8 +28,8 @@ template <typename... Args>
 }
 
 // Throws Error with the message when the condition is false.
-#define EKV_CHECK(cond, ...)                 \
-  do {                                       \
+#define EKV_CHECK(cond, ...)                   \
+  do {                                         \
     if (!(cond)) ::eigenkv::fail(__VA_ARGS__); \
   } while (0)
 
