@@ -19,7 +19,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 BIN = os.path.join(ROOT, "build", "eigenkv")
-THREAD_NOTE = ("Threads: this session's machine ran other jobs throughout (load average 4-7 on 2 cores). Under that load any 2-thread run, eigenkv's and llama.cpp's alike, stalls at OpenMP barriers whenever the partner thread loses its core (llama.cpp's own 2-thread figures here were 2-20x below its 1-thread ones), so this report measures 1 thread; rerun with `--threads 1,2` on an idle machine. The llama.cpp build (c392e509, the one that made the quantized files) has no `llama-bench -d`, so its figures exist at depth 0 only.")
+LOWRANK_NOTE = (
+    "What the low-rank rows show: both modes halve the cache. `post` keeps decode speed, but its "
+    "attention time does not yet fall with the rank: at these sizes the scalar kernel's per-key "
+    "costs (a call, an exp, a softmax pass) outweigh the shorter dot products and value sums, so "
+    "the smaller reads do not show. `pre` rebuilds every cached key to d_h numbers (d_h * r_K "
+    "multiply-adds in a per-key loop) and rotates it for every decoded token, which makes its "
+    "attention many times slower than the uncompressed one: the measured cost of the authors' "
+    "mode as eigenkv implements it today. Blocked GEMM rebuilds and SIMD, quantized decode "
+    "kernels are the subject of the quantized-cache issue.")
+THREAD_NOTE = ("Threads: on a 2-core machine that runs other jobs, any 2-thread run (eigenkv's "
+               "and llama.cpp's alike) stalls at OpenMP barriers whenever the partner thread loses "
+               "its core; compare the 1-thread rows when the load average below is high. The "
+               "llama.cpp build (c392e509, the one that made the quantized files) has no "
+               "`llama-bench -d`, so its figures exist at depth 0 only.")
 
 
 def run_json(cmd, env=None):
@@ -76,7 +89,8 @@ def main():
              "ratios compare numbers taken in the same run." % (
                  " --llama-bench PATH" if a.llama_bench else "", datetime.date.today().isoformat(),
                  commit, cpu_name(), os.cpu_count(), a.repeats), "",
-             "%s" % THREAD_NOTE, ""]
+             "%s Load average when the run started: %.1f." % (THREAD_NOTE, os.getloadavg()[0]),
+             ""]
 
     models = [("stories260K.gguf (bundled)", os.path.join(ROOT, "models", "stories260K.gguf"), [0, 256]),
               ("tinystories-c4-gqa.gguf", os.path.join(SHARED, "models", "tinystories-c4-gqa.gguf"),
@@ -144,6 +158,8 @@ def main():
         lines.append("Calibration time: wall seconds of `eigenkv calibrate` (65,536 tokens, rank "
                      "allotment with error-rank profiles, 1 thread), the issue's bar being 2 "
                      "minutes.")
+        lines.append("")
+        lines.append(LOWRANK_NOTE)
         lines.append("")
     lines.append("Total script time: %.0f s." % (time.time() - started))
     open(a.out, "w").write("\n".join(lines) + "\n")
