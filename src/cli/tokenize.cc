@@ -1,10 +1,8 @@
 // eigenkv tokenize: ids for a text, from a model's vocabulary or a tokenizer.json.
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
-#include "io/gguf.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -26,14 +24,7 @@ std::unique_ptr<tok::Tokenizer> load_tokenizer(const TokenizeFlags& f) {
   EKV_CHECK(f.model.model.empty() != f.tokenizer_json.empty(),
             "give either -m MODEL or --tokenizer tokenizer.json");
   if (!f.tokenizer_json.empty()) return tok::tokenizer_from_json(f.tokenizer_json);
-  // Only the vocabulary is needed: read it without loading weights where the format allows.
-  std::ifstream in(f.model.model, std::ios::binary);
-  char magic[4] = {};
-  in.read(magic, 4);
-  if (in.gcount() == 4 && std::string(magic, 4) == "GGUF") {
-    return tok::tokenizer_from_gguf(io::GgufFile(f.model.model));
-  }
-  return tok::tokenizer_from_json(f.model.model + "/tokenizer.json");
+  return model::load_tokenizer(f.model.model);
 }
 
 void run(const TokenizeFlags& f) {

@@ -107,6 +107,13 @@ std::unique_ptr<tok::Tokenizer> gguf_tokenizer(const io::GgufFile& file) {
   return tok::tokenizer_from_gguf(file);
 }
 
+bool is_gguf_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  in.read(magic, 4);
+  return in.gcount() == 4 && std::string(magic, 4) == "GGUF";
+}
+
 std::unique_ptr<Model> load_gguf(const std::string& path) {
   io::GgufFile file(path);
   ModelConfig config = config_from_gguf(file);
@@ -180,10 +187,16 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec)) return load_hf(path);
   if (!fs::exists(path, ec)) fail(path, ": no such file or directory");
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  in.read(magic, 4);
-  if (in.gcount() == 4 && std::string(magic, 4) == "GGUF") return load_gguf(path);
+  if (is_gguf_file(path)) return load_gguf(path);
+  fail(path, ": not a model (expected a .gguf file or a Hugging Face directory with config.json)");
+}
+
+std::unique_ptr<tok::Tokenizer> load_tokenizer(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    return tok::tokenizer_from_json((fs::path(path) / "tokenizer.json").string());
+  if (!fs::exists(path, ec)) fail(path, ": no such file or directory");
+  if (is_gguf_file(path)) return gguf_tokenizer(io::GgufFile(path));
   fail(path, ": not a model (expected a .gguf file or a Hugging Face directory with config.json)");
 }
 

@@ -34,6 +34,10 @@ class ForwardTap {
   virtual void on_layer(int64_t layer, int64_t n_tokens, const float* input, const float* output) {}
 };
 
+// Only the tokenizer of a model (a .gguf file, including one that embeds a Hugging Face
+// tokenizer.json, or a Hugging Face directory), without loading its weights.
+std::unique_ptr<tok::Tokenizer> load_tokenizer(const std::string& path);
+
 class Model {
  public:
   // Loads a .gguf file, or a Hugging Face directory (config.json, model.safetensors or sharded

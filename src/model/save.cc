@@ -13,12 +13,6 @@ namespace {
 
 using io::GgufValueType;
 
-std::string layer_tensor(const char* pattern, int64_t layer) {
-  std::string s = pattern;
-  s.replace(s.find("{}"), 2, std::to_string(layer));
-  return s;
-}
-
 // llama.* keys and the tokenizer for a model that did not come from a GGUF file.
 void write_config_metadata(const Model& model, io::GgufWriter& w) {
   const ModelConfig& c = model.config();
@@ -81,21 +75,21 @@ void save_gguf(const Model& model, const std::string& path) {
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = weights.layers[l];
     auto add = [&](const char* pattern, const Matrix& m) {
-      w.add_f32_tensor(layer_tensor(pattern, l), {m.rows, m.cols}, m.data.data());
+      w.add_f32_tensor(layer_name(pattern, l), {m.rows, m.cols}, m.data.data());
     };
-    w.add_f32_tensor(layer_tensor("blk.{}.attn_norm.weight", l), {d}, L.attn_norm.data());
+    w.add_f32_tensor(layer_name("blk.{}.attn_norm.weight", l), {d}, L.attn_norm.data());
     add("blk.{}.attn_q.weight", L.wq);
     add("blk.{}.attn_k.weight", L.wk);
     add("blk.{}.attn_v.weight", L.wv);
     add("blk.{}.attn_output.weight", L.wo);
-    w.add_f32_tensor(layer_tensor("blk.{}.ffn_norm.weight", l), {d}, L.ffn_norm.data());
+    w.add_f32_tensor(layer_name("blk.{}.ffn_norm.weight", l), {d}, L.ffn_norm.data());
     add("blk.{}.ffn_gate.weight", L.w_gate);
     add("blk.{}.ffn_up.weight", L.w_up);
     add("blk.{}.ffn_down.weight", L.w_down);
     if (!L.key_basis.empty()) {
       for (const Matrix& u : L.key_basis)
         bases[l].insert(bases[l].end(), u.data.begin(), u.data.end());
-      w.add_f32_tensor(layer_tensor(kGgufKeyBasisName, l), {c.n_kv_heads * c.head_dim, L.key_rank},
+      w.add_f32_tensor(layer_name(kGgufKeyBasisName, l), {c.n_kv_heads * c.head_dim, L.key_rank},
                        bases[l].data());
     }
     key_ranks.push_back(static_cast<double>(L.key_rank));

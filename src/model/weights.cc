@@ -56,12 +56,6 @@ struct TensorNames {
   std::string key_basis;
 };
 
-std::string layer_name(const std::string& pattern, int64_t layer) {
-  std::string s = pattern;
-  s.replace(s.find("{}"), 2, std::to_string(layer));
-  return s;
-}
-
 ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const TensorNames& n,
                         const std::vector<LayerSpec>& specs) {
   ModelWeights w;
@@ -110,6 +104,12 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
 }
 
 }  // namespace
+
+std::string layer_name(const std::string& pattern, int64_t layer) {
+  std::string s = pattern;
+  s.replace(s.find("{}"), 2, std::to_string(layer));
+  return s;
+}
 
 const char* key_mode_name(KeyMode mode) {
   switch (mode) {

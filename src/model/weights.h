@@ -69,6 +69,9 @@ struct ModelWeights {
   int64_t decode_bytes_read() const;
 };
 
+// A per-layer tensor name: the "{}" in `pattern` replaced by the layer number.
+std::string layer_name(const std::string& pattern, int64_t layer);
+
 // GGUF name of a compressed layer's key bases: [n_kv_heads * d_h, r_K], U_K of each KV head.
 inline constexpr const char* kGgufKeyBasisName = "blk.{}.attn_k_basis.weight";
 
