@@ -16,11 +16,25 @@ void add_model_flags(CLI::App* app, ModelFlags& flags, bool required) {
   app->add_option("-t,--threads", flags.threads,
                   "threads (default: OMP_NUM_THREADS, else all cores)")
       ->check(CLI::PositiveNumber);
+  if (!required) return;  // the model only provides a tokenizer
+  app->add_option("--cache-type-k", flags.cache_type_k,
+                  "KV cache element type of keys: f32, f16, int8, int4 (q8_0/q4_0 accepted); "
+                  "default f32, or the water-filled allotment a model stores");
+  app->add_option("--cache-type-v", flags.cache_type_v, "the same for values");
+}
+
+kv::CacheTypes cache_types(const ModelFlags& flags, const model::Model& model) {
+  kv::CacheTypes types = model.cache_types();
+  if (!flags.cache_type_k.empty()) types.key = ops::kv_type_from_name(flags.cache_type_k);
+  if (!flags.cache_type_v.empty()) types.value = ops::kv_type_from_name(flags.cache_type_v);
+  return types;
 }
 
 std::unique_ptr<model::Model> load_model(const ModelFlags& flags) {
   set_thread_count(flags.threads);
-  return model::Model::load(flags.model);
+  auto model = model::Model::load(flags.model);
+  model->set_cache_types(cache_types(flags, *model));
+  return model;
 }
 
 std::string read_text_file(const std::string& path) {

@@ -13,11 +13,16 @@ namespace eigenkv::cli {
 struct ModelFlags {
   std::string model;
   int threads = 0;  // 0: all cores
+  std::string cache_type_k;  // empty: the model's default (f32, or mixed for a water-filled model)
+  std::string cache_type_v;
 };
 
-// -m/--model (required unless `required` is false) and -t/--threads.
+// -m/--model (required unless `required` is false), -t/--threads, and (where the model runs)
+// --cache-type-k/--cache-type-v.
 void add_model_flags(CLI::App* app, ModelFlags& flags, bool required = true);
-// Sets the thread count, loads the model; prints nothing.
+// The cache types the flags ask for, starting from the model's default.
+kv::CacheTypes cache_types(const ModelFlags& flags, const model::Model& model);
+// Sets the thread count, loads the model and sets its cache types; prints nothing.
 std::unique_ptr<model::Model> load_model(const ModelFlags& flags);
 
 // The whole file; throws Error naming the file when it cannot be read or is empty.
@@ -33,5 +38,6 @@ void register_info(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_calibrate(CLI::App& app);
 void register_compare(CLI::App& app);
+void register_quantize_cache(CLI::App& app);
 
 }  // namespace eigenkv::cli

@@ -1,4 +1,5 @@
 // Model::load: finds out what `path` is (GGUF file or Hugging Face directory) and builds the model.
+#include <cmath>
 #include <stdlib.h>
 
 #include <filesystem>
@@ -77,6 +78,38 @@ std::vector<LayerSpec> read_compression(const io::GgufFile& file, const ModelCon
   return specs;
 }
 
+// A water-filled model's cache allotment (eigenkv.cache.* keys and per-direction scale tensors),
+// read into the layers; false when the file has none.
+bool read_cache_allotment(const io::GgufFile& file, const TensorSource& source,
+                          const ModelConfig& c, ModelWeights& weights) {
+  if (!file.has("eigenkv.cache.key_bits8") && !file.has("eigenkv.cache.value_bits8")) return false;
+  const auto& key_bits8 = file.get_number_array("eigenkv.cache.key_bits8");
+  const auto& value_bits8 = file.get_number_array("eigenkv.cache.value_bits8");
+  EKV_CHECK(static_cast<int64_t>(key_bits8.size()) == c.n_layers &&
+                static_cast<int64_t>(value_bits8.size()) == c.n_layers,
+            file.path(), ": eigenkv.cache allotment is given for ", key_bits8.size(), "/",
+            value_bits8.size(), " layers, the model has ", c.n_layers);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    LayerWeights& L = weights.layers[l];
+    L.key_n8 = static_cast<int64_t>(key_bits8[l]);
+    L.value_n8 = static_cast<int64_t>(value_bits8[l]);
+    EKV_CHECK(L.key_n8 >= 0 && L.key_n8 <= L.key_rank && L.value_n8 >= 0 &&
+                  L.value_n8 <= L.value_rank,
+              file.path(), ": layer ", l, " gives 8 bits to ", L.key_n8, "/", L.value_n8,
+              " directions of ", L.key_rank, "/", L.value_rank);
+    L.key_sigma = load_vector(source, layer_name(kGgufKeySigmaName, l), c.n_kv_heads * L.key_rank);
+    L.value_sigma =
+        load_vector(source, layer_name(kGgufValueSigmaName, l), c.n_kv_heads * L.value_rank);
+    for (const auto* sigma : {&L.key_sigma, &L.value_sigma}) {
+      for (float x : *sigma) {
+        EKV_CHECK(std::isfinite(x) && x >= 0, file.path(), ": layer ", l,
+                  " has a cache scale of ", x, " (scales must be finite and >= 0)");
+      }
+    }
+  }
+  return true;
+}
+
 // A GGUF written from a Hugging Face model carries its tokenizer.json (and tokenizer_config.json)
 // as text; the tokenizer.json reader takes a directory, so the texts are laid out in a private
 // temporary one for the duration of the parse.
@@ -121,6 +154,9 @@ std::unique_ptr<Model> load_gguf(const std::string& path) {
   std::vector<LayerSpec> specs;
   if (compressed) specs = read_compression(file, config);
   ModelWeights weights = load_gguf_weights(GgufSource(file), config, specs);
+  EKV_CHECK(compressed || !file.has("eigenkv.cache.key_bits8"), path,
+            ": a cache allotment without eigenkv.version (not a compressed model)");
+  if (compressed) read_cache_allotment(file, GgufSource(file), config, weights);
   auto tokenizer = gguf_tokenizer(file);
   EKV_CHECK(static_cast<int64_t>(tokenizer->vocab_size()) <= config.n_vocab, path,
             ": the tokenizer has ", tokenizer->vocab_size(), " tokens but the model only ",
@@ -128,6 +164,7 @@ std::unique_ptr<Model> load_gguf(const std::string& path) {
   auto model =
       std::make_unique<Model>(std::move(config), std::move(weights), std::move(tokenizer), path);
   model->set_stored_types(count_types(file.tensors()));
+  if (model->has_cache_allotment()) model->set_cache_types({ops::KvType::kMixed, ops::KvType::kMixed});
   if (compressed) {
     model->set_compression_json(file.find_string("eigenkv.report").value_or("{}"));
   }

@@ -5,11 +5,12 @@
 #include <cmath>
 #include <cstring>
 
-#include "ops/attention.h"
+#include "ops/attention_kernel.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/threads.h"
 
 namespace eigenkv::model {
 
@@ -31,16 +32,42 @@ Model::~Model() = default;
 std::vector<kv::LayerShape> Model::cache_shape() const {
   std::vector<kv::LayerShape> shape;
   for (const LayerWeights& L : weights_.layers) {
-    shape.push_back(kv::LayerShape{config_.n_kv_heads, L.key_rank, L.value_rank});
+    kv::LayerShape s;
+    s.n_kv_heads = config_.n_kv_heads;
+    s.key_width = L.key_rank;
+    s.value_width = L.value_rank;
+    s.key_n8 = L.key_n8;
+    s.value_n8 = L.value_n8;
+    s.key_sigma = L.key_sigma;
+    s.value_sigma = L.value_sigma;
+    shape.push_back(std::move(s));
   }
   return shape;
 }
 
-int64_t Model::kv_bytes_per_token() const {
-  int64_t numbers = 0;
-  for (const kv::LayerShape& s : cache_shape())
-    numbers += s.n_kv_heads * (s.key_width + s.value_width);
-  return numbers * static_cast<int64_t>(sizeof(float));
+bool Model::has_cache_allotment() const {
+  for (const LayerWeights& L : weights_.layers) {
+    if (!L.key_sigma.empty() || !L.value_sigma.empty()) return true;
+  }
+  return false;
+}
+
+void Model::set_cache_types(kv::CacheTypes types) {
+  const bool mixed = types.key == ops::KvType::kMixed || types.value == ops::KvType::kMixed;
+  if (has_cache_allotment()) {
+    EKV_CHECK(types.key == ops::KvType::kMixed && types.value == ops::KvType::kMixed,
+              "cache type ", types.describe(), " does not match this model: it stores a "
+              "water-filled cache allotment (per-direction 8/4 bits), which only the 'mixed' "
+              "cache reads");
+  } else {
+    EKV_CHECK(!mixed, "the 'mixed' cache type needs a water-filled model (eigenkv quantize-cache)");
+  }
+  cache_types_ = types;
+}
+
+void Model::set_weights(ModelWeights weights) {
+  weights_ = std::move(weights);
+  if (has_cache_allotment()) cache_types_ = {ops::KvType::kMixed, ops::KvType::kMixed};
 }
 
 bool Model::is_compressed() const {
@@ -70,6 +97,82 @@ void project_rows(const float* x, int64_t n, const Matrix& u, float* out) {
 }
 
 }  // namespace
+
+void Model::attend_cached(const LayerWeights& L, const float* qs, int64_t sw, int64_t n_tokens,
+                          int64_t p0, const kv::KvCache& cache, int64_t cl,
+                          float* heads_out) const {
+  const int64_t dh = config_.head_dim, nh = config_.n_heads, nkv = config_.n_kv_heads;
+  const int64_t g = config_.group_size(), rk = L.key_rank, rv = L.value_rank;
+  const int64_t n_keys = p0 + n_tokens;
+  const bool rope = config_.position == PositionKind::kRope;
+  // kPre: U_K^T per KV head, [r_K, d_h], to rebuild cached keys inside the kernel.
+  std::vector<std::vector<float>> basis_t;
+  std::vector<ops::KeyRebuild> rebuild;
+  if (L.key_mode == KeyMode::kPre) {
+    for (int64_t j = 0; j < nkv; ++j) {
+      const Matrix& u = L.key_basis[j];  // [d_h, r_K]
+      std::vector<float> ut(static_cast<size_t>(rk * dh));
+      for (int64_t i = 0; i < dh; ++i)
+        for (int64_t c = 0; c < rk; ++c) ut[c * dh + i] = u.row(i)[c];
+      basis_t.push_back(std::move(ut));
+      rebuild.push_back(ops::KeyRebuild{basis_t.back().data(), dh, rope ? &rope_ : nullptr});
+    }
+  }
+  // Work items: (KV head, block of query positions, range of keys). Prefill blocks positions so a
+  // decoded key tile serves kQueryBlock positions x g heads; decode splits the keys instead, so
+  // that a long context keeps every thread busy (flash-decoding).
+  constexpr int64_t kQueryBlock = 16;
+  constexpr int64_t kMinKeysPerChunk = 256;
+  const int64_t n_blocks = (n_tokens + kQueryBlock - 1) / kQueryBlock;
+  const int64_t threads = thread_count();
+  int64_t n_chunks = 1;
+  if (nkv * n_blocks < 2 * threads) {
+    n_chunks = std::clamp<int64_t>(2 * threads / (nkv * n_blocks), 1,
+                                   std::max<int64_t>(1, n_keys / kMinKeysPerChunk));
+  }
+  const int64_t n_items = nkv * n_blocks * n_chunks;
+  std::vector<ops::AttentionPartial> partials(static_cast<size_t>(n_items));
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
+  const int64_t work = n_tokens * nh * n_keys * (sw + rv);
+#pragma omp parallel for schedule(dynamic, 1) if (work > kParallelWork && n_items > 1)
+  for (int64_t item = 0; item < n_items; ++item) {
+    const int64_t j = item / (n_blocks * n_chunks);
+    const int64_t b = item / n_chunks % n_blocks;
+    const int64_t c = item % n_chunks;
+    const int64_t t0 = b * kQueryBlock, t1 = std::min(n_tokens, t0 + kQueryBlock);
+    // Query i = (position t0 + i / g, head j * g + i % g).
+    const int64_t nq = (t1 - t0) * g;
+    std::vector<float> q(static_cast<size_t>(nq * sw));
+    std::vector<int64_t> limit(static_cast<size_t>(nq));
+    for (int64_t t = t0; t < t1; ++t) {
+      std::copy(qs + (t * nh + j * g) * sw, qs + (t * nh + j * g + g) * sw,
+                q.begin() + (t - t0) * g * sw);
+      for (int64_t h = 0; h < g; ++h) limit[(t - t0) * g + h] = p0 + t + 1;
+    }
+    const int64_t span = p0 + t1;
+    const int64_t per_chunk = (span + n_chunks - 1) / n_chunks;
+    ops::AttentionPartial& part = partials[item];
+    part.reset(nq, rv);
+    ops::attend_range(ops::QueryBlock{q.data(), nq, sw, limit.data()}, cache.key_rows(cl, j),
+                      rebuild.empty() ? nullptr : &rebuild[j], cache.value_rows(cl, j), scale,
+                      c * per_chunk, std::min(span, (c + 1) * per_chunk), part);
+  }
+  for (int64_t j = 0; j < nkv; ++j) {
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      ops::AttentionPartial& first = partials[(j * n_blocks + b) * n_chunks];
+      for (int64_t c = 1; c < n_chunks; ++c)
+        ops::merge_partial(first, partials[(j * n_blocks + b) * n_chunks + c]);
+      const int64_t t0 = b * kQueryBlock;
+      std::vector<float> out(static_cast<size_t>(first.n * rv));
+      ops::finish_partial(first, out.data(), rv);
+      for (int64_t i = 0; i < first.n; ++i) {
+        const int64_t t = t0 + i / g, h = j * g + i % g;
+        std::copy(out.begin() + i * rv, out.begin() + (i + 1) * rv,
+                  heads_out + (t * nh + h) * rv);
+      }
+    }
+  }
+}
 
 void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x_norm,
                             int64_t n_tokens, kv::KvCache& cache, int64_t cl, float* attn_out,
@@ -127,48 +230,13 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
   const float* qs = L.key_mode == KeyMode::kPost ? q_scored.data() : q.data();
   for (int64_t t = 0; t < n_tokens; ++t) {
     for (int64_t j = 0; j < nkv; ++j) {
-      std::memcpy(cache.keys(cl, j) + (p0 + t) * rk, k.data() + (t * nkv + j) * rk,
-                  sizeof(float) * rk);
-      std::memcpy(cache.values(cl, j) + (p0 + t) * rv, v.data() + (t * nkv + j) * rv,
-                  sizeof(float) * rv);
+      cache.write_key(cl, j, p0 + t, k.data() + (t * nkv + j) * rk);
+      cache.write_value(cl, j, p0 + t, v.data() + (t * nkv + j) * rv);
     }
   }
-  const int64_t n_keys = p0 + n_tokens;
   const auto attention_start = std::chrono::steady_clock::now();
-  // kPre: rebuild every cached key to d_h numbers (U_K k') and rotate it with its own position.
-  std::vector<float> rebuilt;  // [n_kv, n_keys, d_h]
-  if (L.key_mode == KeyMode::kPre) {
-    rebuilt.resize(static_cast<size_t>(nkv * n_keys * dh));
-#pragma omp parallel for collapse(2) schedule(static) if (nkv * n_keys * dh * rk > kParallelWork)
-    for (int64_t j = 0; j < nkv; ++j) {
-      for (int64_t s = 0; s < n_keys; ++s) {
-        const float* kc = cache.keys(cl, j) + s * rk;
-        float* out = rebuilt.data() + (j * n_keys + s) * dh;
-        const Matrix& u = L.key_basis[j];
-        for (int64_t i = 0; i < dh; ++i) out[i] = ops::dot(u.row(i), kc, rk);
-        if (rope) rope_.rotate(out, 1, dh, s);
-      }
-    }
-  }
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
   std::vector<float> heads_out(static_cast<size_t>(n_tokens * nh * rv));  // [T, n_heads, r_V]
-  // Small problems (one token against a short context) run on the calling thread: waking the pool
-  // costs more than the work.
-  const int64_t attention_work = n_tokens * nh * n_keys * (sw + rv);
-#pragma omp parallel if (attention_work > kParallelWork)
-  {
-    std::vector<float> scores(static_cast<size_t>(n_keys));
-#pragma omp for collapse(2) schedule(dynamic, 4)
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      for (int64_t h = 0; h < nh; ++h) {
-        const int64_t j = h / g;
-        const float* keys =
-            L.key_mode == KeyMode::kPre ? rebuilt.data() + j * n_keys * dh : cache.keys(cl, j);
-        ops::attend_one(qs + (t * nh + h) * sw, keys, sw, cache.values(cl, j), rv, p0 + t + 1,
-                        scale, scores.data(), heads_out.data() + (t * nh + h) * rv);
-      }
-    }
-  }
+  attend_cached(L, qs, sw, n_tokens, p0, cache, cl, heads_out.data());
   attention_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
                        std::chrono::steady_clock::now() - attention_start)
                        .count();

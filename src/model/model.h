@@ -56,8 +56,20 @@ class Model {
   void set_stored_types(std::map<std::string, int64_t> types) { stored_types_ = std::move(types); }
 
   std::vector<kv::LayerShape> cache_shape() const;
-  kv::KvCache new_cache(int64_t capacity) const { return kv::KvCache(cache_shape(), capacity); }
-  int64_t kv_bytes_per_token() const;  // float32 cache
+  // The element types new caches get: float32 unless set, "mixed" for a water-filled model.
+  const kv::CacheTypes& cache_types() const { return cache_types_; }
+  // Throws Error when the types do not fit the model (a water-filled model takes only "mixed").
+  void set_cache_types(kv::CacheTypes types);
+  // True when the file stores a water-filled cache allotment (per-direction bits and scales).
+  bool has_cache_allotment() const;
+  kv::KvCache new_cache(int64_t capacity) const {
+    return kv::KvCache(cache_shape(), capacity, cache_types_);
+  }
+  kv::KvCache new_cache(int64_t capacity, kv::CacheTypes types) const {
+    return kv::KvCache(cache_shape(), capacity, types);
+  }
+  // Bytes per token of a cache of the current types.
+  int64_t kv_bytes_per_token() const { return kv::cache_bytes_per_token(cache_shape(), cache_types_); }
 
   // Runs `tokens` at positions cache.size(), cache.size()+1, ... and appends their keys and
   // values to the cache. Writes logits [n, n_vocab] to `logits`, n = tokens.size() when
@@ -73,7 +85,8 @@ class Model {
                      kv::KvCache& cache, int64_t cache_layer, ForwardTap* tap = nullptr) const;
 
   // Replaces the weights (compression folds new attention weights in) and records how.
-  void set_weights(ModelWeights weights) { weights_ = std::move(weights); }
+  // A water-filled model's caches default to "mixed", any other model's keep their types.
+  void set_weights(ModelWeights weights);
   ModelWeights& mutable_weights() { return weights_; }
   const ops::RopeTable& rope() const { return rope_; }
 
@@ -99,6 +112,10 @@ class Model {
   void attention_block(int64_t layer, const LayerWeights& w, const float* x_norm, int64_t n_tokens,
                        kv::KvCache& cache, int64_t cache_layer, float* attn_out,
                        ForwardTap* tap) const;
+  // Attention of n_tokens queries (`qs`: [T, n_heads, sw]) at positions p0.. against the cached
+  // keys and values of cache layer `cl`, written to heads_out [T, n_heads, r_V].
+  void attend_cached(const LayerWeights& w, const float* qs, int64_t sw, int64_t n_tokens,
+                     int64_t p0, const kv::KvCache& cache, int64_t cl, float* heads_out) const;
   void ffn_block(const LayerWeights& w, const float* x_norm, int64_t n_tokens,
                  float* ffn_out) const;
 
@@ -111,6 +128,7 @@ class Model {
   std::string tokenizer_json_;
   std::string tokenizer_config_json_;
   std::string compression_json_;
+  kv::CacheTypes cache_types_;
   mutable std::atomic<int64_t> attention_ns_{0};
 };
 

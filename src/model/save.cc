@@ -71,7 +71,7 @@ void save_gguf(const Model& model, const std::string& path) {
   }
   // Basis tensors are assembled into contiguous buffers that must outlive write().
   std::vector<std::vector<float>> bases(static_cast<size_t>(c.n_layers));
-  std::vector<double> key_ranks, value_ranks;
+  std::vector<double> key_ranks, value_ranks, key_bits8, value_bits8;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = weights.layers[l];
     auto add = [&](const char* pattern, const Matrix& m) {
@@ -94,6 +94,18 @@ void save_gguf(const Model& model, const std::string& path) {
     }
     key_ranks.push_back(static_cast<double>(L.key_rank));
     value_ranks.push_back(static_cast<double>(L.value_rank));
+    if (model.has_cache_allotment()) {
+      w.add_f32_tensor(layer_name(kGgufKeySigmaName, l), {c.n_kv_heads * L.key_rank},
+                       L.key_sigma.data());
+      w.add_f32_tensor(layer_name(kGgufValueSigmaName, l), {c.n_kv_heads * L.value_rank},
+                       L.value_sigma.data());
+      key_bits8.push_back(static_cast<double>(L.key_n8));
+      value_bits8.push_back(static_cast<double>(L.value_n8));
+    }
+  }
+  if (model.has_cache_allotment()) {
+    w.set_number_array("eigenkv.cache.key_bits8", key_bits8, GgufValueType::kUint32);
+    w.set_number_array("eigenkv.cache.value_bits8", value_bits8, GgufValueType::kUint32);
   }
   if (model.is_compressed()) {
     const auto meta = nlohmann::json::parse(model.compression_json());

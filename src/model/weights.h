@@ -48,6 +48,13 @@ struct LayerWeights {
   int64_t value_rank = 0;  // r_V: numbers cached per KV head and token for values
   // kPre and kPost: per KV head, U_K as [d_h, r_K] (orthonormal columns).
   std::vector<Matrix> key_basis;
+  // A water-filled quantized cache (eigenkv quantize-cache): per KV head and cached direction its
+  // spread sigma, [n_kv_heads * r_K] and [n_kv_heads * r_V], and how many leading directions get
+  // 8 bits (the rest get 4). Empty sigma: no allotment stored.
+  std::vector<float> key_sigma;
+  std::vector<float> value_sigma;
+  int64_t key_n8 = 0;
+  int64_t value_n8 = 0;
 
   // Width of one head's query as W_q produces it, and of one KV head's key as W_k produces it.
   int64_t query_width(int64_t head_dim) const {
@@ -74,6 +81,10 @@ std::string layer_name(const std::string& pattern, int64_t layer);
 
 // GGUF name of a compressed layer's key bases: [n_kv_heads * d_h, r_K], U_K of each KV head.
 inline constexpr const char* kGgufKeyBasisName = "blk.{}.attn_k_basis.weight";
+
+// A water-filled model's per-direction cache scales: [n_kv_heads * r_K] and [n_kv_heads * r_V].
+inline constexpr const char* kGgufKeySigmaName = "blk.{}.attn_k_cache_sigma";
+inline constexpr const char* kGgufValueSigmaName = "blk.{}.attn_v_cache_sigma";
 
 // Where tensors come from: a name lookup over a GGUF file or a safetensors directory.
 class TensorSource {

@@ -1,0 +1,281 @@
+// Highway's foreach_target compiles this file once per SIMD target; HWY_ONCE holds the dispatch.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/attention_kernel.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// The includes above must come first.
+#include <hwy/contrib/math/math-inl.h>
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "ops/attention_kernel.h"
+#include "ops/half.h"
+#include "util/error.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace eigenkv::ops {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// At most 16 float lanes, so that a 4-bit group's 16 bytes fill whole vectors.
+using DF = hn::CappedTag<float, 16>;
+
+inline int64_t round_up(int64_t n, int64_t lanes) { return (n + lanes - 1) / lanes * lanes; }
+
+inline float stored_scale(const uint8_t* scales, int64_t group) {
+  uint16_t h;
+  std::memcpy(&h, scales + 2 * group, 2);
+  return fp16_to_fp32(h);
+}
+
+// Decodes one row into dst[0, width) and zeroes dst[width, padded).
+void DecodeRow(const RowFormat& f, const uint8_t* row, const float* sigma_padded, float* dst,
+               int64_t padded) {
+  const DF df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t w = f.width;
+  if (f.type == KvType::kF32) {
+    std::memcpy(dst, row, sizeof(float) * w);
+  } else if (f.type == KvType::kF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    const auto* h = reinterpret_cast<const hwy::float16_t*>(row);
+    int64_t i = 0;
+    for (; i + L <= w; i += L) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, dst + i);
+    for (; i < w; ++i) {
+      uint16_t bits;
+      std::memcpy(&bits, row + 2 * i, 2);
+      dst[i] = fp16_to_fp32(bits);
+    }
+  } else {
+    const hn::RebindToSigned<DF> di;
+    const hn::Rebind<int8_t, DF> d8;
+    const hn::Rebind<uint8_t, DF> du8;
+    const uint8_t* scales = row;
+    const uint8_t* q8 = row + 2 * (f.groups8() + f.groups4());
+    const uint8_t* q4 = q8 + f.n8;
+    int64_t g = 0;
+    for (int64_t start = 0; start < f.n8; start += kQuantGroup, ++g) {
+      const int64_t m = std::min(kQuantGroup, f.n8 - start);
+      const float scale = stored_scale(scales, g);
+      const auto vs = hn::Set(df, scale);
+      int64_t i = 0;
+      for (; i + L <= m; i += L) {
+        const auto q = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(q8) + start + i));
+        hn::StoreU(hn::Mul(hn::ConvertTo(df, q), vs), df, dst + start + i);
+      }
+      for (; i < m; ++i) dst[start + i] = scale * static_cast<float>(static_cast<int8_t>(q8[start + i]));
+    }
+    const auto low_mask = hn::Set(du8, uint8_t{0x0F});
+    const auto eight = hn::Set(df, 8.0f);
+    for (int64_t start = f.n8; start < w; start += kQuantGroup, ++g) {
+      const int64_t m = std::min(kQuantGroup, w - start);
+      const int64_t half = (m + 1) / 2;
+      const float scale = stored_scale(scales, g);
+      if (m == kQuantGroup) {
+        const auto vs = hn::Set(df, scale);
+        for (int64_t i = 0; i < half; i += L) {
+          const auto bytes = hn::LoadU(du8, q4 + i);
+          const auto lo = hn::ConvertTo(df, hn::PromoteTo(di, hn::And(bytes, low_mask)));
+          const auto hi = hn::ConvertTo(df, hn::PromoteTo(di, hn::ShiftRight<4>(bytes)));
+          hn::StoreU(hn::Mul(hn::Sub(lo, eight), vs), df, dst + start + i);
+          hn::StoreU(hn::Mul(hn::Sub(hi, eight), vs), df, dst + start + half + i);
+        }
+      } else {
+        for (int64_t i = 0; i < half; ++i) {
+          dst[start + i] = scale * static_cast<float>((q4[i] & 0x0F) - 8);
+          if (i + half < m) dst[start + i + half] = scale * static_cast<float>((q4[i] >> 4) - 8);
+        }
+      }
+      q4 += half;
+    }
+  }
+  std::fill(dst + w, dst + padded, 0.0f);
+  if (sigma_padded) {
+    for (int64_t i = 0; i < padded; i += L)
+      hn::StoreU(hn::Mul(hn::LoadU(df, dst + i), hn::LoadU(df, sigma_padded + i)), df, dst + i);
+  }
+}
+
+// Per-thread scratch, grown on demand.
+struct Scratch {
+  std::vector<float> queries, keys, raw, values, scores, key_sigma, value_sigma;
+};
+
+const float* padded_sigma(const float* sigma, int64_t width, int64_t padded,
+                          std::vector<float>& buffer) {
+  if (!sigma) return nullptr;
+  buffer.assign(static_cast<size_t>(padded), 0.0f);
+  std::copy(sigma, sigma + width, buffer.begin());
+  return buffer.data();
+}
+
+void DecodeRows(const KvRows& rows, int64_t begin, int64_t n, float* out) {
+  const DF df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t w = rows.format.width, padded = round_up(w, L), bytes = rows.format.bytes();
+  thread_local Scratch s;
+  const float* sigma = padded_sigma(rows.sigma, w, padded, s.key_sigma);
+  s.raw.resize(static_cast<size_t>(padded));
+  for (int64_t r = 0; r < n; ++r) {
+    DecodeRow(rows.format, rows.data + (begin + r) * bytes, sigma, s.raw.data(), padded);
+    std::copy(s.raw.begin(), s.raw.begin() + w, out + r * w);
+  }
+}
+
+void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* rebuild,
+                 const KvRows& values, float scale, int64_t begin, int64_t end,
+                 AttentionPartial& part) {
+  const DF df;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t kw = rebuild ? rebuild->head_dim : keys.format.width;
+  const int64_t rk = keys.format.width;
+  const int64_t kpad = round_up(kw, L), rpad = round_up(rk, L);
+  const int64_t vw = values.format.width, vpad = part.stride;
+  EKV_CHECK(qb.width == kw, "attention: queries of ", qb.width, " numbers against keys of ", kw);
+  EKV_CHECK(part.n == qb.n && part.width == vw && vpad == round_up(vw, L),
+            "attention: partial state does not fit the block");
+  thread_local Scratch s;
+  s.queries.assign(static_cast<size_t>(qb.n * kpad), 0.0f);
+  for (int64_t i = 0; i < qb.n; ++i)
+    std::copy(qb.q + i * qb.width, qb.q + (i + 1) * qb.width, s.queries.begin() + i * kpad);
+  s.keys.resize(static_cast<size_t>(kAttentionTile * kpad));
+  s.raw.resize(static_cast<size_t>(rebuild ? kAttentionTile * rpad : 0));
+  s.values.resize(static_cast<size_t>(kAttentionTile * vpad));
+  s.scores.resize(static_cast<size_t>(round_up(kAttentionTile, L)));
+  const float* ksig = padded_sigma(keys.sigma, rk, rebuild ? rpad : kpad, s.key_sigma);
+  const float* vsig = padded_sigma(values.sigma, vw, vpad, s.value_sigma);
+  int64_t max_limit = 0;
+  for (int64_t i = 0; i < qb.n; ++i) max_limit = std::max(max_limit, qb.limit[i]);
+  end = std::min(end, max_limit);
+  const int64_t kbytes = keys.format.bytes(), vbytes = values.format.bytes();
+  const auto neg_inf = hn::Set(df, -INFINITY);
+
+  for (int64_t t0 = begin; t0 < end; t0 += kAttentionTile) {
+    const int64_t rows = std::min(kAttentionTile, end - t0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* row = keys.data + (t0 + r) * kbytes;
+      if (!rebuild) {
+        DecodeRow(keys.format, row, ksig, s.keys.data() + r * kpad, kpad);
+        continue;
+      }
+      // k = U_K k': accumulate the basis rows (columns of U_K) weighted by k', then rotate.
+      float* raw = s.raw.data() + r * rpad;
+      DecodeRow(keys.format, row, ksig, raw, rpad);
+      float* k = s.keys.data() + r * kpad;
+      std::fill(k, k + kpad, 0.0f);
+      for (int64_t c = 0; c < rk; ++c) {
+        const auto a = hn::Set(df, raw[c]);
+        const float* u = rebuild->basis_t + c * kw;
+        int64_t i = 0;
+        for (; i + L <= kw; i += L)
+          hn::StoreU(hn::MulAdd(a, hn::LoadU(df, u + i), hn::LoadU(df, k + i)), df, k + i);
+        for (; i < kw; ++i) k[i] += raw[c] * u[i];
+      }
+      if (rebuild->rope) rebuild->rope->rotate(k, 1, kw, t0 + r);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      DecodeRow(values.format, values.data + (t0 + r) * vbytes, vsig, s.values.data() + r * vpad,
+                vpad);
+
+    for (int64_t i = 0; i < qb.n; ++i) {
+      const int64_t valid = std::min(qb.limit[i], t0 + rows) - t0;
+      if (valid <= 0) continue;
+      const float* q = s.queries.data() + i * kpad;
+      float* sc = s.scores.data();
+      float tile_max = -INFINITY;
+      for (int64_t r = 0; r < valid; ++r) {
+        const float* k = s.keys.data() + r * kpad;
+        auto acc = hn::Zero(df);
+        for (int64_t c = 0; c < kpad; c += L)
+          acc = hn::MulAdd(hn::LoadU(df, q + c), hn::LoadU(df, k + c), acc);
+        sc[r] = scale * hn::GetLane(hn::SumOfLanes(df, acc));
+        tile_max = std::max(tile_max, sc[r]);
+      }
+      const int64_t valid_pad = round_up(valid, L);
+      std::fill(sc + valid, sc + valid_pad, -INFINITY);
+      const float old_max = part.max[i];
+      const float new_max = std::max(old_max, tile_max);
+      const float correction = old_max == -INFINITY ? 0.0f : std::exp(old_max - new_max);
+      const auto vmax = hn::Set(df, new_max);
+      auto vsum = hn::Zero(df);
+      for (int64_t r = 0; r < valid_pad; r += L) {
+        auto x = hn::LoadU(df, sc + r);
+        // exp(-inf) is 0; Highway's Exp needs finite input, so mask the padding.
+        const auto is_pad = hn::Eq(x, neg_inf);
+        x = hn::IfThenZeroElse(is_pad, hn::Exp(df, hn::Sub(hn::IfThenElse(is_pad, vmax, x), vmax)));
+        hn::StoreU(x, df, sc + r);
+        vsum = hn::Add(vsum, x);
+      }
+      part.sum[i] = part.sum[i] * correction + hn::GetLane(hn::SumOfLanes(df, vsum));
+      part.max[i] = new_max;
+      float* out = part.out.data() + i * vpad;
+      const auto vc = hn::Set(df, correction);
+      for (int64_t c = 0; c < vpad; c += L) {
+        auto acc = hn::Mul(hn::LoadU(df, out + c), vc);
+        for (int64_t r = 0; r < valid; ++r)
+          acc = hn::MulAdd(hn::Set(df, sc[r]), hn::LoadU(df, s.values.data() + r * vpad + c), acc);
+        hn::StoreU(acc, df, out + c);
+      }
+    }
+  }
+}
+
+int64_t LaneCount() { return static_cast<int64_t>(hn::Lanes(DF())); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace eigenkv::ops
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace eigenkv::ops {
+
+HWY_EXPORT(AttendRange);
+HWY_EXPORT(DecodeRows);
+HWY_EXPORT(LaneCount);
+
+void AttentionPartial::reset(int64_t n_queries, int64_t value_width) {
+  const int64_t lanes = HWY_DYNAMIC_DISPATCH(LaneCount)();
+  n = n_queries;
+  width = value_width;
+  stride = (value_width + lanes - 1) / lanes * lanes;
+  max.assign(static_cast<size_t>(n), -INFINITY);
+  sum.assign(static_cast<size_t>(n), 0.0f);
+  out.assign(static_cast<size_t>(n * stride), 0.0f);
+}
+
+void attend_range(const QueryBlock& queries, const KvRows& keys, const KeyRebuild* rebuild,
+                  const KvRows& values, float scale, int64_t begin, int64_t end,
+                  AttentionPartial& partial) {
+  HWY_DYNAMIC_DISPATCH(AttendRange)(queries, keys, rebuild, values, scale, begin, end, partial);
+}
+
+void decode_rows(const KvRows& rows, int64_t begin, int64_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(DecodeRows)(rows, begin, n, out);
+}
+
+void merge_partial(AttentionPartial& into, const AttentionPartial& other) {
+  for (int64_t i = 0; i < into.n; ++i) {
+    if (other.max[i] == -INFINITY) continue;
+    const float m = std::max(into.max[i], other.max[i]);
+    const float a = into.max[i] == -INFINITY ? 0.0f : std::exp(into.max[i] - m);
+    const float b = std::exp(other.max[i] - m);
+    into.sum[i] = into.sum[i] * a + other.sum[i] * b;
+    into.max[i] = m;
+    float* o = into.out.data() + i * into.stride;
+    const float* p = other.out.data() + i * other.stride;
+    for (int64_t c = 0; c < into.width; ++c) o[c] = o[c] * a + p[c] * b;
+  }
+}
+
+void finish_partial(const AttentionPartial& partial, float* out, int64_t out_stride) {
+  for (int64_t i = 0; i < partial.n; ++i) {
+    const float inv = partial.sum[i] > 0 ? 1.0f / partial.sum[i] : 0.0f;
+    const float* o = partial.out.data() + i * partial.stride;
+    for (int64_t c = 0; c < partial.width; ++c) out[i * out_stride + c] = o[c] * inv;
+  }
+}
+
+}  // namespace eigenkv::ops
+#endif  // HWY_ONCE
