@@ -123,7 +123,7 @@ TEST(KvKernel, SimdDecodeEqualsReference) {
       const std::vector<float> sigma = random_vector(w, rng);
       std::vector<float> abs_sigma(sigma.size());
       for (size_t i = 0; i < sigma.size(); ++i) abs_sigma[i] = std::abs(sigma[i]) + 0.1f;
-      std::vector<uint8_t> rows(static_cast<size_t>(n * f.bytes()));
+      std::vector<uint8_t> rows(static_cast<size_t>(n * f.bytes() + ops::kKvRowSlack));
       for (int64_t r = 0; r < n; ++r) {
         const std::vector<float> x = random_vector(w, rng, 2.0f);
         ops::encode_row(f, x.data(), abs_sigma.data(), rows.data() + r * f.bytes());
@@ -153,8 +153,8 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
     for (size_t fi = 0; fi < 5; ++fi) {
       const RowFormat kf = formats_of_width(s.key_width)[fi];
       const RowFormat vf = formats_of_width(s.value_width)[fi];
-      std::vector<uint8_t> keys(static_cast<size_t>(s.n_keys * kf.bytes()));
-      std::vector<uint8_t> values(static_cast<size_t>(s.n_keys * vf.bytes()));
+      std::vector<uint8_t> keys(static_cast<size_t>(s.n_keys * kf.bytes() + ops::kKvRowSlack));
+      std::vector<uint8_t> values(static_cast<size_t>(s.n_keys * vf.bytes() + ops::kKvRowSlack));
       for (int64_t t = 0; t < s.n_keys; ++t) {
         ops::encode_row(kf, random_vector(s.key_width, rng).data(), nullptr,
                         keys.data() + t * kf.bytes());
@@ -211,7 +211,8 @@ TEST(KvKernel, KeyRebuildMatchesExplicitRebuild) {
   const std::vector<float> basis_t = random_vector(r * dh, rng);  // [r, dh]
   for (KvType type : {KvType::kF32, KvType::kInt8}) {
     const RowFormat kf = RowFormat::uniform(type, r), vf = RowFormat::uniform(KvType::kF32, vw);
-    std::vector<uint8_t> keys(static_cast<size_t>(n * kf.bytes())), values(n * vf.bytes());
+    std::vector<uint8_t> keys(static_cast<size_t>(n * kf.bytes() + ops::kKvRowSlack)),
+        values(n * vf.bytes() + ops::kKvRowSlack);
     std::vector<float> rebuilt(static_cast<size_t>(n * dh), 0.0f), vd(n * vw), raw(r);
     for (int64_t t = 0; t < n; ++t) {
       ops::encode_row(kf, random_vector(r, rng).data(), nullptr, keys.data() + t * kf.bytes());

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "ops/kv_format.h"
 #include "util/threads.h"
 
 namespace eigenkv::cli {
@@ -17,9 +18,99 @@ struct BenchFlags {
   std::vector<int64_t> depths = {0};
   int repeats = 5;
   bool json = false;
+  bool kv_sweep = false;
+  std::vector<std::string> cache_types = {"f16", "int8", "int4"};
+  std::vector<std::string> compare;
 };
 
+std::string file_name(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Decode at each depth for every model and cache type, with ratios to the first model's f16
+// cache measured in the same run.
+void run_sweep(const BenchFlags& f) {
+  std::vector<int64_t> depths = f.depths;
+  if (depths == std::vector<int64_t>{0}) depths = {256, 512, 1024, 2048, 4096};
+  auto base = load_model(f.model);
+  struct Entry {
+    std::string model;
+    std::string cache;
+    eval::KvSweepRow row;
+  };
+  std::vector<Entry> entries;
+  auto sweep = [&](const model::Model& m, kv::CacheTypes types) {
+    for (const eval::KvSweepRow& r : eval::run_kv_sweep(m, types, depths, f.n_gen, f.repeats))
+      entries.push_back({file_name(m.path()), types.describe(), r});
+  };
+  const int64_t trained = base->config().n_ctx_train;
+  sweep(*base, {ops::KvType::kF16, ops::KvType::kF16});
+  std::vector<std::unique_ptr<model::Model>> models;
+  models.push_back(std::move(base));
+  for (const std::string& path : f.compare) models.push_back(model::Model::load(path));
+  for (const auto& m : models) {
+    if (m->has_cache_allotment()) {
+      sweep(*m, m->cache_types());
+      continue;
+    }
+    for (const std::string& name : f.cache_types) {
+      const ops::KvType t = ops::kv_type_from_name(name);
+      if (m == models.front() && t == ops::KvType::kF16) continue;  // the baseline, done
+      sweep(*m, {t, t});
+    }
+  }
+  auto baseline = [&](int64_t depth) {
+    for (const Entry& e : entries)
+      if (e.row.depth == depth) return e.row;  // the first entries are the baseline's
+    return eval::KvSweepRow{};
+  };
+  const int threads = thread_count();
+  if (f.json) {
+    nlohmann::json out = {{"threads", threads}, {"n_gen", f.n_gen}, {"trained_context", trained},
+                          {"rows", nlohmann::json::array()}};
+    for (const Entry& e : entries) {
+      const eval::KvSweepRow b = baseline(e.row.depth);
+      out["rows"].push_back({{"model", e.model},
+                             {"cache", e.cache},
+                             {"depth", e.row.depth},
+                             {"kv_bytes_per_token", e.row.kv_bytes_per_token},
+                             {"attention_us_per_token", e.row.attention_us_per_token},
+                             {"tokens_per_s", e.row.tokens_per_s},
+                             {"bytes_ratio", static_cast<double>(b.kv_bytes_per_token) /
+                                                 e.row.kv_bytes_per_token},
+                             {"attention_speedup",
+                              b.attention_us_per_token / e.row.attention_us_per_token},
+                             {"decode_speedup", e.row.tokens_per_s / b.tokens_per_s}});
+    }
+    std::printf("%s\n", out.dump().c_str());
+    return;
+  }
+  std::printf("KV context sweep: decode %lld tokens at each depth, %d threads; ratios against %s "
+              "with an f16 cache at the same depth, same run.\n",
+              static_cast<long long>(f.n_gen), threads, entries.front().model.c_str());
+  if (depths.back() > trained) {
+    std::printf("Depths beyond %lld (the model's trained context) run the real weights past it: "
+                "the speed is meaningful, the text would not be.\n",
+                static_cast<long long>(trained));
+  }
+  std::printf("\n| model | cache | KV bytes/token | depth | attention us/token | decode tok/s | "
+              "bytes f16/this | attention speedup | decode speedup |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const Entry& e : entries) {
+    const eval::KvSweepRow b = baseline(e.row.depth);
+    std::printf("| %s | %s | %lld | %lld | %.1f | %.1f | %.2f | %.2f | %.2f |\n",
+                e.model.c_str(), e.cache.c_str(), static_cast<long long>(e.row.kv_bytes_per_token),
+                static_cast<long long>(e.row.depth), e.row.attention_us_per_token,
+                e.row.tokens_per_s,
+                static_cast<double>(b.kv_bytes_per_token) / e.row.kv_bytes_per_token,
+                b.attention_us_per_token / e.row.attention_us_per_token,
+                e.row.tokens_per_s / b.tokens_per_s);
+  }
+}
+
 void run(const BenchFlags& f) {
+  if (f.kv_sweep) return run_sweep(f);
   auto model = load_model(f.model);
   eval::BenchOptions options;
   options.n_prompt = f.n_prompt;
@@ -95,6 +186,15 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-r,--repeats", flags->repeats, "repeats per test (median reported)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cmd->add_flag("--kv-sweep", flags->kv_sweep,
+                "decode at each depth (default 256..4096) per cache type and model, with ratios "
+                "to the f16 cache of -m");
+  cmd->add_option("--cache-types", flags->cache_types, "cache types of the sweep")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--compare", flags->compare,
+                  "more models for the sweep (e.g. low-rank ones), comma-separated")
+      ->delimiter(',');
   cmd->add_flag("--json", flags->json,
                 "print JSON rows: test, depth, tokens_per_s, bandwidth_fraction");
   cmd->callback([flags] { run(*flags); });

@@ -130,4 +130,47 @@ std::vector<BenchRow> run_bench(const model::Model& model, const BenchOptions& o
   return rows;
 }
 
+std::vector<KvSweepRow> run_kv_sweep(const model::Model& model, kv::CacheTypes types,
+                                     std::vector<int64_t> depths, int64_t n_gen, int repeats) {
+  EKV_CHECK(!depths.empty() && n_gen > 0 && repeats > 0, "a KV sweep needs depths, tokens to "
+            "generate and repeats");
+  std::sort(depths.begin(), depths.end());
+  EKV_CHECK(depths.front() >= 1, "sweep depths must be >= 1, found ", depths.front());
+  const int64_t n_vocab = model.config().n_vocab;
+  kv::KvCache cache = model.new_cache(depths.back() + n_gen, types);
+  const std::vector<int32_t> filler = random_tokens(depths.back(), n_vocab, 7);
+  std::vector<float> logits(static_cast<size_t>(n_vocab));
+  constexpr int64_t kFillChunk = 512;
+  std::vector<KvSweepRow> rows;
+  for (int64_t depth : depths) {
+    cache.truncate(std::min(cache.size(), depth));
+    while (cache.size() < depth) {
+      const int64_t n = std::min(kFillChunk, depth - cache.size());
+      model.forward(std::span<const int32_t>(filler.data() + cache.size(), n), cache,
+                    logits.data(), false);
+    }
+    std::vector<double> rates, attention_us;
+    for (int r = 0; r < repeats + 1; ++r) {
+      cache.truncate(depth);
+      int32_t token = 1;
+      model.reset_attention_seconds();
+      const double t0 = now_seconds();
+      for (int64_t i = 0; i < n_gen; ++i) {
+        const int32_t one[1] = {token};
+        model.forward(one, cache, logits.data(), false);
+        token = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
+                                     logits.begin());
+      }
+      const double dt = now_seconds() - t0;
+      if (r > 0) {  // the first run warms caches and pages
+        rates.push_back(n_gen / dt);
+        attention_us.push_back(1e6 * model.attention_seconds() / n_gen);
+      }
+    }
+    rows.push_back(KvSweepRow{depth, cache.bytes_per_token(), median(attention_us),
+                              median(rates)});
+  }
+  return rows;
+}
+
 }  // namespace eigenkv::eval

@@ -37,6 +37,20 @@ double measure_copy_bandwidth(int repeats = 5);
 std::vector<BenchRow> run_bench(const model::Model& model, const BenchOptions& options,
                                 double copy_bandwidth);
 
+// One point of the KV context sweep: decode at a context depth with one cache type.
+struct KvSweepRow {
+  int64_t depth = 0;
+  int64_t kv_bytes_per_token = 0;
+  double attention_us_per_token = 0;  // median over repeats
+  double tokens_per_s = 0;            // median over repeats
+};
+
+// Decode speed of `model` with caches of `types` at each depth (ascending; the cache is filled
+// with random tokens once and extended from depth to depth). Depths past the model's trained
+// context are allowed: the weights run past it, which changes nothing of the speed.
+std::vector<KvSweepRow> run_kv_sweep(const model::Model& model, kv::CacheTypes types,
+                                     std::vector<int64_t> depths, int64_t n_gen, int repeats);
+
 // The median of a non-empty list.
 double median(std::vector<double> values);
 

@@ -40,8 +40,11 @@ KvCache::KvCache(std::vector<LayerShape> layers, int64_t capacity, CacheTypes ty
                                       static_cast<int64_t>(l), "key"));
     value_formats_.push_back(row_format(types.value, s.value_width, s.value_n8,
                                         !s.value_sigma.empty(), static_cast<int64_t>(l), "value"));
-    keys_[l].assign(static_cast<size_t>(s.n_kv_heads * capacity * key_formats_[l].bytes()), 0);
-    values_[l].assign(static_cast<size_t>(s.n_kv_heads * capacity * value_formats_[l].bytes()),
+    keys_[l].assign(
+        static_cast<size_t>(s.n_kv_heads * capacity * key_formats_[l].bytes() + ops::kKvRowSlack),
+        0);
+    values_[l].assign(static_cast<size_t>(s.n_kv_heads * capacity * value_formats_[l].bytes() +
+                                          ops::kKvRowSlack),
                       0);
   }
 }

@@ -22,6 +22,9 @@ namespace hn = hwy::HWY_NAMESPACE;
 // At most 16 float lanes, so that a 4-bit group's 16 bytes fill whole vectors.
 using DF = hn::CappedTag<float, 16>;
 
+// Floats a decoded row may write past its padded width (a vector past the last partial group).
+constexpr int64_t kDecodeSlack = 2 * kQuantGroup;
+
 inline int64_t round_up(int64_t n, int64_t lanes) { return (n + lanes - 1) / lanes * lanes; }
 
 inline float stored_scale(const uint8_t* scales, int64_t group) {
@@ -41,13 +44,8 @@ void DecodeRow(const RowFormat& f, const uint8_t* row, const float* sigma_padded
   } else if (f.type == KvType::kF16) {
     const hn::Rebind<hwy::float16_t, DF> dh;
     const auto* h = reinterpret_cast<const hwy::float16_t*>(row);
-    int64_t i = 0;
-    for (; i + L <= w; i += L) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, dst + i);
-    for (; i < w; ++i) {
-      uint16_t bits;
-      std::memcpy(&bits, row + 2 * i, 2);
-      dst[i] = fp16_to_fp32(bits);
-    }
+    for (int64_t i = 0; i < w; i += L)
+      hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, dst + i);
   } else {
     const hn::RebindToSigned<DF> di;
     const hn::Rebind<int8_t, DF> d8;
@@ -60,12 +58,12 @@ void DecodeRow(const RowFormat& f, const uint8_t* row, const float* sigma_padded
       const int64_t m = std::min(kQuantGroup, f.n8 - start);
       const float scale = stored_scale(scales, g);
       const auto vs = hn::Set(df, scale);
-      int64_t i = 0;
-      for (; i + L <= m; i += L) {
+      // Whole vectors, reading and writing past a partial group: rows carry kKvRowSlack bytes
+      // of slack, the destination kDecodeSlack floats, and later groups overwrite the excess.
+      for (int64_t i = 0; i < m; i += L) {
         const auto q = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(q8) + start + i));
         hn::StoreU(hn::Mul(hn::ConvertTo(df, q), vs), df, dst + start + i);
       }
-      for (; i < m; ++i) dst[start + i] = scale * static_cast<float>(static_cast<int8_t>(q8[start + i]));
     }
     const auto low_mask = hn::Set(du8, uint8_t{0x0F});
     const auto eight = hn::Set(df, 8.0f);
@@ -73,20 +71,17 @@ void DecodeRow(const RowFormat& f, const uint8_t* row, const float* sigma_padded
       const int64_t m = std::min(kQuantGroup, w - start);
       const int64_t half = (m + 1) / 2;
       const float scale = stored_scale(scales, g);
-      if (m == kQuantGroup) {
-        const auto vs = hn::Set(df, scale);
-        for (int64_t i = 0; i < half; i += L) {
-          const auto bytes = hn::LoadU(du8, q4 + i);
-          const auto lo = hn::ConvertTo(df, hn::PromoteTo(di, hn::And(bytes, low_mask)));
-          const auto hi = hn::ConvertTo(df, hn::PromoteTo(di, hn::ShiftRight<4>(bytes)));
-          hn::StoreU(hn::Mul(hn::Sub(lo, eight), vs), df, dst + start + i);
-          hn::StoreU(hn::Mul(hn::Sub(hi, eight), vs), df, dst + start + half + i);
-        }
-      } else {
-        for (int64_t i = 0; i < half; ++i) {
-          dst[start + i] = scale * static_cast<float>((q4[i] & 0x0F) - 8);
-          if (i + half < m) dst[start + i + half] = scale * static_cast<float>((q4[i] >> 4) - 8);
-        }
+      const auto vs = hn::Set(df, scale);
+      // Low nibbles first: the high nibbles' stores overwrite what the low ones wrote past half.
+      for (int64_t i = 0; i < half; i += L) {
+        const auto bytes = hn::LoadU(du8, q4 + i);
+        const auto lo = hn::ConvertTo(df, hn::PromoteTo(di, hn::And(bytes, low_mask)));
+        hn::StoreU(hn::Mul(hn::Sub(lo, eight), vs), df, dst + start + i);
+      }
+      for (int64_t i = 0; i < half; i += L) {
+        const auto bytes = hn::LoadU(du8, q4 + i);
+        const auto hi = hn::ConvertTo(df, hn::PromoteTo(di, hn::ShiftRight<4>(bytes)));
+        hn::StoreU(hn::Mul(hn::Sub(hi, eight), vs), df, dst + start + half + i);
       }
       q4 += half;
     }
@@ -117,7 +112,7 @@ void DecodeRows(const KvRows& rows, int64_t begin, int64_t n, float* out) {
   const int64_t w = rows.format.width, padded = round_up(w, L), bytes = rows.format.bytes();
   thread_local Scratch s;
   const float* sigma = padded_sigma(rows.sigma, w, padded, s.key_sigma);
-  s.raw.resize(static_cast<size_t>(padded));
+  s.raw.resize(static_cast<size_t>(padded + kDecodeSlack));
   for (int64_t r = 0; r < n; ++r) {
     DecodeRow(rows.format, rows.data + (begin + r) * bytes, sigma, s.raw.data(), padded);
     std::copy(s.raw.begin(), s.raw.begin() + w, out + r * w);
@@ -140,9 +135,9 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   s.queries.assign(static_cast<size_t>(qb.n * kpad), 0.0f);
   for (int64_t i = 0; i < qb.n; ++i)
     std::copy(qb.q + i * qb.width, qb.q + (i + 1) * qb.width, s.queries.begin() + i * kpad);
-  s.keys.resize(static_cast<size_t>(kAttentionTile * kpad));
-  s.raw.resize(static_cast<size_t>(rebuild ? kAttentionTile * rpad : 0));
-  s.values.resize(static_cast<size_t>(kAttentionTile * vpad));
+  s.keys.resize(static_cast<size_t>(kAttentionTile * kpad + kDecodeSlack));
+  s.raw.resize(static_cast<size_t>(rebuild ? kAttentionTile * rpad + kDecodeSlack : 0));
+  s.values.resize(static_cast<size_t>(kAttentionTile * vpad + kDecodeSlack));
   s.scores.resize(static_cast<size_t>(round_up(kAttentionTile, L)));
   const float* ksig = padded_sigma(keys.sigma, rk, rebuild ? rpad : kpad, s.key_sigma);
   const float* vsig = padded_sigma(values.sigma, vw, vpad, s.value_sigma);
@@ -185,7 +180,21 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
       const float* q = s.queries.data() + i * kpad;
       float* sc = s.scores.data();
       float tile_max = -INFINITY;
-      for (int64_t r = 0; r < valid; ++r) {
+      int64_t r = 0;
+      for (; r + 2 <= valid; r += 2) {  // two keys at a time: independent FMA chains
+        const float* k0 = s.keys.data() + r * kpad;
+        const float* k1 = k0 + kpad;
+        auto a0 = hn::Zero(df), a1 = hn::Zero(df);
+        for (int64_t c = 0; c < kpad; c += L) {
+          const auto qc = hn::LoadU(df, q + c);
+          a0 = hn::MulAdd(qc, hn::LoadU(df, k0 + c), a0);
+          a1 = hn::MulAdd(qc, hn::LoadU(df, k1 + c), a1);
+        }
+        sc[r] = scale * hn::GetLane(hn::SumOfLanes(df, a0));
+        sc[r + 1] = scale * hn::GetLane(hn::SumOfLanes(df, a1));
+        tile_max = std::max(tile_max, std::max(sc[r], sc[r + 1]));
+      }
+      for (; r < valid; ++r) {
         const float* k = s.keys.data() + r * kpad;
         auto acc = hn::Zero(df);
         for (int64_t c = 0; c < kpad; c += L)
@@ -212,11 +221,20 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
       part.max[i] = new_max;
       float* out = part.out.data() + i * vpad;
       const auto vc = hn::Set(df, correction);
+      // Four accumulators over interleaved rows, so consecutive FMAs do not wait on each other.
+      const float* vt = s.values.data();
       for (int64_t c = 0; c < vpad; c += L) {
-        auto acc = hn::Mul(hn::LoadU(df, out + c), vc);
-        for (int64_t r = 0; r < valid; ++r)
-          acc = hn::MulAdd(hn::Set(df, sc[r]), hn::LoadU(df, s.values.data() + r * vpad + c), acc);
-        hn::StoreU(acc, df, out + c);
+        auto a0 = hn::Mul(hn::LoadU(df, out + c), vc);
+        auto a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+        int64_t r = 0;
+        for (; r + 4 <= valid; r += 4) {
+          a0 = hn::MulAdd(hn::Set(df, sc[r]), hn::LoadU(df, vt + r * vpad + c), a0);
+          a1 = hn::MulAdd(hn::Set(df, sc[r + 1]), hn::LoadU(df, vt + (r + 1) * vpad + c), a1);
+          a2 = hn::MulAdd(hn::Set(df, sc[r + 2]), hn::LoadU(df, vt + (r + 2) * vpad + c), a2);
+          a3 = hn::MulAdd(hn::Set(df, sc[r + 3]), hn::LoadU(df, vt + (r + 3) * vpad + c), a3);
+        }
+        for (; r < valid; ++r) a0 = hn::MulAdd(hn::Set(df, sc[r]), hn::LoadU(df, vt + r * vpad + c), a0);
+        hn::StoreU(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)), df, out + c);
       }
     }
   }

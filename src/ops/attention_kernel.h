@@ -16,7 +16,8 @@ namespace eigenkv::ops {
 
 inline constexpr int64_t kAttentionTile = 64;
 
-// One KV head's cached rows of one kind: row s at data + s * format.bytes().
+// One KV head's cached rows of one kind: row s at data + s * format.bytes(), the buffer
+// followed by at least kKvRowSlack readable bytes (the decoders read whole vectors).
 struct KvRows {
   const uint8_t* data = nullptr;
   RowFormat format;

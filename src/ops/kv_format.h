@@ -28,6 +28,8 @@ const char* kv_type_name(KvType type);
 KvType kv_type_from_name(const std::string& name, bool allow_mixed = false);
 
 inline constexpr int64_t kQuantGroup = 32;
+// Bytes a buffer of rows must have after its last row: the SIMD decoders read whole vectors.
+inline constexpr int64_t kKvRowSlack = 64;
 
 struct RowFormat {
   KvType type = KvType::kF32;
