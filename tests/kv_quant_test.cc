@@ -155,19 +155,27 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
       const RowFormat vf = formats_of_width(s.value_width)[fi];
       std::vector<uint8_t> keys(static_cast<size_t>(s.n_keys * kf.bytes() + ops::kKvRowSlack));
       std::vector<uint8_t> values(static_cast<size_t>(s.n_keys * vf.bytes() + ops::kKvRowSlack));
+      // The mixed format carries per-direction scales, as a water-filled model's cache does.
+      std::vector<float> ksig, vsig;
+      if (kf.type == KvType::kMixed) {
+        for (int64_t i = 0; i < s.key_width; ++i) ksig.push_back(0.2f + 0.1f * (i % 7));
+        for (int64_t i = 0; i < s.value_width; ++i) vsig.push_back(1.5f - 0.1f * (i % 5));
+      }
+      const float* kp = ksig.empty() ? nullptr : ksig.data();
+      const float* vp = vsig.empty() ? nullptr : vsig.data();
       for (int64_t t = 0; t < s.n_keys; ++t) {
-        ops::encode_row(kf, random_vector(s.key_width, rng).data(), nullptr,
+        ops::encode_row(kf, random_vector(s.key_width, rng).data(), kp,
                         keys.data() + t * kf.bytes());
-        ops::encode_row(vf, random_vector(s.value_width, rng).data(), nullptr,
+        ops::encode_row(vf, random_vector(s.value_width, rng).data(), vp,
                         values.data() + t * vf.bytes());
       }
       std::vector<float> kd(static_cast<size_t>(s.n_keys * s.key_width));
       std::vector<float> vd(static_cast<size_t>(s.n_keys * s.value_width));
-      const ops::KvRows krows{keys.data(), kf, nullptr}, vrows{values.data(), vf, nullptr};
+      const ops::KvRows krows{keys.data(), kf, kp}, vrows{values.data(), vf, vp};
       for (int64_t t = 0; t < s.n_keys; ++t) {
-        ops::decode_row_reference(kf, keys.data() + t * kf.bytes(), nullptr,
+        ops::decode_row_reference(kf, keys.data() + t * kf.bytes(), kp,
                                   kd.data() + t * s.key_width);
-        ops::decode_row_reference(vf, values.data() + t * vf.bytes(), nullptr,
+        ops::decode_row_reference(vf, values.data() + t * vf.bytes(), vp,
                                   vd.data() + t * s.value_width);
       }
       const std::vector<float> q = random_vector(s.n_queries * s.key_width, rng, 0.7f);

@@ -46,7 +46,9 @@ void run(const PerplexityFlags& f) {
                           {"ctx", f.ctx},
                           {"text_tokens", ids.size()},
                           {"tokenize_seconds", tokenize_seconds},
-                          {"seconds", r.seconds}};
+                          {"seconds", r.seconds},
+                          {"cache_types", model->cache_types().describe()},
+                          {"kv_bytes_per_token", model->kv_bytes_per_token()}};
     if (r.has_kld) {
       out["kld_mean"] = r.kld_mean;
       out["kld_p99"] = r.kld_p99;

@@ -139,8 +139,22 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   s.raw.resize(static_cast<size_t>(rebuild ? kAttentionTile * rpad + kDecodeSlack : 0));
   s.values.resize(static_cast<size_t>(kAttentionTile * vpad + kDecodeSlack));
   s.scores.resize(static_cast<size_t>(round_up(kAttentionTile, L)));
-  const float* ksig = padded_sigma(keys.sigma, rk, rebuild ? rpad : kpad, s.key_sigma);
-  const float* vsig = padded_sigma(values.sigma, vw, vpad, s.value_sigma);
+  // Per-direction scales cost nothing per row: a key's scales multiply the query instead (q.(s*y)
+  // = (s*q).y), and a value's the finished output (sum p (s*y) = s * sum p y), which
+  // finish_partial applies. Rebuilt keys scale their r numbers before the basis.
+  const float* ksig = nullptr;
+  if (keys.sigma && rebuild) {
+    ksig = padded_sigma(keys.sigma, rk, rpad, s.key_sigma);
+  } else if (keys.sigma) {
+    for (int64_t i = 0; i < qb.n; ++i)
+      for (int64_t c = 0; c < kw; ++c) s.queries[i * kpad + c] *= keys.sigma[c];
+  }
+  if (values.sigma) {
+    if (part.value_scale.empty()) part.value_scale.assign(values.sigma, values.sigma + vw);
+    EKV_CHECK(std::equal(part.value_scale.begin(), part.value_scale.end(), values.sigma),
+              "attention: value scales differ between the ranges of one partial state");
+  }
+  const float* vsig = nullptr;
   int64_t max_limit = 0;
   for (int64_t i = 0; i < qb.n; ++i) max_limit = std::max(max_limit, qb.limit[i]);
   end = std::min(end, max_limit);
@@ -261,6 +275,7 @@ void AttentionPartial::reset(int64_t n_queries, int64_t value_width) {
   max.assign(static_cast<size_t>(n), -INFINITY);
   sum.assign(static_cast<size_t>(n), 0.0f);
   out.assign(static_cast<size_t>(n * stride), 0.0f);
+  value_scale.clear();
 }
 
 void attend_range(const QueryBlock& queries, const KvRows& keys, const KeyRebuild* rebuild,
@@ -274,6 +289,7 @@ void decode_rows(const KvRows& rows, int64_t begin, int64_t n, float* out) {
 }
 
 void merge_partial(AttentionPartial& into, const AttentionPartial& other) {
+  if (into.value_scale.empty()) into.value_scale = other.value_scale;
   for (int64_t i = 0; i < into.n; ++i) {
     if (other.max[i] == -INFINITY) continue;
     const float m = std::max(into.max[i], other.max[i]);
@@ -291,7 +307,12 @@ void finish_partial(const AttentionPartial& partial, float* out, int64_t out_str
   for (int64_t i = 0; i < partial.n; ++i) {
     const float inv = partial.sum[i] > 0 ? 1.0f / partial.sum[i] : 0.0f;
     const float* o = partial.out.data() + i * partial.stride;
-    for (int64_t c = 0; c < partial.width; ++c) out[i * out_stride + c] = o[c] * inv;
+    if (partial.value_scale.empty()) {
+      for (int64_t c = 0; c < partial.width; ++c) out[i * out_stride + c] = o[c] * inv;
+    } else {
+      for (int64_t c = 0; c < partial.width; ++c)
+        out[i * out_stride + c] = o[c] * inv * partial.value_scale[c];
+    }
   }
 }
 

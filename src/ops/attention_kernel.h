@@ -48,6 +48,8 @@ struct AttentionPartial {
   std::vector<float> max;  // [n] running max of the scaled scores
   std::vector<float> sum;  // [n] running sum of exp(score - max)
   std::vector<float> out;  // [n, stride] running sum of exp(score - max) * value
+  // The values' per-direction scales, applied when finishing (empty: none).
+  std::vector<float> value_scale;
   void reset(int64_t n_queries, int64_t value_width);
 };
 

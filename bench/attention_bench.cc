@@ -1,0 +1,63 @@
+// Decode attention over a cache of each row type: one KV head, a GQA group of two queries, the
+// whole context in one range (one thread). Counters: cache bytes read per second and nanoseconds
+// per cached position; `eigenkv bench --kv-sweep` gives the whole-model figures with ratios.
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "ops/attention_kernel.h"
+#include "ops/kv_format.h"
+
+namespace eigenkv::ops {
+namespace {
+
+void BM_Attention(benchmark::State& state) {
+  const KvType type = static_cast<KvType>(state.range(0));
+  const int64_t width = state.range(1), n = state.range(2), queries = 2;
+  const RowFormat f = type == KvType::kMixed ? RowFormat::mixed(width, width / 4)
+                                             : RowFormat::uniform(type, width);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(static_cast<size_t>(width)), sigma(static_cast<size_t>(width), 1.0f);
+  std::vector<uint8_t> keys(static_cast<size_t>(n * f.bytes() + kKvRowSlack));
+  std::vector<uint8_t> values(keys.size());
+  for (int64_t t = 0; t < n; ++t) {
+    for (float& v : x) v = normal(rng);
+    encode_row(f, x.data(), nullptr, keys.data() + t * f.bytes());
+    for (float& v : x) v = normal(rng);
+    encode_row(f, x.data(), nullptr, values.data() + t * f.bytes());
+  }
+  std::vector<float> q(static_cast<size_t>(queries * width)), out(q.size());
+  for (float& v : q) v = normal(rng);
+  const std::vector<int64_t> limit(queries, n);
+  const float* s = type == KvType::kMixed ? sigma.data() : nullptr;
+  AttentionPartial part;
+  for (auto _ : state) {
+    part.reset(queries, width);
+    attend_range(QueryBlock{q.data(), queries, width, limit.data()}, KvRows{keys.data(), f, s},
+                 nullptr, KvRows{values.data(), f, s}, 0.125f, 0, n, part);
+    finish_partial(part, out.data(), width);
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double bytes = 2.0 * n * f.bytes();
+  state.counters["cache_bytes/s"] =
+      benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["ns/position"] = benchmark::Counter(
+      static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate |
+                                  benchmark::Counter::kInvert);
+  state.SetLabel(f.describe() + " width " + std::to_string(width));
+}
+
+void Shapes(benchmark::internal::Benchmark* b) {
+  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4, KvType::kMixed}) {
+    for (int64_t w : {64, 32}) {
+      for (int64_t n : {4096, 65536}) b->Args({static_cast<int64_t>(t), w, n});
+    }
+  }
+}
+
+BENCHMARK(BM_Attention)->Apply(Shapes)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace eigenkv::ops
