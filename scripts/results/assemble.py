@@ -4,7 +4,7 @@ and the tables the result scripts wrote (docs/results/reference.md, docs/results
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PARTS = ["summary.md", "reference.md", "eigen.md"]
+PARTS = ["summary.md", "reference.md", "eigen.md", "kvquant.md"]
 
 
 def main():
