@@ -72,9 +72,105 @@ def llama_bench(path, model, threads, depths, n_prompt, n_gen, repeats):
     return result
 
 
+def llama_batched(path, model, threads, depths, n_gen, cache):
+    """llama.cpp's decode tokens/s at each depth (one run each) with its K/V cache type."""
+    cmd = [path, "-m", model, "-c", str(max(depths) + n_gen + 8), "-b", "2048", "-ub", "512",
+           "-npp", ",".join(map(str, depths)), "-ntg", str(n_gen), "-npl", "1", "-t", str(threads),
+           "-ctk", cache, "-ctv", cache]
+    if cache != "f16":
+        cmd.append("-fa")  # llama.cpp quantizes the V cache only with flash attention
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    rates = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 8 and cells[0].isdigit():
+            rates[int(cells[0])] = float(cells[7])  # S_TG t/s
+    return rates
+
+
+SWEEP_NOTE = (
+    "Reading: the attention kernels decode each cache tile into an L1 buffer and do the float "
+    "arithmetic there, so on this CPU they are bound by arithmetic rather than by memory traffic "
+    "at these depths: int8/int4 and the water-filled cache gain less attention time than the bytes "
+    "they stop reading (the issue's bar, attention speedup >= bytes ratio, is met by the low-rank "
+    "`post` models, whose arithmetic falls with the rank, and not by the quantized types). `pre` "
+    "rebuilds every cached key (d_h x r_K multiply-adds) for every decoded token, so its attention "
+    "is several times slower than the uncompressed one. Against llama.cpp on the same GGUF and "
+    "threads, eigenkv's f16 cache decodes faster at every depth, and its int8/int4 caches keep the "
+    "f16 speed where llama.cpp's q8_0/q4_0 (with flash attention, which they require) lose half "
+    "or more of it.")
+
+
+def kv_sweep_section(a, threads):
+    gqa = os.path.join(SHARED, "models", "tinystories-c4-gqa.gguf")
+    text = os.path.join(SHARED, "data", "tinystories", "valid_a.txt")
+    if not (os.path.exists(gqa) and os.path.exists(text)):
+        return ["_KV sweep: ../shared/models/tinystories-c4-gqa.gguf absent, skipped._", ""]
+    depths = [int(d) for d in a.sweep_depths.split(",")]
+    tmp = tempfile.mkdtemp(prefix="eigenkv_sweep_")
+    paras = open(text, encoding="utf-8").read().split("\n\n")
+    calib = os.path.join(tmp, "calib.txt")
+    open(calib, "w", encoding="utf-8").write("\n\n".join(paras[:len(paras) // 2]))
+    models = []
+    for mode in ("post", "pre"):
+        out = os.path.join(tmp, "lowrank-%s-50.gguf" % mode)
+        run_json([BIN, "calibrate", "-m", gqa, "-f", calib, "--kv-budget", "0.5", "--rope", mode,
+                  "--tokens", "32768", "-t", "1", "-o", out, "--json"])
+        models.append(out)
+    full = os.path.join(tmp, "eigen-full.gguf")
+    run_json([BIN, "calibrate", "-m", gqa, "-f", calib, "--threshold", "0", "--rope", "post",
+              "--tokens", "32768", "-t", "1", "-o", full, "--json"])
+    wf = os.path.join(tmp, "waterfilled-25.gguf")
+    run_json([BIN, "quantize-cache", "-m", full, "-f", calib, "--budget", "0.25", "-t", "1",
+              "-o", wf, "--json"])
+    models.append(wf)
+    lines = ["## KV cache types and ranks: decode across context depths", "",
+             "`eigenkv bench --kv-sweep` on tinystories-c4-gqa (trained context 512: deeper runs "
+             "use the real weights past it, which changes nothing of the speed), decoding 32 "
+             "tokens at each depth after a random-token prefill. Ratios are against the same "
+             "model with an f16 cache at the same depth in the same run. Low-rank models: "
+             "`calibrate --kv-budget 0.5` with post- and pre-RoPE keys; water-filled: "
+             "`quantize-cache --budget 0.25` on the full-rank post model. llama.cpp: "
+             "`llama-batched-bench` (the build has no `llama-bench -d`), decode tokens/s of one "
+             "sequence at the same depths and threads, its f16 cache and its q8_0/q4_0 caches "
+             "(these need `-fa`).", ""]
+    for t in threads:
+        r = run_json([BIN, "bench", "-m", gqa, "--kv-sweep", "-d", a.sweep_depths, "-n", "32",
+                      "-r", str(a.repeats), "-t", str(t), "--cache-types", "f16,int8,int4",
+                      "--compare", ",".join(models), "--json"])
+        peer = {}
+        if a.llama_batched_bench:
+            for cache in ("f16", "q8_0", "q4_0"):
+                peer[cache] = llama_batched(a.llama_batched_bench, gqa, t, depths, 32, cache)
+        lines += ["### %d thread%s" % (t, "" if t == 1 else "s"), "",
+                  "| model | cache | KV bytes/token | depth | attention us/token | decode tok/s | bytes f16/this | attention speedup | decode speedup | llama.cpp tok/s (same cache) | eigenkv / llama.cpp |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        peer_type = {"f16": "f16", "int8": "q8_0", "int4": "q4_0"}
+        for row in r["rows"]:
+            p = None
+            if row["model"] == "tinystories-c4-gqa.gguf" and row["cache"] in peer_type:
+                p = peer.get(peer_type[row["cache"]], {}).get(row["depth"])
+            label = {"lowrank-post-50.gguf": "low-rank post 50 %",
+                     "lowrank-pre-50.gguf": "low-rank pre 50 %",
+                     "waterfilled-25.gguf": "water-filled 25 %"}.get(row["model"], "original")
+            lines.append("| %s | %s | %d | %d | %.1f | %.1f | %.2f | %.2f | %.2f | %s | %s |" % (
+                label, row["cache"], row["kv_bytes_per_token"], row["depth"],
+                row["attention_us_per_token"], row["tokens_per_s"], row["bytes_ratio"],
+                row["attention_speedup"], row["decode_speedup"],
+                "%.1f (%s)" % (p, peer_type[row["cache"]]) if p else "-",
+                "%.2f" % (row["tokens_per_s"] / p) if p else "-"))
+        lines.append("")
+        print("kv sweep t=%d done" % t, file=sys.stderr)
+    lines += [SWEEP_NOTE, ""]
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH", ""))
+    ap.add_argument("--llama-batched-bench", default=os.environ.get("LLAMA_BATCHED_BENCH", ""),
+                    help="llama.cpp's llama-batched-bench: decode at depth with its caches")
+    ap.add_argument("--sweep-depths", default="256,512,1024,2048,4096")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCH.md"))
@@ -87,7 +183,8 @@ def main():
              "Made by `python3 scripts/bench/bench_report.py%s` on %s, commit %s, on %s "
              "(%d cores). The machine is shared and noisy: figures are medians of %d repeats, and "
              "ratios compare numbers taken in the same run." % (
-                 " --llama-bench PATH" if a.llama_bench else "", datetime.date.today().isoformat(),
+                 (" --llama-bench PATH" if a.llama_bench else "") +
+                 (" --llama-batched-bench PATH" if a.llama_batched_bench else ""), datetime.date.today().isoformat(),
                  commit, cpu_name(), os.cpu_count(), a.repeats), "",
              "%s Load average when the run started: %.1f." % (THREAD_NOTE, os.getloadavg()[0]),
              ""]
@@ -161,6 +258,14 @@ def main():
         lines.append("")
         lines.append(LOWRANK_NOTE)
         lines.append("")
+    lines += kv_sweep_section(a, threads)
+    # Sections other scripts write (e.g. docs/bench/server.md), in name order.
+    part_dir = os.path.join(ROOT, "docs", "bench")
+    if os.path.isdir(part_dir):
+        for name in sorted(os.listdir(part_dir)):
+            if name.endswith(".md"):
+                lines.append(open(os.path.join(part_dir, name), encoding="utf-8").read().rstrip())
+                lines.append("")
     lines.append("Total script time: %.0f s." % (time.time() - started))
     open(a.out, "w").write("\n".join(lines) + "\n")
     print("wrote", a.out, file=sys.stderr)
