@@ -148,7 +148,8 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
   };
   const std::vector<Shape> shapes = {{1, 1, 1, 1, 1},    {8, 8, 5, 2, 1},      {64, 64, 64, 4, 1},
                                      {64, 64, 65, 2, 3}, {33, 17, 200, 3, 2},  {1, 64, 130, 1, 4},
-                                     {64, 1, 127, 2, 2}, {31, 45, 1000, 2, 5}, {128, 128, 300, 8, 3}};
+                                     {64, 1, 127, 2, 2}, {31, 45, 1000, 2, 5}, {128, 128, 300, 8, 3},
+                                     {32, 96, 301, 3, 2}, {96, 32, 67, 1, 1}, {128, 64, 130, 4, 2}};
   for (const Shape& s : shapes) {
     for (size_t fi = 0; fi < 5; ++fi) {
       const RowFormat kf = formats_of_width(s.key_width)[fi];

@@ -119,6 +119,191 @@ void DecodeRows(const KvRows& rows, int64_t begin, int64_t n, float* out) {
   }
 }
 
+// ---- Fused decode path: rows are decoded a vector at a time straight into the arithmetic, with
+// no tile buffer. Used for up to kMaxFusedQueries queries (decode: the heads of one GQA group) and
+// row formats whose vectors never straddle a group: f32/f16 of any width, int8/int4 widths that
+// are multiples of 32. Everything else takes the tile path.
+
+constexpr int64_t kMaxFusedQueries = 4;
+
+bool FusedFormat(const RowFormat& f, int64_t lanes) {
+  switch (f.type) {
+    case KvType::kF32:
+    case KvType::kF16:
+      return true;
+    case KvType::kInt8:
+    case KvType::kInt4:
+      return f.width % kQuantGroup == 0 && kQuantGroup % lanes == 0;
+    default:
+      return false;
+  }
+}
+
+// The float scales of a row's groups.
+HWY_INLINE void RowScales(const uint8_t* row, int64_t groups, float* out) {
+  for (int64_t g = 0; g < groups; ++g) out[g] = stored_scale(row, g);
+}
+
+// Calls f(chunk index, vector) for every vector of one row, in an order that suits the format.
+template <KvType kType, class F>
+HWY_INLINE void ForEachChunk(const RowFormat& fmt, const uint8_t* row, F&& f) {
+  const DF df;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(DF()));
+  // Float rows: a last partial vector reads past the row (rows carry slack) and masks the excess
+  // to zero, so whatever lies there (even an infinity) never reaches the arithmetic.
+  const int64_t full = fmt.width / L, tail = fmt.width % L;
+  if constexpr (kType == KvType::kF32) {
+    const float* x = reinterpret_cast<const float*>(row);
+    for (int64_t c = 0; c < full; ++c) f(c, hn::LoadU(df, x + c * L));
+    if (tail) f(full, hn::IfThenElseZero(hn::FirstN(df, tail), hn::LoadU(df, x + full * L)));
+  } else if constexpr (kType == KvType::kF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    const auto* h = reinterpret_cast<const hwy::float16_t*>(row);
+    for (int64_t c = 0; c < full; ++c) f(c, hn::PromoteTo(df, hn::LoadU(dh, h + c * L)));
+    if (tail) {
+      f(full, hn::IfThenElseZero(hn::FirstN(df, tail), hn::PromoteTo(df, hn::LoadU(dh, h + full * L))));
+    }
+  } else if constexpr (kType == KvType::kInt8) {
+    const hn::RebindToSigned<DF> di;
+    const hn::Rebind<int8_t, DF> d8;
+    const int64_t groups = fmt.width / kQuantGroup;
+    const auto* q8 = reinterpret_cast<const int8_t*>(row + 2 * groups);
+    for (int64_t g = 0; g < groups; ++g) {
+      const auto vs = hn::Set(df, stored_scale(row, g));
+      for (int64_t c = g * (kQuantGroup / L); c < (g + 1) * (kQuantGroup / L); ++c)
+        f(c, hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q8 + c * L))), vs));
+    }
+  } else {
+    const hn::RebindToSigned<DF> di;
+    const hn::Rebind<uint8_t, DF> du8;
+    const int64_t groups = fmt.width / kQuantGroup;
+    const uint8_t* q4 = row + 2 * groups;
+    const auto mask = hn::Set(di, 15), eight = hn::Set(di, 8);
+    for (int64_t g = 0; g < groups; ++g) {
+      const auto vs = hn::Set(df, stored_scale(row, g));
+      const uint8_t* bytes = q4 + g * (kQuantGroup / 2);
+      for (int64_t h = 0; h < kQuantGroup / 2; h += L) {
+        const auto v = hn::PromoteTo(di, hn::LoadU(du8, bytes + h));
+        const int64_t c = (g * kQuantGroup + h) / L;
+        f(c, hn::Mul(hn::ConvertTo(df, hn::Sub(hn::And(v, mask), eight)), vs));
+        f(c + kQuantGroup / 2 / L,
+          hn::Mul(hn::ConvertTo(df, hn::Sub(hn::ShiftRight<4>(v), eight)), vs));
+      }
+    }
+  }
+}
+
+// sc[i * stride + r] = scale * q_i . key(t0 + r) for r < rows.
+template <KvType kType, int kQ>
+void FusedScores(const KvRows& keys, int64_t t0, int64_t rows, const float* q, int64_t qstride,
+                 float scale, float* sc, int64_t stride) {
+  const DF df;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(DF()));
+  const int64_t bytes = keys.format.bytes();
+  using V = decltype(hn::Zero(df));
+  // Four rows at a time: their sums are reduced together by a tree of even/odd concatenations
+  // (row k ends in lanes [k L/4, (k+1) L/4)), far cheaper than four full reductions.
+  int64_t r = 0;
+  if constexpr (L >= 4) {
+    HWY_ALIGN float lanes[L];
+    for (; r + 4 <= rows; r += 4) {
+      V acc[kQ][4];
+      for (int i = 0; i < kQ; ++i)
+        for (int k = 0; k < 4; ++k) acc[i][k] = hn::Zero(df);
+      for (int k = 0; k < 4; ++k) {
+        ForEachChunk<kType>(keys.format, keys.data + (t0 + r + k) * bytes, [&](int64_t c, V x) {
+          for (int i = 0; i < kQ; ++i)
+            acc[i][k] = hn::MulAdd(hn::LoadU(df, q + i * qstride + c * L), x, acc[i][k]);
+        });
+      }
+      for (int i = 0; i < kQ; ++i) {
+        const V v01 = hn::Add(hn::ConcatEven(df, acc[i][1], acc[i][0]),
+                              hn::ConcatOdd(df, acc[i][1], acc[i][0]));
+        const V v23 = hn::Add(hn::ConcatEven(df, acc[i][3], acc[i][2]),
+                              hn::ConcatOdd(df, acc[i][3], acc[i][2]));
+        hn::Store(hn::Add(hn::ConcatEven(df, v23, v01), hn::ConcatOdd(df, v23, v01)), df, lanes);
+        for (int k = 0; k < 4; ++k) {
+          float sum = 0;
+          for (int64_t j = k * (L / 4); j < (k + 1) * (L / 4); ++j) sum += lanes[j];
+          sc[i * stride + r + k] = scale * sum;
+        }
+      }
+    }
+  }
+  for (; r < rows; ++r) {
+    V acc[kQ];
+    for (int i = 0; i < kQ; ++i) acc[i] = hn::Zero(df);
+    ForEachChunk<kType>(keys.format, keys.data + (t0 + r) * bytes, [&](int64_t c, V x) {
+      for (int i = 0; i < kQ; ++i) acc[i] = hn::MulAdd(hn::LoadU(df, q + i * qstride + c * L), x, acc[i]);
+    });
+    for (int i = 0; i < kQ; ++i) sc[i * stride + r] = scale * hn::GetLane(hn::SumOfLanes(df, acc[i]));
+  }
+}
+
+// out_i += sum over r < rows of p[i * stride + r] * value(t0 + r).
+template <KvType kType, int kQ>
+void FusedValues(const KvRows& values, int64_t t0, int64_t rows, const float* p, int64_t stride,
+                 float* out, int64_t ostride) {
+  const DF df;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(DF()));
+  const int64_t bytes = values.format.bytes();
+  using V = decltype(hn::Zero(df));
+  // Two rows at a time into separate accumulators (independent FMA chains); a row's vectors are
+  // added to the output in place, which stays in L1.
+  for (int64_t r = 0; r < rows; ++r) {
+    float pr[kQ];
+    for (int i = 0; i < kQ; ++i) pr[i] = p[i * stride + r];
+    ForEachChunk<kType>(values.format, values.data + (t0 + r) * bytes, [&](int64_t c, V x) {
+      for (int i = 0; i < kQ; ++i) {
+        float* o = out + i * ostride + c * L;
+        hn::StoreU(hn::MulAdd(hn::Set(df, pr[i]), x, hn::LoadU(df, o)), df, o);
+      }
+    });
+  }
+}
+
+template <int kQ>
+void DispatchScores(const KvRows& keys, int64_t t0, int64_t rows, const float* q, int64_t qstride,
+                    float scale, float* sc, int64_t stride) {
+  switch (keys.format.type) {
+    case KvType::kF32: return FusedScores<KvType::kF32, kQ>(keys, t0, rows, q, qstride, scale, sc, stride);
+    case KvType::kF16: return FusedScores<KvType::kF16, kQ>(keys, t0, rows, q, qstride, scale, sc, stride);
+    case KvType::kInt8: return FusedScores<KvType::kInt8, kQ>(keys, t0, rows, q, qstride, scale, sc, stride);
+    default: return FusedScores<KvType::kInt4, kQ>(keys, t0, rows, q, qstride, scale, sc, stride);
+  }
+}
+
+template <int kQ>
+void DispatchValues(const KvRows& values, int64_t t0, int64_t rows, const float* p, int64_t stride,
+                    float* out, int64_t ostride) {
+  switch (values.format.type) {
+    case KvType::kF32: return FusedValues<KvType::kF32, kQ>(values, t0, rows, p, stride, out, ostride);
+    case KvType::kF16: return FusedValues<KvType::kF16, kQ>(values, t0, rows, p, stride, out, ostride);
+    case KvType::kInt8: return FusedValues<KvType::kInt8, kQ>(values, t0, rows, p, stride, out, ostride);
+    default: return FusedValues<KvType::kInt4, kQ>(values, t0, rows, p, stride, out, ostride);
+  }
+}
+
+void ScoresFused(int nq, const KvRows& keys, int64_t t0, int64_t rows, const float* q,
+                 int64_t qstride, float scale, float* sc, int64_t stride) {
+  switch (nq) {
+    case 1: return DispatchScores<1>(keys, t0, rows, q, qstride, scale, sc, stride);
+    case 2: return DispatchScores<2>(keys, t0, rows, q, qstride, scale, sc, stride);
+    case 3: return DispatchScores<3>(keys, t0, rows, q, qstride, scale, sc, stride);
+    default: return DispatchScores<4>(keys, t0, rows, q, qstride, scale, sc, stride);
+  }
+}
+
+void ValuesFused(int nq, const KvRows& values, int64_t t0, int64_t rows, const float* p,
+                 int64_t stride, float* out, int64_t ostride) {
+  switch (nq) {
+    case 1: return DispatchValues<1>(values, t0, rows, p, stride, out, ostride);
+    case 2: return DispatchValues<2>(values, t0, rows, p, stride, out, ostride);
+    case 3: return DispatchValues<3>(values, t0, rows, p, stride, out, ostride);
+    default: return DispatchValues<4>(values, t0, rows, p, stride, out, ostride);
+  }
+}
+
 void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* rebuild,
                  const KvRows& values, float scale, int64_t begin, int64_t end,
                  AttentionPartial& part) {
@@ -138,7 +323,6 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   s.keys.resize(static_cast<size_t>(kAttentionTile * kpad + kDecodeSlack));
   s.raw.resize(static_cast<size_t>(rebuild ? kAttentionTile * rpad + kDecodeSlack : 0));
   s.values.resize(static_cast<size_t>(kAttentionTile * vpad + kDecodeSlack));
-  s.scores.resize(static_cast<size_t>(round_up(kAttentionTile, L)));
   // Per-direction scales cost nothing per row: a key's scales multiply the query instead (q.(s*y)
   // = (s*q).y), and a value's the finished output (sum p (s*y) = s * sum p y), which
   // finish_partial applies. Rebuilt keys scale their r numbers before the basis.
@@ -161,63 +345,79 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   const int64_t kbytes = keys.format.bytes(), vbytes = values.format.bytes();
   const auto neg_inf = hn::Set(df, -INFINITY);
 
+  const bool fused_keys = !rebuild && qb.n <= kMaxFusedQueries && FusedFormat(keys.format, L);
+  const bool fused_values = qb.n <= kMaxFusedQueries && FusedFormat(values.format, L);
+  const int64_t sstride = round_up(kAttentionTile, L);
+  s.scores.resize(static_cast<size_t>(qb.n * sstride));
+  const int nq = static_cast<int>(qb.n);
+
   for (int64_t t0 = begin; t0 < end; t0 += kAttentionTile) {
     const int64_t rows = std::min(kAttentionTile, end - t0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const uint8_t* row = keys.data + (t0 + r) * kbytes;
-      if (!rebuild) {
-        DecodeRow(keys.format, row, ksig, s.keys.data() + r * kpad, kpad);
+    // 1. Scores of every query against the tile's keys.
+    if (fused_keys) {
+      ScoresFused(nq, keys, t0, rows, s.queries.data(), kpad, scale, s.scores.data(), sstride);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* row = keys.data + (t0 + r) * kbytes;
+        if (!rebuild) {
+          DecodeRow(keys.format, row, ksig, s.keys.data() + r * kpad, kpad);
+          continue;
+        }
+        // k = U_K k': accumulate the basis rows (columns of U_K) weighted by k', then rotate.
+        float* raw = s.raw.data() + r * rpad;
+        DecodeRow(keys.format, row, ksig, raw, rpad);
+        float* k = s.keys.data() + r * kpad;
+        std::fill(k, k + kpad, 0.0f);
+        for (int64_t c = 0; c < rk; ++c) {
+          const auto a = hn::Set(df, raw[c]);
+          const float* u = rebuild->basis_t + c * kw;
+          int64_t i = 0;
+          for (; i + L <= kw; i += L)
+            hn::StoreU(hn::MulAdd(a, hn::LoadU(df, u + i), hn::LoadU(df, k + i)), df, k + i);
+          for (; i < kw; ++i) k[i] += raw[c] * u[i];
+        }
+        if (rebuild->rope) rebuild->rope->rotate(k, 1, kw, t0 + r);
+      }
+      for (int64_t i = 0; i < qb.n; ++i) {
+        const int64_t valid = std::min(qb.limit[i], t0 + rows) - t0;
+        const float* q = s.queries.data() + i * kpad;
+        float* sc = s.scores.data() + i * sstride;
+        int64_t r = 0;
+        for (; r + 2 <= valid; r += 2) {  // two keys at a time: independent FMA chains
+          const float* k0 = s.keys.data() + r * kpad;
+          const float* k1 = k0 + kpad;
+          auto a0 = hn::Zero(df), a1 = hn::Zero(df);
+          for (int64_t c = 0; c < kpad; c += L) {
+            const auto qc = hn::LoadU(df, q + c);
+            a0 = hn::MulAdd(qc, hn::LoadU(df, k0 + c), a0);
+            a1 = hn::MulAdd(qc, hn::LoadU(df, k1 + c), a1);
+          }
+          sc[r] = scale * hn::GetLane(hn::SumOfLanes(df, a0));
+          sc[r + 1] = scale * hn::GetLane(hn::SumOfLanes(df, a1));
+        }
+        for (; r < valid; ++r) {
+          const float* k = s.keys.data() + r * kpad;
+          auto acc = hn::Zero(df);
+          for (int64_t c = 0; c < kpad; c += L)
+            acc = hn::MulAdd(hn::LoadU(df, q + c), hn::LoadU(df, k + c), acc);
+          sc[r] = scale * hn::GetLane(hn::SumOfLanes(df, acc));
+        }
+      }
+    }
+    // 2. Online softmax per query: scores become weights, the running state is rescaled.
+    int64_t rows_used = 0;
+    for (int64_t i = 0; i < qb.n; ++i) {
+      const int64_t valid = std::max<int64_t>(0, std::min(qb.limit[i], t0 + rows) - t0);
+      rows_used = std::max(rows_used, valid);
+      float* sc = s.scores.data() + i * sstride;
+      const int64_t valid_pad = round_up(valid, L);
+      if (valid == 0) {  // no key of this tile is visible: all its weights are 0
+        std::fill(sc, sc + sstride, 0.0f);
         continue;
       }
-      // k = U_K k': accumulate the basis rows (columns of U_K) weighted by k', then rotate.
-      float* raw = s.raw.data() + r * rpad;
-      DecodeRow(keys.format, row, ksig, raw, rpad);
-      float* k = s.keys.data() + r * kpad;
-      std::fill(k, k + kpad, 0.0f);
-      for (int64_t c = 0; c < rk; ++c) {
-        const auto a = hn::Set(df, raw[c]);
-        const float* u = rebuild->basis_t + c * kw;
-        int64_t i = 0;
-        for (; i + L <= kw; i += L)
-          hn::StoreU(hn::MulAdd(a, hn::LoadU(df, u + i), hn::LoadU(df, k + i)), df, k + i);
-        for (; i < kw; ++i) k[i] += raw[c] * u[i];
-      }
-      if (rebuild->rope) rebuild->rope->rotate(k, 1, kw, t0 + r);
-    }
-    for (int64_t r = 0; r < rows; ++r)
-      DecodeRow(values.format, values.data + (t0 + r) * vbytes, vsig, s.values.data() + r * vpad,
-                vpad);
-
-    for (int64_t i = 0; i < qb.n; ++i) {
-      const int64_t valid = std::min(qb.limit[i], t0 + rows) - t0;
-      if (valid <= 0) continue;
-      const float* q = s.queries.data() + i * kpad;
-      float* sc = s.scores.data();
+      std::fill(sc + valid, sc + sstride, -INFINITY);
       float tile_max = -INFINITY;
-      int64_t r = 0;
-      for (; r + 2 <= valid; r += 2) {  // two keys at a time: independent FMA chains
-        const float* k0 = s.keys.data() + r * kpad;
-        const float* k1 = k0 + kpad;
-        auto a0 = hn::Zero(df), a1 = hn::Zero(df);
-        for (int64_t c = 0; c < kpad; c += L) {
-          const auto qc = hn::LoadU(df, q + c);
-          a0 = hn::MulAdd(qc, hn::LoadU(df, k0 + c), a0);
-          a1 = hn::MulAdd(qc, hn::LoadU(df, k1 + c), a1);
-        }
-        sc[r] = scale * hn::GetLane(hn::SumOfLanes(df, a0));
-        sc[r + 1] = scale * hn::GetLane(hn::SumOfLanes(df, a1));
-        tile_max = std::max(tile_max, std::max(sc[r], sc[r + 1]));
-      }
-      for (; r < valid; ++r) {
-        const float* k = s.keys.data() + r * kpad;
-        auto acc = hn::Zero(df);
-        for (int64_t c = 0; c < kpad; c += L)
-          acc = hn::MulAdd(hn::LoadU(df, q + c), hn::LoadU(df, k + c), acc);
-        sc[r] = scale * hn::GetLane(hn::SumOfLanes(df, acc));
-        tile_max = std::max(tile_max, sc[r]);
-      }
-      const int64_t valid_pad = round_up(valid, L);
-      std::fill(sc + valid, sc + valid_pad, -INFINITY);
+      for (int64_t r = 0; r < valid; ++r) tile_max = std::max(tile_max, sc[r]);
       const float old_max = part.max[i];
       const float new_max = std::max(old_max, tile_max);
       const float correction = old_max == -INFINITY ? 0.0f : std::exp(old_max - new_max);
@@ -231,14 +431,33 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
         hn::StoreU(x, df, sc + r);
         vsum = hn::Add(vsum, x);
       }
+      std::fill(sc + valid_pad, sc + sstride, 0.0f);
       part.sum[i] = part.sum[i] * correction + hn::GetLane(hn::SumOfLanes(df, vsum));
       part.max[i] = new_max;
+      if (correction != 1.0f) {
+        float* out = part.out.data() + i * vpad;
+        const auto vc = hn::Set(df, correction);
+        for (int64_t c = 0; c < vpad; c += L) hn::StoreU(hn::Mul(hn::LoadU(df, out + c), vc), df, out + c);
+      }
+    }
+    if (rows_used == 0) continue;
+    // 3. Weighted sum of the values (weights past a query's limit are 0).
+    if (fused_values) {
+      ValuesFused(nq, values, t0, rows_used, s.scores.data(), sstride, part.out.data(), vpad);
+      continue;
+    }
+    for (int64_t r = 0; r < rows_used; ++r)
+      DecodeRow(values.format, values.data + (t0 + r) * vbytes, vsig, s.values.data() + r * vpad,
+                vpad);
+    for (int64_t i = 0; i < qb.n; ++i) {
+      const int64_t valid = std::max<int64_t>(0, std::min(qb.limit[i], t0 + rows) - t0);
+      if (valid == 0) continue;
+      const float* sc = s.scores.data() + i * sstride;
       float* out = part.out.data() + i * vpad;
-      const auto vc = hn::Set(df, correction);
       // Four accumulators over interleaved rows, so consecutive FMAs do not wait on each other.
       const float* vt = s.values.data();
       for (int64_t c = 0; c < vpad; c += L) {
-        auto a0 = hn::Mul(hn::LoadU(df, out + c), vc);
+        auto a0 = hn::LoadU(df, out + c);
         auto a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
         int64_t r = 0;
         for (; r + 4 <= valid; r += 4) {
