@@ -38,12 +38,18 @@ void run(const InfoFlags& f) {
                       {"weight_bytes_f32", model->weights().decode_bytes_read()},
                       {"kv_bytes_per_token", kv},
                       {"kv_bytes_per_token_full", kv_full},
-                      {"kv_ratio", static_cast<double>(kv) / kv_full}};
+                      {"kv_ratio", static_cast<double>(kv) / kv_full},
+                      {"cache_types", model->cache_types().describe()}};
   nlohmann::json layers = nlohmann::json::array();
   for (const model::LayerWeights& L : model->weights().layers) {
-    layers.push_back({{"key_mode", model::key_mode_name(L.key_mode)},
-                      {"key_rank", L.key_rank},
-                      {"value_rank", L.value_rank}});
+    nlohmann::json layer = {{"key_mode", model::key_mode_name(L.key_mode)},
+                            {"key_rank", L.key_rank},
+                            {"value_rank", L.value_rank}};
+    if (model->has_cache_allotment()) {
+      layer["key_bits8"] = L.key_n8;
+      layer["value_bits8"] = L.value_n8;
+    }
+    layers.push_back(layer);
   }
   j["layers"] = layers;
   j["compressed"] = model->is_compressed();
@@ -84,9 +90,18 @@ void run(const InfoFlags& f) {
     std::printf("ranks r_K/r_V:  %s (of %lld)\n", ranks.c_str(),
                 static_cast<long long>(c.head_dim));
   }
-  std::printf("KV bytes/token: %lld (f32; uncompressed %lld, ratio %.3f)\n",
-              static_cast<long long>(kv), static_cast<long long>(kv_full),
-              static_cast<double>(kv) / kv_full);
+  if (model->has_cache_allotment()) {
+    std::string bits;
+    for (size_t l = 0; l < model->weights().layers.size(); ++l) {
+      const model::LayerWeights& L = model->weights().layers[l];
+      bits += (l ? ", " : "") + std::to_string(L.key_n8) + "/" + std::to_string(L.value_n8);
+    }
+    std::printf("8-bit K/V dirs: %s (the rest of each rank at 4 bits, water-filled)\n",
+                bits.c_str());
+  }
+  std::printf("KV bytes/token: %lld (%s cache; uncompressed f32 %lld, ratio %.3f)\n",
+              static_cast<long long>(kv), model->cache_types().describe().c_str(),
+              static_cast<long long>(kv_full), static_cast<double>(kv) / kv_full);
 }
 
 }  // namespace
