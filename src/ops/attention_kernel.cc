@@ -93,9 +93,49 @@ void DecodeRow(const RowFormat& f, const uint8_t* row, const float* sigma_padded
   }
 }
 
+// k[0, padded) = sum over c < rank of raw[c] * basis row c (rows `padded` wide), with the
+// accumulators held in registers for up to 8 vectors.
+template <int kChunks>
+void RebuildKeyBlocked(const float* raw, int64_t rank, const float* basis, float* k) {
+  const DF df;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(DF()));
+  using V = decltype(hn::Zero(df));
+  V acc[kChunks];
+  for (int j = 0; j < kChunks; ++j) acc[j] = hn::Zero(df);
+  for (int64_t c = 0; c < rank; ++c) {
+    const V a = hn::Set(df, raw[c]);
+    const float* u = basis + c * kChunks * L;
+    for (int j = 0; j < kChunks; ++j) acc[j] = hn::MulAdd(a, hn::LoadU(df, u + j * L), acc[j]);
+  }
+  for (int j = 0; j < kChunks; ++j) hn::StoreU(acc[j], df, k + j * L);
+}
+
+void RebuildKey(const float* raw, int64_t rank, const float* basis, int64_t padded, float* k) {
+  const DF df;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(DF()));
+  switch (padded / L) {
+    case 1: return RebuildKeyBlocked<1>(raw, rank, basis, k);
+    case 2: return RebuildKeyBlocked<2>(raw, rank, basis, k);
+    case 3: return RebuildKeyBlocked<3>(raw, rank, basis, k);
+    case 4: return RebuildKeyBlocked<4>(raw, rank, basis, k);
+    case 5: return RebuildKeyBlocked<5>(raw, rank, basis, k);
+    case 6: return RebuildKeyBlocked<6>(raw, rank, basis, k);
+    case 7: return RebuildKeyBlocked<7>(raw, rank, basis, k);
+    case 8: return RebuildKeyBlocked<8>(raw, rank, basis, k);
+    default: break;
+  }
+  std::fill(k, k + padded, 0.0f);
+  for (int64_t c = 0; c < rank; ++c) {
+    const auto a = hn::Set(df, raw[c]);
+    for (int64_t i = 0; i < padded; i += L)
+      hn::StoreU(hn::MulAdd(a, hn::LoadU(df, basis + c * padded + i), hn::LoadU(df, k + i)), df,
+                 k + i);
+  }
+}
+
 // Per-thread scratch, grown on demand.
 struct Scratch {
-  std::vector<float> queries, keys, raw, values, scores, key_sigma, value_sigma;
+  std::vector<float> queries, keys, raw, values, scores, key_sigma, value_sigma, basis;
 };
 
 const float* padded_sigma(const float* sigma, int64_t width, int64_t padded,
@@ -323,6 +363,12 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   s.keys.resize(static_cast<size_t>(kAttentionTile * kpad + kDecodeSlack));
   s.raw.resize(static_cast<size_t>(rebuild ? kAttentionTile * rpad + kDecodeSlack : 0));
   s.values.resize(static_cast<size_t>(kAttentionTile * vpad + kDecodeSlack));
+  if (rebuild) {  // U_K^T with rows padded to whole vectors: [r_K, kpad]
+    s.basis.assign(static_cast<size_t>(rk * kpad), 0.0f);
+    for (int64_t c = 0; c < rk; ++c)
+      std::copy(rebuild->basis_t + c * kw, rebuild->basis_t + (c + 1) * kw,
+                s.basis.begin() + c * kpad);
+  }
   // Per-direction scales cost nothing per row: a key's scales multiply the query instead (q.(s*y)
   // = (s*q).y), and a value's the finished output (sum p (s*y) = s * sum p y), which
   // finish_partial applies. Rebuilt keys scale their r numbers before the basis.
@@ -363,19 +409,11 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
           DecodeRow(keys.format, row, ksig, s.keys.data() + r * kpad, kpad);
           continue;
         }
-        // k = U_K k': accumulate the basis rows (columns of U_K) weighted by k', then rotate.
+        // k = U_K k': the basis rows (columns of U_K) weighted by k', then rotated.
         float* raw = s.raw.data() + r * rpad;
         DecodeRow(keys.format, row, ksig, raw, rpad);
         float* k = s.keys.data() + r * kpad;
-        std::fill(k, k + kpad, 0.0f);
-        for (int64_t c = 0; c < rk; ++c) {
-          const auto a = hn::Set(df, raw[c]);
-          const float* u = rebuild->basis_t + c * kw;
-          int64_t i = 0;
-          for (; i + L <= kw; i += L)
-            hn::StoreU(hn::MulAdd(a, hn::LoadU(df, u + i), hn::LoadU(df, k + i)), df, k + i);
-          for (; i < kw; ++i) k[i] += raw[c] * u[i];
-        }
+        RebuildKey(raw, rk, s.basis.data(), kpad, k);
         if (rebuild->rope) rebuild->rope->rotate(k, 1, kw, t0 + r);
       }
       for (int64_t i = 0; i < qb.n; ++i) {
