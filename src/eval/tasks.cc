@@ -66,6 +66,17 @@ std::string strip(const std::string& s) {
   return rstrip(s.substr(b));
 }
 
+// One left-to-right pass over non-overlapping occurrences, as Python's str.replace: "   "
+// becomes "  ", not " " (the harness's HellaSwag clean-up relies on that pass).
+std::string replace_all(const std::string& s, const std::string& from, const std::string& to) {
+  std::string out;
+  size_t pos = 0;
+  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size()) {
+    out.append(s, pos, hit - pos).append(to);
+  }
+  return out.append(s, pos, std::string::npos);
+}
+
 bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
@@ -331,11 +342,9 @@ std::vector<std::string> known_task_names() {
 }
 
 std::string hellaswag_preprocess(const std::string& text) {
-  std::string s = strip(text);
-  for (size_t p; (p = s.find(" [title]")) != std::string::npos;) s.replace(p, 8, ". ");
+  std::string s = replace_all(strip(text), " [title]", ". ");
   s = std::regex_replace(s, std::regex("\\[[^\\]]*\\]"), "");
-  for (size_t p; (p = s.find("  ")) != std::string::npos;) s.replace(p, 2, " ");
-  return s;
+  return replace_all(s, "  ", " ");
 }
 
 std::string read_maybe_bz2(const std::string& path) {
