@@ -154,6 +154,24 @@ TEST(ZeroShot, PairEncodingMovesTrailingSpaceOntoTheContinuation) {
   EXPECT_EQ(r.context.front(), tok.bos_id());
 }
 
+// TinyStories-656K's vocabulary has pieces ending in a space ("with the "), which merge across
+// the context/continuation boundary: the split falls back to the common prefix, so the whole
+// continuation is scored rather than a tail of it.
+TEST(ZeroShot, TokenAcrossTheBoundarySplitsAtTheCommonPrefix) {
+  EKV_REQUIRE_SHARED("models/TinyStories-656K/tokenizer.json");
+  const auto tok = model::load_tokenizer(shared_path("models/TinyStories-656K"));
+  const std::string context = "a plane has no friction with the";
+  const eval::TokenizedRequest r = eval::tokenize_request(*tok, {context, " wings"});
+  EXPECT_TRUE(r.boundary_merged);
+  std::vector<int32_t> whole = r.context;
+  whole.insert(whole.end(), r.continuation.begin(), r.continuation.end());
+  EXPECT_EQ(whole, tok->encode(context + " wings", true));
+  const std::vector<int32_t> ctx = tok->encode(context, true);
+  ASSERT_LT(r.context.size(), ctx.size());
+  EXPECT_TRUE(std::equal(r.context.begin(), r.context.end(), ctx.begin()));
+  EXPECT_EQ(tok->decode(r.continuation).find("wings"), tok->decode(r.continuation).size() - 5);
+}
+
 TEST(ZeroShot, PromptConventions) {
   const std::string d = source_path("tests/data/zeroshot/");
   const Task arc = load("arc_easy=" + d + "tiny_arc.jsonl");

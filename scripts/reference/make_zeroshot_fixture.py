@@ -5,7 +5,8 @@ reference.
 For every tiny task this script builds the prompts by lm-evaluation-harness's conventions
 (written here again, independently of the C++), encodes each (context, continuation) pair as the
 harness does (trailing whitespace of the context moved onto the continuation; the continuation's
-ids are enc(context + continuation)[len(enc(context)):]) with `eigenkv tokenize`, scores the
+ids are enc(context + continuation)[len(enc(context)):], or from the longest common prefix on
+where a token spans the boundary) with `eigenkv tokenize`, scores the
 continuations with `eigenkv_ref.py loglik` (numpy, float64), and derives acc and acc_norm
 (numpy argmax; acc_norm divides by the choice's length in characters). One case repeats a task
 with a 16-token context, cut from the left as the harness cuts. Writes
@@ -122,7 +123,11 @@ def encode_pair(tok, context, continuation):
         context = context[:-n]
     whole = tok(context + continuation)
     ctx = tok(context)
-    return ctx, whole[len(ctx):]
+    # where a token spans the boundary, split at the longest common prefix (docs/ZEROSHOT.md)
+    n = 0
+    while n < min(len(ctx), len(whole)) and ctx[n] == whole[n]:
+        n += 1
+    return whole[:n], whole[n:]
 
 
 def loglik(requests):

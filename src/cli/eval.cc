@@ -107,12 +107,17 @@ void run(const EvalFlags& f) {
   std::vector<std::string> notes;
   for (const eval::Task& task : tasks) {
     const eval::TaskResult r = eval::evaluate_task(*model, task, so);
-    nlohmann::json row = {
-        {"task", task.name},        {"path", task.path},        {"n", r.n},
-        {"truncated", r.truncated}, {"bad_lines", r.bad_lines}, {"model", metrics_json(r)}};
-    if (r.truncated > 0 || r.bad_lines > 0) {
+    nlohmann::json row = {{"task", task.name},
+                          {"path", task.path},
+                          {"n", r.n},
+                          {"truncated", r.truncated},
+                          {"bad_lines", r.bad_lines},
+                          {"boundary_merges", r.boundary_merges},
+                          {"model", metrics_json(r)}};
+    if (r.truncated > 0 || r.bad_lines > 0 || r.boundary_merges > 0) {
       notes.push_back(cat(task.name, ": ", r.truncated, " items cut from the left to fit the ",
-                          "context, ", r.bad_lines, " malformed items skipped"));
+                          "context, ", r.bad_lines, " malformed items skipped, ", r.boundary_merges,
+                          " with a token across the context/answer boundary"));
     }
     if (base) {
       const eval::TaskResult b = eval::evaluate_task(*base, task, so);

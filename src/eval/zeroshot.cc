@@ -82,8 +82,15 @@ TokenizedRequest tokenize_request(const tok::Tokenizer& tokenizer, const Request
     return r;
   }
   const std::vector<int32_t> whole = tokenizer.encode(context + continuation, bos);
-  r.context = tokenizer.encode(context, bos);
-  const size_t n = std::min(r.context.size(), whole.size());
+  const std::vector<int32_t> context_ids = tokenizer.encode(context, bos);
+  // The harness takes whole[len(enc(context)):]. Where a token of `whole` spans the boundary
+  // (vocabularies with pieces like "with the " merge across it), that would drop part of the
+  // continuation or leave it empty; splitting at the longest common prefix instead gives the
+  // same ids whenever `whole` starts with enc(context), and scores the merged token otherwise.
+  size_t n = 0;
+  while (n < context_ids.size() && n < whole.size() && context_ids[n] == whole[n]) ++n;
+  r.boundary_merged = n < context_ids.size();
+  r.context.assign(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(n));
   r.continuation.assign(whole.begin() + static_cast<std::ptrdiff_t>(n), whole.end());
   return r;
 }
@@ -173,6 +180,12 @@ TaskResult evaluate_task(const model::Model& model, const Task& task, const Scor
     for (const Request& q : item.requests)
       requests.push_back(tokenize_request(model.tokenizer(), q));
     bool truncated = false;
+    for (const TokenizedRequest& q : requests) {
+      if (q.boundary_merged) {
+        ++r.boundary_merges;
+        break;
+      }
+    }
     std::vector<double> ll;
     try {
       ll = scorer.score(requests, &truncated);

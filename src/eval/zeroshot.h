@@ -16,11 +16,13 @@ namespace eigenkv::eval {
 
 // Token ids of one request, encoded as the harness does: whole = enc(context + continuation),
 // continuation = whole[len(enc(context)):], after moving the context's trailing whitespace onto
-// the continuation. BOS where the tokenizer adds it by default; an empty context without BOS is
-// the EOS id (the harness's end-of-text context).
+// the continuation. Where a token of whole spans the boundary (enc(context) is not a prefix of
+// whole), the split is at their longest common prefix instead. BOS where the tokenizer adds it by
+// default; an empty context without BOS is the EOS id (the harness's end-of-text context).
 struct TokenizedRequest {
   std::vector<int32_t> context;
   std::vector<int32_t> continuation;
+  bool boundary_merged = false;  // split at the common prefix, not at len(enc(context))
 };
 TokenizedRequest tokenize_request(const tok::Tokenizer& tokenizer, const Request& request);
 
@@ -70,9 +72,10 @@ struct TaskResult {
   bool has_acc_norm = true;
   Metric acc;
   Metric acc_norm;
-  int64_t truncated = 0;  // items whose input was cut from the left
-  int64_t bad_lines = 0;  // malformed items skipped while loading
-  int64_t tokens = 0;     // tokens run through the model
+  int64_t truncated = 0;        // items whose input was cut from the left
+  int64_t bad_lines = 0;        // malformed items skipped while loading
+  int64_t boundary_merges = 0;  // items with a token spanning a context/continuation boundary
+  int64_t tokens = 0;           // tokens run through the model
   double seconds = 0;
   std::vector<std::vector<double>> loglik;  // [item][choice]
   std::vector<int> pred;                    // acc's choice per item
