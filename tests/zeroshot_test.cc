@@ -266,12 +266,23 @@ TEST(ZeroShotErrors, BadNamesFilesAndOptions) {
   std::remove(cut.c_str());
 }
 
-TEST(ZeroShotErrors, ContinuationLongerThanTheContextIsAnError) {
+TEST(ZeroShot, ContinuationLongerThanTheContextScoresItsLastTokens) {
   EKV_REQUIRE_SHARED(kModel);
-  const Task t = load("arc_easy=" + source_path("tests/data/zeroshot/tiny_arc.jsonl"));
-  const std::string e = error_of([&] { score(t, 3, true); });
-  EXPECT_NE(e.find("tiny_arc.jsonl:1: a continuation of"), std::string::npos) << e;
-  EXPECT_NE(e.find("does not fit the context of 3 tokens"), std::string::npos) << e;
+  const tok::Tokenizer& tok = stories260k().tokenizer();
+  const eval::TokenizedRequest r = eval::tokenize_request(tok, {"Lily", " saw a big red ball"});
+  ASSERT_GT(r.continuation.size(), 3u);
+  eval::ScoreOptions so;
+  so.max_length = 3;
+  eval::ItemScorer scorer(stories260k(), so);
+  bool truncated = false;
+  const double ll = scorer.score({r}, &truncated)[0];
+  EXPECT_TRUE(truncated);
+  // The same as a request that is exactly the last 4 tokens: 1 of context, 3 scored.
+  const std::vector<int32_t> tail(r.continuation.end() - 4, r.continuation.end());
+  bool cut = true;
+  const double want = scorer.score({{{tail[0]}, {tail.begin() + 1, tail.end()}}}, &cut)[0];
+  EXPECT_FALSE(cut);
+  EXPECT_DOUBLE_EQ(ll, want);
 }
 
 TEST(ZeroShot, Bzip2FilesReadLikeTheirText) {

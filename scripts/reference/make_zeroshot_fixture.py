@@ -201,7 +201,7 @@ def main():
         score_case(tok, "tiny_hellaswag", "hellaswag=%s/tiny_hellaswag.txt" % d,
                    hellaswag_items(d + "/tiny_hellaswag.txt"), True),
         score_case(tok, "tiny_mmlu_1shot", "mmlu=%s/tiny_mmlu_test.jsonl" % d,
-                   mmlu_items(d + "/tiny_mmlu_test.jsonl", d + "/tiny_mmlu_dev.jsonl", 1), True,
+                   mmlu_items(d + "/tiny_mmlu_test.jsonl", d + "/tiny_mmlu_dev.jsonl", 1), False,
                    extra={"fewshot_file": d + "/tiny_mmlu_dev.jsonl", "num_fewshot": 1}),
     ]
     out = {"model": "models/stories260K.gguf",

@@ -2,10 +2,9 @@
 
 #include <bzlib.h>
 
-#include <cstdio>
+#include <cctype>
 #include <fstream>
 #include <functional>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
@@ -404,6 +403,7 @@ Task load_task(const std::string& spec, const TaskOptions& o) {
       parse_hellaswag(read_maybe_bz2(task.path), o, task);
       break;
     case Format::kMmlu:
+      task.has_acc_norm = false;  // the choices are single letters: acc_norm would equal acc
       load_mmlu(o, task);
       break;
     case Format::kWinogrande:

@@ -1,6 +1,7 @@
 #include "eval/zeroshot.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <optional>
 
@@ -36,8 +37,6 @@ struct Prepared {
 Prepared prepare(const TokenizedRequest& r, int64_t max_length, bool* truncated) {
   const int64_t k = static_cast<int64_t>(r.continuation.size());
   EKV_CHECK(k > 0, "a request has an empty continuation (nothing to score)");
-  EKV_CHECK(k <= max_length, "a continuation of ", k, " tokens does not fit the context of ",
-            max_length, " tokens");
   Prepared p;
   p.whole = r.context;
   p.whole.insert(p.whole.end(), r.continuation.begin(), r.continuation.end());
@@ -46,7 +45,8 @@ Prepared prepare(const TokenizedRequest& r, int64_t max_length, bool* truncated)
     p.whole.erase(p.whole.begin(), p.whole.begin() + excess);
     *truncated = true;
   }
-  p.first = static_cast<int64_t>(p.whole.size()) - 1 - k;
+  // A continuation longer than the context keeps only its last max_length tokens scored.
+  p.first = std::max<int64_t>(0, static_cast<int64_t>(p.whole.size()) - 1 - k);
   return p;
 }
 

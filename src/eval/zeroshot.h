@@ -37,8 +37,8 @@ class ItemScorer {
  public:
   ItemScorer(const model::Model& model, const ScoreOptions& options);
   // Log-likelihood of each request's continuation. An input longer than max_length + 1 tokens
-  // is cut from the left (the harness's rule) and *truncated is set. Throws when a continuation
-  // alone is longer than the context.
+  // is cut from the left (the harness's rule) and *truncated is set; where the continuation
+  // alone is longer than max_length, only its last max_length tokens are scored.
   std::vector<double> score(const std::vector<TokenizedRequest>& requests, bool* truncated);
   int64_t tokens_run() const { return tokens_run_; }
   int64_t max_length() const { return max_length_; }
