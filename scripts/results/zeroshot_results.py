@@ -59,7 +59,7 @@ def pct(x):
 
 
 def model_table(name, base_row, configs):
-    """configs: list of (label, kv_fraction, eval JSON)."""
+    """configs: list of (label, calibrate JSON, eval JSON)."""
     lines = ["### %s\n" % name]
     head = "| task | metric | chance | original |"
     rule = "|---|---|---:|---:|"
@@ -82,6 +82,23 @@ def model_table(name, base_row, configs):
                 row += " %s | %+.1f | %s |" % (pct(m[metric]), 100 * (m[metric] - b[metric]),
                                               agree)
             lines.append(row)
+    lines.append("")
+    kv = ", ".join("%s %d" % (label, cal["kv_bytes_per_token"]) for label, cal, _ in configs)
+    lines.append("KV cache bytes per token: original %d, %s. Mean agreement over the seven "
+                 "tasks: %s."
+                 % (configs[0][1]["kv_bytes_per_token_full"], kv,
+                    ", ".join("%s %s %%" % (label, pct(sum(t["agree"] for t in res["tasks"])
+                                                       / len(res["tasks"])))
+                              for label, _, res in configs)))
+    cut = ["%s %d" % (LABELS[t["task"]], t["truncated"]) for t in base_row["tasks"]
+           if t["truncated"]]
+    merged = ["%s %d" % (LABELS[t["task"]], t["boundary_merges"]) for t in base_row["tasks"]
+              if t["boundary_merges"]]
+    if cut:
+        lines.append("Items cut from the left to fit the model's context: %s." % ", ".join(cut))
+    if merged:
+        lines.append("Items with a token across the context/answer boundary (split at the common "
+                     "prefix, docs/ZEROSHOT.md): %s." % ", ".join(merged))
     lines.append("")
     return lines
 
@@ -133,7 +150,7 @@ def main():
                 base_row = base_row or res
                 label = "%s %d%%" % ("Eigen" if method == "eigen" else "Stief",
                                      round(100 * cal["kv_fraction"]))
-                configs.append((label, cal["kv_fraction"], res))
+                configs.append((label, cal, res))
                 os.remove(out)
                 print("%s: %s evaluated (%.0f s elapsed)" % (name, label, time.time() - started),
                       file=sys.stderr)

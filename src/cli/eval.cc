@@ -51,7 +51,7 @@ nlohmann::json metrics_json(const eval::TaskResult& r) {
 
 std::string cell(const eval::Metric& m) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.4f ± %.4f", m.mean, m.stderr_);
+  std::snprintf(buf, sizeof buf, "%.4f +/- %.4f", m.mean, m.stderr_);
   return buf;
 }
 
