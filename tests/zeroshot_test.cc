@@ -16,6 +16,7 @@
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/threads.h"
 
 namespace eigenkv {
 namespace {
@@ -136,10 +137,33 @@ TEST(ZeroShot, PrefixSharingGivesTheScoresOfEachChoiceAlone) {
   expect_same_scores(load("winogrande=" + source_path(d + "tiny_winogrande.jsonl")), 0);
   expect_same_scores(load("hellaswag=" + source_path(d + "tiny_hellaswag.txt")), 0);
   TaskOptions real;
-  real.limit = 15;
+  real.limit = 6;
   for (const char* name : {"piqa", "arc_challenge", "hellaswag", "winogrande", "copa"}) {
     if (!std::filesystem::exists(shared_path("data/zeroshot"))) break;
     expect_same_scores(load(name, real), 0);
+  }
+}
+
+TEST(ZeroShot, ItemsSideBySideGiveTheScoresOfOneAtATime) {
+  EKV_REQUIRE_SHARED(kModel);
+  TaskOptions o;
+  o.limit = 8;
+  const Task task = load("arc_easy=" + source_path("tests/data/zeroshot/tiny_arc.jsonl"), o);
+  eval::ScoreOptions so;
+  so.progress = false;
+  so.parallel_items = false;
+  const eval::TaskResult serial = eval::evaluate_task(stories260k(), task, so);
+  set_thread_count(3);
+  so.parallel_items = true;
+  const eval::TaskResult parallel = eval::evaluate_task(stories260k(), task, so);
+  set_thread_count(0);  // back to OMP_NUM_THREADS
+  EXPECT_EQ(parallel.tokens, serial.tokens);
+  EXPECT_EQ(parallel.pred, serial.pred);
+  for (size_t i = 0; i < serial.loglik.size(); ++i) {
+    for (size_t k = 0; k < serial.loglik[i].size(); ++k) {
+      EXPECT_NEAR(parallel.loglik[i][k], serial.loglik[i][k],
+                  1e-5 * std::fabs(serial.loglik[i][k]));
+    }
   }
 }
 
@@ -213,6 +237,7 @@ TEST(ZeroShot, HellaswagPreprocessingFollowsTheHarness) {
   // One pass of str.replace("  ", " "): three spaces become two.
   EXPECT_EQ(eval::hellaswag_preprocess("x   y"), "x  y");
   EXPECT_EQ(eval::hellaswag_preprocess("[header] z"), " z");
+  EXPECT_EQ(eval::hellaswag_preprocess("a [b] c [d e] f [g"), "a c f [g");
 }
 
 TEST(ZeroShot, MetricsAndTies) {

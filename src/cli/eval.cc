@@ -23,6 +23,7 @@ struct EvalFlags {
   int64_t num_fewshot = 0;
   bool skip_bad_lines = false;
   bool no_share_prefix = false;
+  bool serial_items = false;
   bool json = false;
 };
 
@@ -87,6 +88,7 @@ void run(const EvalFlags& f) {
   eval::ScoreOptions so;
   so.max_length = f.ctx;
   so.share_prefix = !f.no_share_prefix;
+  so.parallel_items = !f.serial_items;
   // Load every task first, so a bad name or file fails before any scoring.
   std::vector<eval::Task> tasks;
   for (const std::string& spec : split_tasks(f.tasks)) tasks.push_back(eval::load_task(spec, to));
@@ -171,6 +173,9 @@ void register_eval(CLI::App& app) {
                 "skip and count malformed items instead of stopping at the first");
   cmd->add_flag("--no-share-prefix", flags->no_share_prefix,
                 "run every choice from an empty cache (slower; for checking prefix sharing)");
+  cmd->add_flag("--serial-items", flags->serial_items,
+                "score one question at a time with threaded matmuls, instead of one question "
+                "per thread side by side");
   cmd->add_flag("--json", flags->json,
                 "print one JSON object: per task n, truncated, bad_lines, model (acc, "
                 "acc_stderr, acc_norm, acc_norm_stderr), with --base also base, diff_acc, "

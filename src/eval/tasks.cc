@@ -6,7 +6,6 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <sstream>
 #include <stdexcept>
 
@@ -342,8 +341,17 @@ std::vector<std::string> known_task_names() {
 
 std::string hellaswag_preprocess(const std::string& text) {
   std::string s = replace_all(strip(text), " [title]", ". ");
-  s = std::regex_replace(s, std::regex("\\[[^\\]]*\\]"), "");
-  return replace_all(s, "  ", " ");
+  // re.sub(r"\[.*?\]", "", s): drop each "[" up to the nearest "]" after it.
+  std::string out;
+  size_t pos = 0;
+  for (size_t open; (open = s.find('[', pos)) != std::string::npos;) {
+    const size_t close = s.find(']', open + 1);
+    if (close == std::string::npos) break;
+    out.append(s, pos, open - pos);
+    pos = close + 1;
+  }
+  out.append(s, pos, std::string::npos);
+  return replace_all(out, "  ", " ");
 }
 
 std::string read_maybe_bz2(const std::string& path) {

@@ -1,6 +1,9 @@
 #include "eval/zeroshot.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <optional>
@@ -8,6 +11,7 @@
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/progress.h"
+#include "util/threads.h"
 
 namespace eigenkv::eval {
 namespace {
@@ -163,50 +167,113 @@ int argmax_first(const std::vector<double>& values) {
   return static_cast<int>(std::max_element(values.begin(), values.end()) - values.begin());
 }
 
+namespace {
+
+// What one item gives: its log-likelihoods and how its input was handled.
+struct ItemScore {
+  std::vector<double> loglik;
+  bool truncated = false;
+  bool boundary_merged = false;
+};
+
+ItemScore score_item(const model::Model& model, const Task& task, const McItem& item,
+                     ItemScorer& scorer) {
+  ItemScore s;
+  std::vector<TokenizedRequest> requests;
+  for (const Request& q : item.requests) {
+    requests.push_back(tokenize_request(model.tokenizer(), q));
+    s.boundary_merged = s.boundary_merged || requests.back().boundary_merged;
+  }
+  try {
+    s.loglik = scorer.score(requests, &s.truncated);
+  } catch (const Error& e) {
+    fail(task.path, ":", item.line, ": ", e.what());
+  }
+  return s;
+}
+
+// Scores every item; with workers > 1 independent items run side by side, each thread on its
+// own KV cache (the model's forward pass is const and may be shared; inside a worker its own
+// OpenMP loops and BLAS calls run on that one thread).
+std::vector<ItemScore> score_items(const model::Model& model, const Task& task,
+                                   const ScoreOptions& options, int workers, int64_t* tokens) {
+  const int64_t n = static_cast<int64_t>(task.items.size());
+  std::vector<ItemScore> scores(static_cast<size_t>(n));
+  std::optional<Progress> progress;
+  if (options.progress) progress.emplace(task.name, n, "items");
+  if (workers <= 1) {
+    ItemScorer scorer(model, options);
+    for (int64_t i = 0; i < n; ++i) {
+      scores[i] = score_item(model, task, task.items[i], scorer);
+      if (progress) progress->update(i + 1, static_cast<double>(i + 1), "items");
+    }
+    *tokens = scorer.tokens_run();
+    return scores;
+  }
+  ItemScorer check(model, options);  // throws here, outside the parallel region, on bad options
+  std::atomic<int64_t> done{0}, run{0};
+  std::string error;
+#pragma omp parallel num_threads(workers)
+  {
+    ItemScorer scorer(model, options);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        scores[i] = score_item(model, task, task.items[i], scorer);
+      } catch (const std::exception& e) {
+#pragma omp critical
+        if (error.empty()) error = e.what();
+      }
+      const int64_t d = ++done;
+      if (progress && omp_get_thread_num() == 0)
+        progress->update(d, static_cast<double>(d), "items");
+    }
+    run += scorer.tokens_run();
+  }
+  EKV_CHECK(error.empty(), error);
+  *tokens = run;
+  return scores;
+}
+
+// Threads for side-by-side items: each holds a KV cache and a logits buffer of the whole
+// context, so large models (where threading one forward pass pays anyway) get fewer workers.
+int item_workers(const model::Model& model, const ScoreOptions& options, int64_t n_items) {
+  constexpr int64_t kWorkerBytes = int64_t{2} << 30;  // all workers' buffers together
+  const int64_t ctx = options.max_length > 0 ? options.max_length : model.config().n_ctx_train;
+  const int64_t per_worker =
+      ctx * (model.kv_bytes_per_token() + model.config().n_vocab * int64_t{sizeof(float)});
+  const int64_t fit = std::max<int64_t>(1, kWorkerBytes / std::max<int64_t>(1, per_worker));
+  return static_cast<int>(std::min({int64_t{thread_count()}, n_items, fit}));
+}
+
+}  // namespace
+
 TaskResult evaluate_task(const model::Model& model, const Task& task, const ScoreOptions& options) {
   TaskResult r;
   r.task = task.name;
   r.n = static_cast<int64_t>(task.items.size());
   r.has_acc_norm = task.has_acc_norm;
   r.bad_lines = task.bad_lines;
-  ItemScorer scorer(model, options);
-  std::vector<double> hits, hits_norm;
-  std::optional<Progress> progress;
-  if (options.progress) progress.emplace(task.name, r.n, "items");
+  const int workers = options.parallel_items ? item_workers(model, options, r.n) : 1;
   const double t0 = now_seconds();
+  std::vector<ItemScore> scores = score_items(model, task, options, workers, &r.tokens);
+  r.seconds = now_seconds() - t0;
+  std::vector<double> hits, hits_norm;
   for (int64_t i = 0; i < r.n; ++i) {
     const McItem& item = task.items[static_cast<size_t>(i)];
-    std::vector<TokenizedRequest> requests;
-    for (const Request& q : item.requests)
-      requests.push_back(tokenize_request(model.tokenizer(), q));
-    bool truncated = false;
-    for (const TokenizedRequest& q : requests) {
-      if (q.boundary_merged) {
-        ++r.boundary_merges;
-        break;
-      }
+    ItemScore& s = scores[static_cast<size_t>(i)];
+    r.truncated += s.truncated;
+    r.boundary_merges += s.boundary_merged;
+    std::vector<double> normed(s.loglik.size());
+    for (size_t c = 0; c < s.loglik.size(); ++c) {
+      normed[c] = s.loglik[c] / std::max(1.0, char_length(item.norm_text[c]));
     }
-    std::vector<double> ll;
-    try {
-      ll = scorer.score(requests, &truncated);
-    } catch (const Error& e) {
-      fail(task.path, ":", item.line, ": ", e.what());
-    }
-    r.truncated += truncated;
-    std::vector<double> normed(ll.size());
-    for (size_t c = 0; c < ll.size(); ++c) {
-      normed[c] = ll[c] / std::max(1.0, char_length(item.norm_text[c]));
-    }
-    r.pred.push_back(argmax_first(ll));
+    r.pred.push_back(argmax_first(s.loglik));
     r.pred_norm.push_back(argmax_first(normed));
     hits.push_back(r.pred.back() == item.gold ? 1.0 : 0.0);
     hits_norm.push_back(r.pred_norm.back() == item.gold ? 1.0 : 0.0);
-    r.loglik.push_back(std::move(ll));
-    if (progress) progress->update(i + 1, static_cast<double>(i + 1), "items");
+    r.loglik.push_back(std::move(s.loglik));
   }
-  if (progress) progress->finish();
-  r.seconds = now_seconds() - t0;
-  r.tokens = scorer.tokens_run();
   r.acc = mean_and_stderr(hits);
   r.acc_norm = mean_and_stderr(hits_norm);
   return r;
