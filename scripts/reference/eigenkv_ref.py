@@ -9,6 +9,10 @@ Run with Debian's /usr/bin/python3 (needs numpy). Commands (JSON on stdout):
   kld         --base PATH --model PATH --tokens-file IDS.json --ctx 256 [--max-windows W]
   dequant     --model PATH --tensor NAME --out F.npy
   generate    --model PATH [--tokens 1] [--n 40]          (greedy; prints ids and text)
+  loglik      --model PATH --requests-file REQ.json
+              REQ.json: {"requests": [{"context": [ids], "continuation": [ids]}, ...]};
+              prints {"loglik": [...]}: per request the summed log-probability of the
+              continuation ids given the context ids (one float64 forward pass each)
 
 PATH is a GGUF file or a Hugging Face model directory (config.json + safetensors).
 IDS.json is {"ids": [...]} (BOS first), as `eigenkv tokenize --json` prints it.
@@ -213,6 +217,23 @@ def cmd_generate(a):
     _emit(res)
 
 
+def cmd_loglik(a):
+    m = load_model(a.model)
+    with open(a.requests_file) as f:
+        reqs = json.load(f)["requests"]
+    t0 = time.time()
+    out = []
+    for i, r in enumerate(reqs):
+        ctx, cont = list(r["context"]), list(r["continuation"])
+        if not ctx or not cont:
+            raise SystemExit("error: request %d: context and continuation must be non-empty" % i)
+        whole = ctx + cont
+        lp = _log_softmax(m.forward(np.asarray(whole[:-1])))   # (len(whole) - 1, vocab)
+        rows = np.arange(len(ctx) - 1, len(whole) - 1)
+        out.append(float(lp[rows, np.asarray(cont)].sum()))
+    _emit({"loglik": out, "seconds": round(time.time() - t0, 2)})
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="eigenkv_ref.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -243,8 +264,11 @@ def main(argv=None):
     s.add_argument("--tokens")
     s.add_argument("--n", type=int, default=40)
     s.add_argument("--stop-eos", action="store_true")
+    s = sub.add_parser("loglik")
+    s.add_argument("--model", "-m", required=True)
+    s.add_argument("--requests-file", required=True)
     a = p.parse_args(argv)
-    fn = {"info": cmd_info, "logits": cmd_logits, "perplexity": cmd_perplexity,
+    fn = {"loglik": cmd_loglik, "info": cmd_info, "logits": cmd_logits, "perplexity": cmd_perplexity,
           "kld": cmd_kld, "dequant": cmd_dequant, "generate": cmd_generate}[a.cmd]
     try:
         fn(a)

@@ -39,5 +39,6 @@ void register_bench(CLI::App& app);
 void register_calibrate(CLI::App& app);
 void register_compare(CLI::App& app);
 void register_quantize_cache(CLI::App& app);
+void register_eval(CLI::App& app);
 
 }  // namespace eigenkv::cli

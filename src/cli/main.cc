@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   eigenkv::cli::register_calibrate(app);
   eigenkv::cli::register_compare(app);
   eigenkv::cli::register_quantize_cache(app);
+  eigenkv::cli::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
