@@ -33,5 +33,6 @@ void register_info(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_calibrate(CLI::App& app);
 void register_compare(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace eigenkv::cli

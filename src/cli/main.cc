@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   eigenkv::cli::register_bench(app);
   eigenkv::cli::register_calibrate(app);
   eigenkv::cli::register_compare(app);
+  eigenkv::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
