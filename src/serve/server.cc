@@ -1,6 +1,7 @@
 #include "serve/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -12,6 +13,13 @@
 #include "util/progress.h"
 
 namespace eigenkv::serve {
+
+// httplib's library build listens with a backlog of 5, so a burst of clients connecting at once
+// overflows the accept queue and some of them fail; listen() again widens it.
+class HttpServer : public httplib::Server {
+ public:
+  void widen_backlog() { ::listen(svr_sock_, SOMAXCONN); }
+};
 
 // One request's sequences, shared by the handler and (when streaming) the content provider.
 struct Generation {
@@ -25,6 +33,7 @@ struct Generation {
   bool include_usage = false;
   std::string endpoint;
   double start = 0;
+  double peer_checked = 0;  // when the client's connection was last looked at
 
   void cancel_all(const std::string& reason) {
     for (auto& s : sequences) s->cancel(reason);
@@ -59,14 +68,20 @@ void send_error(httplib::Response& res, int status, const std::string& message,
   send_json(res, status, error_object(message, type, param, status));
 }
 
-// Waits for sequence i's next chunk; nullopt when the client went away meanwhile.
+// Waits for sequence i's next chunk; nullopt when the client went away meanwhile. Chunks may
+// arrive faster than kPoll, so the client is looked at by the clock, not only when idle.
 std::optional<Chunk> next_chunk(Generation& g, size_t i) {
   while (true) {
-    if (auto c = g.sequences[i]->next(kPoll)) return c;
-    if (g.peer.closed()) {
-      g.cancel_all("disconnect");
-      return std::nullopt;
+    std::optional<Chunk> c = g.sequences[i]->next(kPoll);
+    const double now = now_seconds();
+    if (now - g.peer_checked >= 0.001 * kPoll.count()) {
+      g.peer_checked = now;
+      if (g.peer.closed()) {
+        g.cancel_all("disconnect");
+        return std::nullopt;
+      }
     }
+    if (c) return c;
   }
 }
 
@@ -121,7 +136,7 @@ Server::Server(const model::Model& model, ServerOptions options)
       options_(std::move(options)),
       chat_family_(detect_chat_family(model_chat_template(model))),
       scheduler_(model, options_.scheduler, metrics_),
-      http_(std::make_unique<httplib::Server>()) {
+      http_(std::make_unique<HttpServer>()) {
   info_.model_id = options_.model_id;
   info_.compressed = model.is_compressed();
   info_.chat_template = chat_family_name(chat_family_);
@@ -143,6 +158,7 @@ int Server::bind() {
   }
   EKV_CHECK(bound_port_ > 0, "cannot listen on ", options_.host, ":", options_.port,
             " (address in use, or not an address of this machine)");
+  http_->widen_backlog();
   return bound_port_;
 }
 

@@ -24,6 +24,7 @@ class Response;
 namespace eigenkv::serve {
 
 struct Generation;
+class HttpServer;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
@@ -64,7 +65,7 @@ class Server {
   ServerInfo info_;
   Metrics metrics_;
   Scheduler scheduler_;
-  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<HttpServer> http_;
   int bound_port_ = 0;
   std::atomic<bool> stopping_{false};
 };
