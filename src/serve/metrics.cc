@@ -12,7 +12,7 @@ const std::vector<double> kStepBounds = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 
 std::string number(double v) {
   char buf[40];
-  std::snprintf(buf, sizeof(buf), "%.17g", v);
+  std::snprintf(buf, sizeof(buf), "%.15g", v);
   return buf;
 }
 

@@ -121,7 +121,7 @@ std::vector<std::string> parse_stop(Fields& f) {
 
 // The fields both endpoints share: sampling, stop strings, streaming, and the OpenAI fields that
 // are accepted only at their neutral value.
-void parse_common(Fields& f, GenerationParams& p, const RequestLimits& limits) {
+void parse_common(Fields& f, GenerationParams& p) {
   p.sampler.temperature = f.number("temperature", 0.0, 2.0, 1.0);
   p.sampler.top_p = f.number("top_p", 0.0, 1.0, 1.0, /*open_low=*/true);
   p.sampler.top_k = f.integer("top_k", 0, 100000, 0);
@@ -129,6 +129,7 @@ void parse_common(Fields& f, GenerationParams& p, const RequestLimits& limits) {
   p.sampler.seed = seed >= 0 ? static_cast<uint64_t>(seed) : std::random_device{}();
   p.stop = parse_stop(f);
   p.stream = f.boolean("stream", false);
+  p.ignore_eos = f.boolean("ignore_eos", false);
   if (const json* so = f.find("stream_options")) {
     if (!so->is_object()) throw bad("stream_options", "'stream_options' must be an object");
     Fields options(*so, "stream_options");
@@ -141,7 +142,6 @@ void parse_common(Fields& f, GenerationParams& p, const RequestLimits& limits) {
   f.require_neutral("frequency_penalty", 0);
   f.require_neutral("logit_bias", json::object());
   f.string("user", "");  // accepted and ignored, as it only labels the caller
-  (void)limits;
 }
 
 std::vector<int32_t> token_list(const json& v, const tok::Tokenizer& tokenizer, size_t index) {
@@ -248,7 +248,7 @@ CompletionRequest parse_completion_request(const nlohmann::json& body,
   p.max_tokens = f.integer("max_tokens", 0, limits.max_tokens_cap, 16);
   p.logprobs = f.integer("logprobs", 0, limits.max_logprobs, -1);
   p.echo = f.boolean("echo", false);
-  parse_common(f, p, limits);
+  parse_common(f, p);
   f.require_neutral("best_of", 1);
   f.require_neutral("suffix", "");
   f.reject_unknown();
@@ -300,7 +300,7 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const RequestLimits& 
     throw bad("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
   }
   p.logprobs = logprobs ? top : -1;
-  parse_common(f, p, limits);
+  parse_common(f, p);
   f.reject_unknown();
   return r;
 }

@@ -42,6 +42,7 @@ struct GenerationParams {
   bool echo = false;              // also return the prompt and its tokens' log-probabilities
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  bool ignore_eos = false;     // extension (as llama.cpp and vLLM): generate past EOS
 };
 
 // Limits the server enforces on every request.

@@ -261,7 +261,7 @@ void Scheduler::after_step(Sequence& s) {
   }
   const int32_t id = s.sampler_->sample(last, nv);
   if (s.generated_ == 0) metrics_.observe_first_token(seconds_since(s.submitted_));
-  if (model_.tokenizer().is_end_of_generation(id)) {
+  if (!p.ignore_eos && model_.tokenizer().is_end_of_generation(id)) {
     Chunk c;
     c.finish_reason = "stop";
     finish(s, std::move(c), "stop");
