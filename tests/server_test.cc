@@ -216,7 +216,9 @@ TEST_F(ServerTest, GreedyCompletionEqualsGenerate) {
                                 &status));
     ASSERT_EQ(status, 0);
     EXPECT_EQ(r.body["choices"][0]["text"], want["text"]) << prompt;
-    EXPECT_EQ(r.body["usage"]["completion_tokens"], want["ids"].size()) << prompt;
+    // The server reports the end-of-sequence token too (with empty text); generate does not.
+    const size_t eos = want["stop_reason"] == "eos" ? 1 : 0;
+    EXPECT_EQ(r.body["usage"]["completion_tokens"], want["ids"].size() + eos) << prompt;
     EXPECT_EQ(r.body["choices"][0]["finish_reason"],
               want["stop_reason"] == "eos" ? "stop" : "length");
   }
@@ -275,6 +277,52 @@ TEST_F(ServerTest, EchoLogprobsEqualForwardAndPerplexity) {
   ASSERT_EQ(status, 0);
   ASSERT_EQ(ppl["tokens_scored"], n - 1);
   EXPECT_NEAR(-sum / (n - 1), ppl["nll_mean"].get<double>(), 1e-5);
+}
+
+// lm-evaluation-harness's local-completions request: token lists, echo, max_tokens 1,
+// logprobs 1. It drops the last entry as the generated token, so one must be there even when
+// the model ends the sequence (forced here with logit_bias on the end-of-sequence token).
+TEST_F(ServerTest, LmEvalLoglikelihoodShape) {
+  const auto m = model::Model::load(shared_path(kSmall));
+  const int64_t n = 64, nv = m->config().n_vocab;
+  const std::vector<int32_t> ids = first_window(*m, n);
+  kv::KvCache cache = m->new_cache(n);
+  std::vector<float> logits(static_cast<size_t>(n * nv));
+  m->forward(ids, cache, logits.data(), true);
+  const std::vector<std::vector<int32_t>> prompts = {
+      std::vector<int32_t>(ids.begin(), ids.begin() + 40), ids};
+  const int32_t eos = m->tokenizer().eos_id();
+  for (const bool force_eos : {false, true}) {
+    json body = {
+        {"model", "stories260K"}, {"prompt", prompts}, {"temperature", 0}, {"max_tokens", 1},
+        {"logprobs", 1},          {"seed", 1234},      {"echo", true}};
+    if (force_eos) body["logit_bias"] = {{std::to_string(eos), 100}};
+    const Reply r = post(port(), "/v1/completions", body);
+    ASSERT_EQ(r.status, 200) << r.raw;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const json& choice = r.body["choices"][i];
+      EXPECT_EQ(choice["index"], i);
+      const json& lp = choice["logprobs"];
+      ASSERT_EQ(lp["token_logprobs"].size(), prompts[i].size() + 1) << "choice " << i;
+      EXPECT_EQ(choice["finish_reason"], force_eos ? "stop" : "length");
+      if (force_eos) {
+        EXPECT_EQ(lp["tokens"].back(), "") << "end-of-sequence has no text";
+        EXPECT_EQ(choice["text"].get<std::string>().size(),
+                  m->tokenizer().decode(prompts[i]).size());
+      }
+      // is_greedy as the harness computes it: a token's value equals its top_logprobs maximum
+      // exactly when the model's argmax is that token.
+      for (size_t t = 1; t < prompts[i].size(); ++t) {
+        double best = -1e300;
+        for (const auto& [piece, v] : lp["top_logprobs"][t].items()) {
+          best = std::max(best, v.get<double>());
+        }
+        const float* row = logits.data() + (t - 1) * nv;
+        const bool greedy = std::max_element(row, row + nv) - row == prompts[i][t];
+        EXPECT_EQ(lp["token_logprobs"][t].get<double>() == best, greedy) << "token " << t;
+      }
+    }
+  }
 }
 
 TEST_F(ServerTest, StreamedEqualsUnstreamed) {
@@ -389,12 +437,15 @@ TEST_F(ServerTest, BadInputGets400AndServerKeepsServing) {
       {"token id out of the vocabulary", R"({"prompt": [1, 99999]})"},
       {"negative token id", R"({"prompt": [1, -2]})"},
       {"n of 2", R"({"prompt": "hi", "n": 2})"},
+      {"logit_bias key not a token", R"({"prompt": "hi", "logit_bias": {"abc": 1}})"},
+      {"logit_bias too large", R"({"prompt": "hi", "logit_bias": {"5": 1000}})"},
       {"empty prompt list", R"({"prompt": []})"},
       {"missing prompt", R"({"max_tokens": 3})"},
       {"prompt over the context", json{{"prompt", std::vector<int>(300, 5)}}.dump()},
       {"prompt + max_tokens over the context",
        json{{"prompt", std::vector<int>(200, 5)}, {"max_tokens", 100}}.dump()},
-      {"too many stop strings", R"({"prompt": "hi", "stop": ["a","b","c","d","e"]})"},
+      {"too many stop strings",
+       json{{"prompt", "hi"}, {"stop", std::vector<std::string>(17, "a")}}.dump()},
   };
   for (const auto& [name, body] : cases) {
     const Reply r = post(port(), "/v1/completions", body);
@@ -475,9 +526,9 @@ void request_and_hang_up(int port, const std::string& body, bool wait_for_bytes)
 }
 
 // The slower GQA model, so that a long request is still running when its client leaves.
-TEST(ServerLifecycle, DisconnectTimeoutAndGracefulShutdown) {
+TEST(ServerLifecycle, DisconnectAndGracefulShutdown) {
   EKV_REQUIRE_SHARED(kGqa);
-  ServerProcess server({"-m", shared_path(kGqa), "--ctx", "2048", "--timeout", "1"});
+  ServerProcess server({"-m", shared_path(kGqa), "--ctx", "2048"});
   ASSERT_GT(server.port(), 0);
   const int port = server.port();
   const std::string sample = "eigenkv_sequences_finished_total{reason=\"disconnect\"}";
@@ -495,21 +546,36 @@ TEST(ServerLifecycle, DisconnectTimeoutAndGracefulShutdown) {
     EXPECT_EQ(metric(port, "eigenkv_kv_bytes_in_use"), 0);
   }
 
-  const Reply slow = post(port, "/v1/completions",
-                          json{{"prompt", "Once"}, {"max_tokens", 2000}, {"temperature", 0}});
-  EXPECT_EQ(slow.status, 504) << slow.raw.substr(0, 200) << slow.raw.substr(slow.raw.size() - 200);
-  EXPECT_EQ(metric(port, "eigenkv_kv_bytes_in_use"), 0);
-
   // SIGTERM while a request runs: it still completes, then the server exits 0.
   Reply during;
   std::thread in_flight([&] {
     during = post(port, "/v1/completions",
-                  json{{"prompt", "Once"}, {"max_tokens", 400}, {"temperature", 0}});
+                  json{{"prompt", "Once"}, {"max_tokens", 1500}, {"ignore_eos", true}});
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(server.terminate(), 0);
   in_flight.join();
   EXPECT_EQ(during.status, 200) << during.raw.substr(0, 200);
+  EXPECT_EQ(during.body["usage"]["completion_tokens"], 1500) << "the request was cut short";
+}
+
+TEST(ServerLifecycle, TimeoutEndsTheRequestAndFreesItsCache) {
+  EKV_REQUIRE_SHARED(kGqa);
+  // 2000 tokens take about 2 s on one core; the request may have 0.2 s.
+  ServerProcess server({"-m", shared_path(kGqa), "--ctx", "2048", "--timeout", "0.2"});
+  ASSERT_GT(server.port(), 0);
+  const json body = {{"prompt", "Once"}, {"max_tokens", 2000}, {"ignore_eos", true}};
+  const Reply slow = post(server.port(), "/v1/completions", body);
+  EXPECT_EQ(slow.status, 504) << slow.raw.substr(0, 200);
+  EXPECT_EQ(slow.body["error"]["type"], "timeout_error");
+  json streamed = body;
+  streamed["stream"] = true;
+  const Reply stream = post(server.port(), "/v1/completions", streamed);
+  EXPECT_NE(stream.raw.find("timeout_error"), std::string::npos) << stream.raw.substr(0, 200);
+  EXPECT_NE(stream.raw.find("data: [DONE]"), std::string::npos);
+  EXPECT_EQ(metric(server.port(), "eigenkv_kv_bytes_in_use"), 0);
+  EXPECT_EQ(metric(server.port(), "eigenkv_sequences_finished_total{reason=\"timeout\"}"), 2);
+  EXPECT_EQ(server.terminate(), 0);
 }
 
 // The same --kv-mem admits twice the sequences with the half-size compressed cache.

@@ -1,6 +1,7 @@
 #include "serve/request.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -99,19 +100,23 @@ class Fields {
   std::set<std::string> seen_;
 };
 
+// OpenAI allows 4; lm-evaluation-harness may send more (its stop sequences plus EOS).
+constexpr size_t kMaxStopStrings = 16;
+
 std::vector<std::string> parse_stop(Fields& f) {
   const json* v = f.find("stop");
   if (!v) return {};
   std::vector<std::string> stop;
   if (v->is_string()) {
     stop.push_back(v->get<std::string>());
-  } else if (v->is_array() && v->size() <= 4) {
+  } else if (v->is_array() && v->size() <= kMaxStopStrings) {
     for (const json& s : *v) {
       if (!s.is_string()) throw bad("stop", "'stop' must be a string or a list of strings");
       stop.push_back(s.get<std::string>());
     }
   } else {
-    throw bad("stop", "'stop' must be a string or a list of at most 4 strings");
+    throw bad("stop",
+              cat("'stop' must be a string or a list of at most ", kMaxStopStrings, " strings"));
   }
   for (const std::string& s : stop) {
     if (s.empty()) throw bad("stop", "'stop' strings must not be empty");
@@ -121,7 +126,31 @@ std::vector<std::string> parse_stop(Fields& f) {
 
 // The fields both endpoints share: sampling, stop strings, streaming, and the OpenAI fields that
 // are accepted only at their neutral value.
-void parse_common(Fields& f, GenerationParams& p) {
+// {"token id": bias}: added to the logits before sampling, as in OpenAI's API.
+std::vector<std::pair<int32_t, float>> parse_logit_bias(Fields& f, size_t n_vocab) {
+  const json* v = f.find("logit_bias");
+  if (!v) return {};
+  if (!v->is_object() || v->size() > 300) {
+    throw bad("logit_bias", "'logit_bias' must be an object of at most 300 {\"token id\": bias}");
+  }
+  std::vector<std::pair<int32_t, float>> bias;
+  for (const auto& [key, value] : v->items()) {
+    char* end = nullptr;
+    const long id = std::strtol(key.c_str(), &end, 10);
+    if (key.empty() || *end != '\0' || id < 0 || static_cast<size_t>(id) >= n_vocab) {
+      throw bad("logit_bias",
+                cat("'logit_bias' key '", key, "' is not a token id below ", n_vocab));
+    }
+    if (!value.is_number() || value.get<double>() < -100 || value.get<double>() > 100) {
+      throw bad("logit_bias",
+                cat("'logit_bias' values must be numbers in [-100, 100], found ", value.dump()));
+    }
+    bias.emplace_back(static_cast<int32_t>(id), value.get<float>());
+  }
+  return bias;
+}
+
+void parse_common(Fields& f, GenerationParams& p, size_t n_vocab) {
   p.sampler.temperature = f.number("temperature", 0.0, 2.0, 1.0);
   p.sampler.top_p = f.number("top_p", 0.0, 1.0, 1.0, /*open_low=*/true);
   p.sampler.top_k = f.integer("top_k", 0, 100000, 0);
@@ -140,7 +169,7 @@ void parse_common(Fields& f, GenerationParams& p) {
   f.require_neutral("n", 1);
   f.require_neutral("presence_penalty", 0);
   f.require_neutral("frequency_penalty", 0);
-  f.require_neutral("logit_bias", json::object());
+  p.logit_bias = parse_logit_bias(f, n_vocab);
   f.string("user", "");  // accepted and ignored, as it only labels the caller
 }
 
@@ -248,7 +277,7 @@ CompletionRequest parse_completion_request(const nlohmann::json& body,
   p.max_tokens = f.integer("max_tokens", 0, limits.max_tokens_cap, 16);
   p.logprobs = f.integer("logprobs", 0, limits.max_logprobs, -1);
   p.echo = f.boolean("echo", false);
-  parse_common(f, p);
+  parse_common(f, p, tokenizer.vocab_size());
   f.require_neutral("best_of", 1);
   f.require_neutral("suffix", "");
   f.reject_unknown();
@@ -264,7 +293,8 @@ CompletionRequest parse_completion_request(const nlohmann::json& body,
   return r;
 }
 
-ChatRequest parse_chat_request(const nlohmann::json& body, const RequestLimits& limits) {
+ChatRequest parse_chat_request(const nlohmann::json& body, const tok::Tokenizer& tokenizer,
+                               const RequestLimits& limits) {
   Fields f(body, "/v1/chat/completions request");
   ChatRequest r;
   r.model = f.string("model", "");
@@ -300,7 +330,7 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const RequestLimits& 
     throw bad("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
   }
   p.logprobs = logprobs ? top : -1;
-  parse_common(f, p);
+  parse_common(f, p, tokenizer.vocab_size());
   f.reject_unknown();
   return r;
 }

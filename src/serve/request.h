@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/sampler.h"
@@ -43,6 +44,7 @@ struct GenerationParams {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool ignore_eos = false;     // extension (as llama.cpp and vLLM): generate past EOS
+  std::vector<std::pair<int32_t, float>> logit_bias;  // (token id, added to its logit)
 };
 
 // Limits the server enforces on every request.
@@ -83,7 +85,8 @@ CompletionRequest parse_completion_request(const nlohmann::json& body,
 
 // /v1/chat/completions, up to the messages; the caller renders and tokenizes them and then calls
 // finish_max_tokens.
-ChatRequest parse_chat_request(const nlohmann::json& body, const RequestLimits& limits);
+ChatRequest parse_chat_request(const nlohmann::json& body, const tok::Tokenizer& tokenizer,
+                               const RequestLimits& limits);
 
 // Fills in max_tokens when the request left it out (`default_tokens`, -1: up to the context) and
 // checks prompt + max_tokens against the context. `given`: the request set max_tokens.

@@ -4,6 +4,7 @@
 
 #include "tokenizer/tokenizer.h"
 #include "util/progress.h"
+#include "util/threads.h"
 
 namespace eigenkv::serve {
 namespace {
@@ -110,6 +111,9 @@ EngineGauges Scheduler::gauges() const {
 }
 
 void Scheduler::run() {
+  // OpenMP keeps the thread count per thread, and a new std::thread starts from the default (all
+  // cores): without this the engine would ignore -t and oversubscribe a shared machine.
+  set_thread_count(thread_count());
   while (true) {
     {
       std::unique_lock lock(mutex_);
@@ -231,15 +235,16 @@ void Scheduler::step() {
   model_.forward_batch(batch);
   metrics_.count_step(static_cast<int64_t>(batch.size()), rows, now_seconds() - t0);
   std::vector<std::shared_ptr<Sequence>> still;
-  int64_t filled = 0;
   for (auto& sp : active_) {
     after_step(*sp);
-    if (!sp->ended_) {
-      filled += sp->cache_.bytes_in_use();
-      still.push_back(sp);
-    }
+    if (!sp->ended_) still.push_back(sp);
   }
   active_.swap(still);
+}
+
+void Scheduler::publish_filled() {
+  int64_t filled = 0;
+  for (const auto& s : active_) filled += s->cache_.bytes_in_use();
   std::lock_guard lock(mutex_);
   filled_bytes_ = filled;
 }
@@ -259,19 +264,20 @@ void Scheduler::after_step(Sequence& s) {
       return;
     }
   }
+  if (!p.logit_bias.empty()) {  // the sampler and the reported log-probabilities see the bias
+    float* row = s.logits_.data() + s.logits_.size() - nv;
+    for (const auto& [token, bias] : p.logit_bias) row[token] += bias;
+  }
   const int32_t id = s.sampler_->sample(last, nv);
   if (s.generated_ == 0) metrics_.observe_first_token(seconds_since(s.submitted_));
-  if (!p.ignore_eos && model_.tokenizer().is_end_of_generation(id)) {
-    Chunk c;
-    c.finish_reason = "stop";
-    finish(s, std::move(c), "stop");
-    return;
-  }
+  // The end-of-sequence token is reported like any other (its text is empty), as OpenAI's API
+  // does: lm-evaluation-harness drops the last echoed token, assuming it is the generated one.
+  const bool eos = !p.ignore_eos && model_.tokenizer().is_end_of_generation(id);
   ++s.generated_;
   metrics_.add_tokens(0, 1);
   emit_token(s, id, last);
-  if (s.text_->stopped() || s.generated_ == p.max_tokens) {
-    const std::string reason = s.text_->stopped() ? "stop" : "length";
+  if (eos || s.text_->stopped() || s.generated_ == p.max_tokens) {
+    const std::string reason = eos || s.text_->stopped() ? "stop" : "length";
     Chunk c;
     c.finish_reason = reason;
     finish(s, std::move(c), reason);

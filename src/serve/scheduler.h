@@ -101,6 +101,7 @@ class Scheduler {
   bool admit_locked();
   void drop_cancelled();
   void step();
+  void publish_filled();  // KV bytes holding tokens, for the metrics
   void after_step(Sequence& s);
   void emit_prompt(Sequence& s, const float* logits);
   void emit_token(Sequence& s, int32_t id, const float* logits);

@@ -252,7 +252,7 @@ void Server::handle_completions(const httplib::Request& req, httplib::Response& 
 
 void Server::handle_chat(const httplib::Request& req, httplib::Response& res) {
   const json body = parse_body(req.body);
-  ChatRequest r = parse_chat_request(body, options_.limits);
+  ChatRequest r = parse_chat_request(body, model_.tokenizer(), options_.limits);
   const ChatPrompt rendered = render_chat(chat_family_, r.messages);
   const tok::Tokenizer& tokenizer = model_.tokenizer();
   std::vector<int32_t> prompt =
