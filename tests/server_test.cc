@@ -496,6 +496,7 @@ TEST_F(ServerTest, LoadTestLeavesNoKvMemory) {
   for (std::thread& t : clients) t.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(metric(port(), "eigenkv_kv_bytes_in_use"), 0);
+  EXPECT_EQ(metric(port(), "eigenkv_kv_bytes_filled"), 0);
   EXPECT_EQ(metric(port(), "eigenkv_sequences_active"), 0);
   EXPECT_EQ(metric(port(), "eigenkv_queue_length"), 0);
   EXPECT_GE(metric(port(), "eigenkv_requests_total{endpoint=\"completions\",code=\"200\"}"),
@@ -552,7 +553,10 @@ TEST(ServerLifecycle, DisconnectAndGracefulShutdown) {
     during = post(port, "/v1/completions",
                   json{{"prompt", "Once"}, {"max_tokens", 1500}, {"ignore_eos", true}});
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // 1501 tokens reserved at 4096 bytes each; some of them filled by now.
+  EXPECT_EQ(metric(port, "eigenkv_kv_bytes_in_use"), 1501 * 4096);
+  EXPECT_GT(metric(port, "eigenkv_kv_bytes_filled"), 0);
   EXPECT_EQ(server.terminate(), 0);
   in_flight.join();
   EXPECT_EQ(during.status, 200) << during.raw.substr(0, 200);

@@ -88,14 +88,16 @@ def admission(args, model):
                 "rate": generated / wall, "command": server.command}
 
 
-def compress(args):
-    if os.path.exists(args.compressed):
-        return
-    cmd = [args.binary, "calibrate", "-m", args.model, "-f",
-           os.path.join(ROOT, "data", "tinystories-calib.txt"), "--kv-budget", str(args.budget),
-           "--rope", args.rope, "-o", args.compressed]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+def compress(args, rope):
+    """Path of the compressed model for `rope` (made with eigenkv calibrate when absent)."""
+    path = f"{args.compressed_prefix}-{args.budget:g}-{rope}.gguf"
+    if not os.path.exists(path):
+        cmd = [args.binary, "calibrate", "-m", args.model, "-f",
+               os.path.join(ROOT, "data", "tinystories-calib.txt"), "--kv-budget",
+               str(args.budget), "--rope", rope, "-o", path]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return path
 
 
 def main():
@@ -103,10 +105,10 @@ def main():
     p.add_argument("--binary", default=os.path.join(ROOT, "build", "eigenkv"))
     p.add_argument("--model", default=os.path.join(ROOT, "..", "shared", "models",
                                                    "tinystories-c4-gqa.gguf"))
-    p.add_argument("--compressed", default="/tmp/eigenkv-serve-bench-compressed.gguf",
-                   help="compressed model (made with eigenkv calibrate when absent)")
+    p.add_argument("--compressed-prefix", default="/tmp/eigenkv-serve-bench",
+                   help="compressed models are PREFIX-BUDGET-ROPE.gguf, made when absent")
     p.add_argument("--budget", type=float, default=0.5, help="calibrate --kv-budget")
-    p.add_argument("--rope", default="pre", help="calibrate --rope (pre or post)")
+    p.add_argument("--rope", default="pre,post", help="calibrate --rope modes to compare")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--tokens", type=int, default=128, help="tokens each sequence decodes")
     p.add_argument("--ctx", type=int, default=512)
@@ -117,10 +119,12 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "server.md"))
     args = p.parse_args()
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    compress(args)
+    models = [("original", args.model)]
+    for rope in args.rope.split(","):
+        models.append((f"compressed {rope}", compress(args, rope)))
 
     rows, admits, commands = {}, {}, []
-    for name, path in (("original", args.model), ("compressed", args.compressed)):
+    for name, path in models:
         print(f"{name}: throughput at {concurrency}", flush=True)
         rows[name], command = throughput(args, path, concurrency)
         commands.append(command)
@@ -129,35 +133,41 @@ def main():
         commands.append(admits[name]["command"])
         print(f"  admission {admits[name]}", flush=True)
 
+    names = [name for name, _ in models]
     out = []
     out.append("# eigenkv serve: batched decode throughput and KV admission\n")
     out.append(f"- date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC")
     out.append(f"- machine: {sc.machine()} (shared with other jobs while measured)")
     out.append(f"- command: `python3 scripts/bench/serve_bench.py {' '.join(sys.argv[1:])}`")
     out.append(f"- model: `{os.path.relpath(args.model, ROOT)}`; compressed: `eigenkv calibrate "
-               f"--kv-budget {args.budget} --rope {args.rope}` on data/tinystories-calib.txt")
+               f"--kv-budget {args.budget:g} --rope MODE -f data/tinystories-calib.txt`")
     out.append(f"- servers: `--ctx {args.ctx} -t {args.threads}`; each sequence decodes "
-               f"{args.tokens} tokens (ignore_eos), best of {args.repeats}\n")
+               f"{args.tokens} tokens (ignore_eos); best of {args.repeats}\n")
     out.append("## Aggregate decode tokens/s, all sequences admitted\n")
-    out.append("| concurrent sequences | original tok/s | compressed tok/s | compressed / original |")
-    out.append("|---:|---:|---:|---:|")
+    out.append("| concurrent sequences | " + " | ".join(f"{n} tok/s" for n in names) + " | "
+               + " | ".join(f"{n} / original" for n in names[1:]) + " |")
+    out.append("|---:|" + "---:|" * (2 * len(names) - 1))
     for c in concurrency:
-        o, k = rows["original"][c], rows["compressed"][c]
-        out.append(f"| {c} | {o:.0f} | {k:.0f} | {k / o:.2f} |")
+        base = rows["original"][c]
+        out.append(f"| {c} | " + " | ".join(f"{rows[n][c]:.0f}" for n in names) + " | "
+                   + " | ".join(f"{rows[n][c] / base:.2f}" for n in names[1:]) + " |")
     out.append("")
-    out.append(f"## Same KV budget: `--kv-mem {args.kv_mem:g}` MiB, {args.clients} clients at once\n")
+    out.append(f"## Same KV budget: `--kv-mem {args.kv_mem:g}` MiB, {args.clients} clients at "
+               f"once, {args.tokens} tokens each\n")
     out.append("| model | KV bytes/token | sequences admitted together (measured peak) | "
                f"full {args.ctx}-token contexts the budget holds | aggregate tok/s |")
     out.append("|---|---:|---:|---:|---:|")
-    for name in ("original", "compressed"):
+    for name in names:
         a = admits[name]
         out.append(f"| {name} | {a['bytes_per_token']} | {a['peak']} | {a['at_ctx']} | "
                    f"{a['rate']:.0f} |")
     out.append("")
     out.append("A request reserves (prompt + max_tokens - 1) tokens of cache when admitted, so "
-               "the admitted count is the budget over that reservation; the compressed cache's "
-               "smaller bytes per token admits proportionally more sequences, and under a tight "
-               "budget that is what raises the aggregate rate.\n")
+               "the number admitted together is the budget over that reservation: the compressed "
+               "cache's smaller bytes per token admits proportionally more sequences, and under "
+               "a tight budget that is what raises the aggregate rate. Decode speed per step "
+               "depends on the key mode: `pre` rebuilds every cached key (slower attention), "
+               "`post` scores in the reduced rank (docs/DESIGN.md).\n")
     out.append("Server commands:\n")
     out.extend(f"    {c}" for c in commands)
     out.append("")

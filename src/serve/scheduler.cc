@@ -130,20 +130,23 @@ void Scheduler::run() {
       admit_locked();
     }
     drop_cancelled();
-    if (active_.empty()) continue;
-    try {
-      step();
-    } catch (const std::exception& e) {
-      for (auto& s : active_) {
-        if (!s->ended_)
-          fail(*s, 500, cat("generation failed: ", e.what()), "server_error", "error");
-      }
-      active_.clear();
-    }
+    if (!active_.empty()) step_or_fail();
+    publish_filled();
   }
 }
 
-bool Scheduler::admit_locked() {
+void Scheduler::step_or_fail() {
+  try {
+    step();
+  } catch (const std::exception& e) {
+    for (auto& s : active_) {
+      if (!s->ended_) fail(*s, 500, cat("generation failed: ", e.what()), "server_error", "error");
+    }
+    active_.clear();
+  }
+}
+
+void Scheduler::admit_locked() {
   // Queued sequences whose client left or whose time ran out never take memory.
   for (auto it = queue_.begin(); it != queue_.end();) {
     Sequence& s = **it;
@@ -163,7 +166,6 @@ bool Scheduler::admit_locked() {
     metrics_.count_finished(reason);
     it = queue_.erase(it);
   }
-  bool admitted = false;
   // First come, first served: a large request at the head waits rather than being overtaken.
   while (!queue_.empty() && active_count_ < options_.parallel) {
     Sequence& s = *queue_.front();
@@ -179,9 +181,7 @@ bool Scheduler::admit_locked() {
                     s.params_.stop, s.params_.logprobs >= 0);
     active_.push_back(std::move(queue_.front()));
     queue_.pop_front();
-    admitted = true;
   }
-  return admitted;
 }
 
 void Scheduler::drop_cancelled() {

@@ -98,8 +98,9 @@ class Scheduler {
 
  private:
   void run();
-  bool admit_locked();
+  void admit_locked();
   void drop_cancelled();
+  void step_or_fail();  // a failed step fails its sequences, not the server
   void step();
   void publish_filled();  // KV bytes holding tokens, for the metrics
   void after_step(Sequence& s);
