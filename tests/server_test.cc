@@ -204,6 +204,16 @@ TEST_F(ServerTest, HealthModelsAndMetrics) {
   EXPECT_EQ(metric(port(), "eigenkv_parallel"), 16);
 }
 
+TEST_F(ServerTest, SecondServerOnTheSamePortFails) {
+  int status = 0;
+  const std::string out = run_command(eigenkv_binary() + " serve -t 1 -m " + shared_path(kSmall) +
+                                          " --port " + std::to_string(port()) + " 2>&1",
+                                      &status);
+  EXPECT_EQ(status, 1) << out;
+  EXPECT_NE(out.find("eigenkv: error: cannot listen on 127.0.0.1:"), std::string::npos) << out;
+  EXPECT_EQ(get(port(), "/health").status, 200);
+}
+
 TEST_F(ServerTest, GreedyCompletionEqualsGenerate) {
   for (const std::string prompt : {"Once upon a time", "The cat sat", "Lily and Ben went"}) {
     const Reply r = post(port(), "/v1/completions",

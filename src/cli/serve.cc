@@ -1,6 +1,7 @@
 // eigenkv serve: an OpenAI-compatible HTTP server with continuous batching (docs/SERVER.md).
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <thread>
@@ -77,14 +78,18 @@ void run(const ServeFlags& f) {
   std::printf("eigenkv serve: listening on http://%s:%d\n", options.host.c_str(), port);
   std::fflush(stdout);
 
+  std::atomic<bool> signalled{false};
   std::thread stopper([&] {
     int signal_number = 0;
     sigwait(&stop_signals, &signal_number);
+    if (signalled.exchange(true)) return;  // woken by main after the listener failed
     std::fprintf(stderr, "eigenkv serve: signal %d, finishing active requests\n", signal_number);
     server.stop(f.drain);
   });
-  server.run();
+  const bool listened = server.run();
+  if (!signalled.exchange(true)) pthread_kill(stopper.native_handle(), SIGTERM);
   stopper.join();
+  EKV_CHECK(listened, "the server stopped listening on ", options.host, ":", port, " on its own");
   std::fprintf(stderr, "eigenkv serve: stopped\n");
 }
 

@@ -145,6 +145,12 @@ Server::Server(const model::Model& model, ServerOptions options)
                           : static_cast<int>(2 * options_.scheduler.parallel + 16);
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_payload_max_length(options_.max_body_bytes);
+  // httplib's default also sets SO_REUSEPORT, which lets a second server bind a port in use and
+  // silently share its clients; SO_REUSEADDR alone still allows a quick restart.
+  http_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   install_routes();
 }
 
@@ -162,7 +168,7 @@ int Server::bind() {
   return bound_port_;
 }
 
-void Server::run() { http_->listen_after_bind(); }
+bool Server::run() { return http_->listen_after_bind(); }
 
 void Server::stop(double drain_seconds) {
   stopping_ = true;
@@ -246,7 +252,12 @@ void Server::handle_completions(const httplib::Request& req, httplib::Response& 
   g->logprobs = r.params.logprobs >= 0;
   g->include_usage = r.params.include_usage;
   g->endpoint = "completions";
-  for (auto& prompt : r.prompts) g->sequences.push_back(scheduler_.submit(prompt, r.params));
+  try {
+    for (auto& prompt : r.prompts) g->sequences.push_back(scheduler_.submit(prompt, r.params));
+  } catch (const ApiError&) {
+    g->cancel_all("rejected");  // a later prompt cannot run: the earlier ones need not either
+    throw;
+  }
   respond(g, r.params.stream, res);
 }
 
@@ -257,7 +268,7 @@ void Server::handle_chat(const httplib::Request& req, httplib::Response& res) {
   const tok::Tokenizer& tokenizer = model_.tokenizer();
   std::vector<int32_t> prompt =
       tokenizer.encode(rendered.text, tokenizer.add_bos_by_default(), /*parse_special=*/true);
-  EKV_CHECK(!prompt.empty(), "the chat renders to no tokens");
+  if (prompt.empty()) throw ApiError(400, "the messages render to no tokens", "messages");
   finish_max_tokens(r.params, r.max_tokens_given, -1, static_cast<int64_t>(prompt.size()),
                     options_.limits);
   r.params.stop.insert(r.params.stop.end(), rendered.stop.begin(), rendered.stop.end());
@@ -292,8 +303,8 @@ void Server::respond(const std::shared_ptr<Generation>& g, bool stream, httplib:
   for (size_t i = 0; i < g->sequences.size(); ++i) {
     while (true) {
       std::optional<Chunk> c = next_chunk(*g, i);
-      if (!c) {
-        res.status = 499;  // nobody is listening; the status only feeds the metrics
+      if (!c) {  // nobody is listening; the status only feeds the metrics
+        send_error(res, 499, "the client closed the connection", "cancelled");
         return;
       }
       if (c->error_status != 0) {

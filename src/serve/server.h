@@ -43,8 +43,8 @@ class Server {
 
   // Binds the listening socket; returns the port. Throws Error when it cannot.
   int bind();
-  // Serves until stop(); returns then.
-  void run();
+  // Serves until stop(); returns false when the listener failed instead.
+  bool run();
   // Graceful: /health turns 503, queued requests fail with 503, active sequences finish (cut off
   // after `drain_seconds`), open responses are written, then run() returns. Thread-safe.
   void stop(double drain_seconds);
