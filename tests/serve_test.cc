@@ -135,6 +135,35 @@ TEST(Request, PromptFormsAndDefaults) {
   }
 }
 
+TEST(Request, ChatMessagesAndTokenLimits) {
+  EKV_REQUIRE_SHARED("models/stories260K.gguf");
+  const auto tokenizer = small_tokenizer();
+  const RequestLimits limits;
+  const json parts = {
+      {"messages",
+       {{{"role", "user"},
+         {"content",
+          {{{"type", "text"}, {"text", "Hello "}}, {{"type", "text"}, {"text", "there"}}}}}}},
+      {"max_tokens", 7},
+      {"max_completion_tokens", 5}};
+  const ChatRequest r = parse_chat_request(parts, *tokenizer, limits);
+  EXPECT_EQ(r.messages[0].content, "Hello there");
+  EXPECT_EQ(r.params.max_tokens, 5);  // the newer name wins
+  EXPECT_TRUE(r.max_tokens_given);
+  json image = parts;
+  image["messages"][0]["content"][1] = {{"type", "image_url"}, {"image_url", "x"}};
+  EXPECT_THROW(parse_chat_request(image, *tokenizer, limits), ApiError);
+  json bad_max = parts;
+  bad_max["max_tokens"] = "many";
+  EXPECT_THROW(parse_chat_request(bad_max, *tokenizer, limits), ApiError);
+  const json bias = {{"messages", {{{"role", "user"}, {"content", "a"}}}},
+                     {"logit_bias", {{"2", 100}, {"7", -5.5}}}};
+  const ChatRequest b = parse_chat_request(bias, *tokenizer, limits);
+  ASSERT_EQ(b.params.logit_bias.size(), 2u);
+  EXPECT_EQ(b.params.logit_bias[1], std::make_pair(int32_t{7}, -5.5f));
+  EXPECT_FALSE(b.max_tokens_given);
+}
+
 TEST(ChatTemplate, DetectsFamiliesFromTemplateText) {
   EXPECT_EQ(detect_chat_family(""), ChatFamily::kPlain);
   EXPECT_EQ(detect_chat_family("{% for m in messages %}{{ m.content }}{% endfor %}"),

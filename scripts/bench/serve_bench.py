@@ -167,7 +167,11 @@ def main():
                "cache's smaller bytes per token admits proportionally more sequences, and under "
                "a tight budget that is what raises the aggregate rate. Decode speed per step "
                "depends on the key mode: `pre` rebuilds every cached key (slower attention), "
-               "`post` scores in the reduced rank (docs/DESIGN.md).\n")
+               "`post` scores in the reduced rank (docs/DESIGN.md). The shared models are small "
+               "(about 10 MB of weights, which stay in the CPU caches), so a step costs little more "
+               "than its per-sequence work (attention, and the q/k/v/o projections that run per "
+               "sequence inside the attention block); stacking rows pays most where reading the "
+               "weights dominates a step, as in larger models.\n")
     out.append("Server commands:\n")
     out.extend(f"    {c}" for c in commands)
     out.append("")

@@ -42,8 +42,10 @@ class Fields {
     if (!v->is_number_integer()) {
       throw bad(key, cat("'", key, "' must be an integer, found ", type_name(*v)));
     }
+    // Positive integers parse as unsigned and may not fit int64_t.
     const bool in_range = v->is_number_unsigned()
-                              ? v->get<uint64_t>() <= static_cast<uint64_t>(hi)
+                              ? v->get<uint64_t>() <= static_cast<uint64_t>(hi) &&
+                                    (lo <= 0 || v->get<int64_t>() >= lo)
                               : v->get<int64_t>() >= lo && v->get<int64_t>() <= hi;
     if (!in_range) {
       throw bad(key, cat("'", key, "' must be in [", lo, ", ", hi, "], found ", v->dump()));
@@ -233,6 +235,32 @@ std::vector<std::vector<int32_t>> parse_prompts(Fields& f, const tok::Tokenizer&
   return prompts;
 }
 
+// A message's content: a string, or a list of {"type": "text", "text": ...} parts (the newer
+// form), concatenated.
+std::string message_content(Fields& mf, size_t index) {
+  const json* v = mf.find("content");
+  if (!v) return "";
+  if (v->is_string()) return v->get<std::string>();
+  if (!v->is_array()) {
+    throw bad("messages", cat("message ", index,
+                              ": content must be a string or a list of text "
+                              "parts, found ",
+                              type_name(*v)));
+  }
+  std::string text;
+  for (const json& part : *v) {
+    if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") ||
+        !part["text"].is_string() || part.size() != 2) {
+      throw bad("messages", cat("message ", index,
+                                ": only {\"type\": \"text\", \"text\": "
+                                "...} content parts are supported, found ",
+                                part.dump()));
+    }
+    text += part["text"].get<std::string>();
+  }
+  return text;
+}
+
 }  // namespace
 
 nlohmann::json parse_body(const std::string& body) {
@@ -308,7 +336,7 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const tok::Tokenizer&
     Fields mf(m, cat("message ", i));
     ChatMessage msg;
     msg.role = mf.string("role", "");
-    msg.content = mf.string("content", "");
+    msg.content = message_content(mf, i);
     mf.string("name", "");
     mf.reject_unknown();
     if (msg.role != "system" && msg.role != "user" && msg.role != "assistant") {
@@ -318,12 +346,11 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const tok::Tokenizer&
     r.messages.push_back(std::move(msg));
   }
   GenerationParams& p = r.params;
-  const bool has_max = f.find("max_tokens") != nullptr;
-  const bool has_max_completion = f.find("max_completion_tokens") != nullptr;
-  r.max_tokens_given = has_max || has_max_completion;
-  p.max_tokens = has_max_completion
-                     ? f.integer("max_completion_tokens", 0, limits.max_tokens_cap, 0)
-                     : f.integer("max_tokens", 0, limits.max_tokens_cap, 0);
+  // max_completion_tokens is the newer name of max_tokens; it wins when both are given.
+  const int64_t max_tokens = f.integer("max_tokens", 0, limits.max_tokens_cap, -1);
+  const int64_t max_completion = f.integer("max_completion_tokens", 0, limits.max_tokens_cap, -1);
+  r.max_tokens_given = max_tokens >= 0 || max_completion >= 0;
+  p.max_tokens = max_completion >= 0 ? max_completion : max_tokens;
   const bool logprobs = f.boolean("logprobs", false);
   const int64_t top = f.integer("top_logprobs", 0, limits.max_logprobs, 0);
   if (!logprobs && f.find("top_logprobs")) {
