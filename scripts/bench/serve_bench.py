@@ -164,8 +164,8 @@ def main():
     out.append("")
     out.append("A request reserves (prompt + max_tokens - 1) tokens of cache when admitted, so "
                "the number admitted together is the budget over that reservation: the compressed "
-               "cache's smaller bytes per token admits proportionally more sequences, and under "
-               "a tight budget that is what raises the aggregate rate. Decode speed per step "
+               "cache's smaller bytes per token admits proportionally more sequences; how much "
+               "that raises the aggregate rate depends on the cost of a step. Decode speed per step "
                "depends on the key mode: `pre` rebuilds every cached key (slower attention), "
                "`post` scores in the reduced rank (docs/DESIGN.md). The shared models are small "
                "(about 10 MB of weights, which stay in the CPU caches), so a step costs little more "
@@ -173,7 +173,7 @@ def main():
                "sequence inside the attention block); stacking rows pays most where reading the "
                "weights dominates a step, as in larger models.\n")
     out.append("Server commands:\n")
-    out.extend(f"    {c}" for c in commands)
+    out.extend(f"    {c.replace(ROOT + os.sep, '')}" for c in commands)
     out.append("")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
