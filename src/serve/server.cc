@@ -85,6 +85,13 @@ std::optional<Chunk> next_chunk(Generation& g, size_t i) {
   }
 }
 
+bool finish_stream(httplib::DataSink& sink) {
+  const std::string done = "data: [DONE]\n\n";
+  sink.write(done.data(), done.size());
+  sink.done();
+  return true;
+}
+
 // Writes the whole event stream; false when the client went away.
 bool stream_events(Generation& g, httplib::DataSink& sink, const tok::Tokenizer& tokenizer) {
   auto event = [&](const json& j) {
@@ -96,10 +103,10 @@ bool stream_events(Generation& g, httplib::DataSink& sink, const tok::Tokenizer&
     for (bool first = true;; first = false) {
       std::optional<Chunk> c = next_chunk(g, i);
       if (!c) return false;
-      if (c->error_status != 0) {
+      if (c->error_status != 0) {  // one error event ends the whole stream
         g.cancel_all("error");
         event(error_object(c->error_message, c->error_type, "", c->error_status));
-        break;
+        return finish_stream(sink);
       }
       const json j =
           g.chat ? chat_chunk(g.meta, *c, first, g.logprobs, tokenizer)
@@ -123,10 +130,7 @@ bool stream_events(Generation& g, httplib::DataSink& sink, const tok::Tokenizer&
            {"choices", json::array()},
            {"usage", usage_object(prompt_tokens, completion_tokens)}});
   }
-  const std::string done = "data: [DONE]\n\n";
-  sink.write(done.data(), done.size());
-  sink.done();
-  return true;
+  return finish_stream(sink);
 }
 
 }  // namespace
