@@ -75,6 +75,12 @@ void run(const ServeFlags& f) {
                options.scheduler.kv_budget_bytes / 1048576.0, static_cast<long long>(at_ctx),
                static_cast<long long>(options.limits.ctx),
                static_cast<long long>(options.scheduler.parallel));
+  if (options.limits.ctx > model->config().n_ctx_train) {
+    std::fprintf(stderr,
+                 "  warning: --ctx %lld is beyond the %lld tokens the model was trained on\n",
+                 static_cast<long long>(options.limits.ctx),
+                 static_cast<long long>(model->config().n_ctx_train));
+  }
   std::printf("eigenkv serve: listening on http://%s:%d\n", options.host.c_str(), port);
   std::fflush(stdout);
 
