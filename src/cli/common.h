@@ -40,5 +40,6 @@ void register_calibrate(CLI::App& app);
 void register_compare(CLI::App& app);
 void register_quantize_cache(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace eigenkv::cli

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   eigenkv::cli::register_compare(app);
   eigenkv::cli::register_quantize_cache(app);
   eigenkv::cli::register_eval(app);
+  eigenkv::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -38,6 +38,14 @@ class ForwardTap {
 // tokenizer.json, or a Hugging Face directory), without loading its weights.
 std::unique_ptr<tok::Tokenizer> load_tokenizer(const std::string& path);
 
+// One sequence's part of a batched forward step (Model::forward_batch).
+struct BatchSequence {
+  std::span<const int32_t> tokens;  // >= 1 tokens, at positions cache->size(), ...
+  kv::KvCache* cache = nullptr;
+  float* logits = nullptr;  // [tokens.size(), n_vocab] if all_logits, else [1, n_vocab]
+  bool all_logits = false;
+};
+
 class Model {
  public:
   // Loads a .gguf file, or a Hugging Face directory (config.json, model.safetensors or sharded
@@ -77,6 +85,11 @@ class Model {
   // `tap`, when given, sees every layer's intermediate values (uncompressed layers only).
   void forward(std::span<const int32_t> tokens, kv::KvCache& cache, float* logits, bool all_logits,
                ForwardTap* tap = nullptr) const;
+
+  // forward() for several sequences at once: their rows are stacked so that the embeddings,
+  // norms, FFN and output GEMMs run once over all rows; attention runs per sequence against its
+  // own cache. Each sequence's logits equal what forward() gives it. Caches must be distinct.
+  void forward_batch(std::span<BatchSequence> batch) const;
 
   // Runs one decoder layer with weights `w` (this model's layer `layer` or a candidate
   // replacement for it) on x [n_tokens, d_model] in place, at positions cache.size().. of

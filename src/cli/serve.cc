@@ -1,0 +1,140 @@
+// eigenkv serve: an OpenAI-compatible HTTP server with continuous batching (docs/SERVER.md).
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "cli/common.h"
+#include "serve/server.h"
+#include "util/error.h"
+
+namespace eigenkv::cli {
+namespace {
+
+struct ServeFlags {
+  ModelFlags model;
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  int64_t parallel = 8;
+  int64_t ctx = 0;
+  double kv_mem_mib = 0;
+  int64_t max_tokens = 0;
+  double timeout = 600;
+  int64_t max_body = int64_t{8} << 20;
+  double drain = 10;
+  std::string model_id;
+};
+
+std::string default_model_id(const std::string& path) {
+  std::filesystem::path p(path);
+  if (p.filename().empty()) p = p.parent_path();  // a directory given with a trailing slash
+  return p.extension() == ".gguf" ? p.stem().string() : p.filename().string();
+}
+
+serve::ServerOptions server_options(const ServeFlags& f, const model::Model& model) {
+  serve::ServerOptions o;
+  o.host = f.host;
+  o.port = f.port;
+  o.model_id = f.model_id.empty() ? default_model_id(f.model.model) : f.model_id;
+  o.limits.ctx = f.ctx > 0 ? f.ctx : model.config().n_ctx_train;
+  o.limits.max_tokens_cap = f.max_tokens > 0 ? f.max_tokens : o.limits.ctx;
+  o.max_body_bytes = static_cast<size_t>(f.max_body);
+  o.scheduler.parallel = f.parallel;
+  o.scheduler.timeout_seconds = f.timeout;
+  // By default every slot can hold a full context; --kv-mem sets the budget instead.
+  const int64_t full = f.parallel * o.limits.ctx * model.kv_bytes_per_token();
+  o.scheduler.kv_budget_bytes =
+      f.kv_mem_mib > 0 ? static_cast<int64_t>(f.kv_mem_mib * 1024 * 1024) : full;
+  return o;
+}
+
+void run(const ServeFlags& f) {
+  // SIGINT/SIGTERM are taken by one thread with sigwait, so they must be blocked before any
+  // other thread starts (threads inherit the mask).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto model = load_model(f.model);
+  const serve::ServerOptions options = server_options(f, *model);
+  serve::Server server(*model, options);
+  const int port = server.bind();
+  const int64_t bpt = model->kv_bytes_per_token();
+  const int64_t at_ctx = options.scheduler.kv_budget_bytes / (bpt * options.limits.ctx);
+  std::fprintf(stderr,
+               "eigenkv serve: %s (%s), chat template %s\n"
+               "  KV cache %lld bytes/token; budget %.1f MiB admits %lld sequences of %lld "
+               "tokens (--parallel %lld)\n",
+               options.model_id.c_str(), model->is_compressed() ? "compressed" : "uncompressed",
+               server.info().chat_template.c_str(), static_cast<long long>(bpt),
+               options.scheduler.kv_budget_bytes / 1048576.0, static_cast<long long>(at_ctx),
+               static_cast<long long>(options.limits.ctx),
+               static_cast<long long>(options.scheduler.parallel));
+  if (options.limits.ctx > model->config().n_ctx_train) {
+    std::fprintf(stderr,
+                 "  warning: --ctx %lld is beyond the %lld tokens the model was trained on\n",
+                 static_cast<long long>(options.limits.ctx),
+                 static_cast<long long>(model->config().n_ctx_train));
+  }
+  std::printf("eigenkv serve: listening on http://%s:%d\n", options.host.c_str(), port);
+  std::fflush(stdout);
+
+  std::atomic<bool> signalled{false};
+  std::thread stopper([&] {
+    int signal_number = 0;
+    sigwait(&stop_signals, &signal_number);
+    if (signalled.exchange(true)) return;  // woken by main after the listener failed
+    std::fprintf(stderr, "eigenkv serve: signal %d, finishing active requests\n", signal_number);
+    server.stop(f.drain);
+  });
+  const bool listened = server.run();
+  if (!signalled.exchange(true)) pthread_kill(stopper.native_handle(), SIGTERM);
+  stopper.join();
+  EKV_CHECK(listened, "the server stopped listening on ", options.host, ":", port, " on its own");
+  std::fprintf(stderr, "eigenkv serve: stopped\n");
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app) {
+  auto flags = std::make_shared<ServeFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "OpenAI-compatible HTTP server with continuous batching (docs/SERVER.md)");
+  add_model_flags(cmd, flags->model);
+  cmd->add_option("--host", flags->host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", flags->port, "port; 0 = any free port (printed on stdout)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  cmd->add_option("--parallel", flags->parallel, "most sequences decoded together")
+      ->check(CLI::Range(int64_t{1}, int64_t{1024}))
+      ->capture_default_str();
+  cmd->add_option("--ctx", flags->ctx, "tokens per sequence (default: the model's context)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  cmd->add_option("--kv-mem", flags->kv_mem_mib,
+                  "KV cache budget in MiB shared by all sequences (default: --parallel full "
+                  "contexts)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens", flags->max_tokens,
+                  "largest max_tokens a request may ask for (default: --ctx)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--timeout", flags->timeout, "seconds a request may take, queue included")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-body", flags->max_body, "largest request body in bytes")
+      ->check(CLI::Range(int64_t{1024}, int64_t{1} << 30))
+      ->capture_default_str();
+  cmd->add_option("--drain", flags->drain,
+                  "on SIGINT/SIGTERM, seconds active requests may take to finish")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--model-id", flags->model_id,
+                  "model name in responses and /v1/models (default: the file's stem)");
+  cmd->callback([flags] { run(*flags); });
+}
+
+}  // namespace eigenkv::cli

@@ -1,0 +1,328 @@
+#include "serve/server.h"
+
+#include <httplib.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "serve/format.h"
+#include "serve/peer_socket.h"
+#include "tokenizer/tokenizer.h"
+#include "util/progress.h"
+
+namespace eigenkv::serve {
+
+// httplib's library build listens with a backlog of 5, so a burst of clients connecting at once
+// overflows the accept queue and some of them fail; listen() again widens it.
+class HttpServer : public httplib::Server {
+ public:
+  void widen_backlog() { ::listen(svr_sock_, SOMAXCONN); }
+};
+
+// One request's sequences, shared by the handler and (when streaming) the content provider.
+struct Generation {
+  explicit Generation(PeerSocket client) : peer(client) {}
+
+  std::vector<std::shared_ptr<Sequence>> sequences;
+  PeerSocket peer;
+  ResponseMeta meta;
+  bool chat = false;
+  bool logprobs = false;
+  bool include_usage = false;
+  std::string endpoint;
+  double start = 0;
+  double peer_checked = 0;  // when the client's connection was last looked at
+
+  void cancel_all(const std::string& reason) {
+    for (auto& s : sequences) s->cancel(reason);
+  }
+};
+
+namespace {
+
+using nlohmann::json;
+
+constexpr auto kPoll = std::chrono::milliseconds(100);  // how often a waiting handler looks
+                                                        // whether its client is still there
+
+int64_t unix_seconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string new_id(const char* prefix) {
+  static std::atomic<uint64_t> counter{0};
+  return cat(prefix, "-", unix_seconds(), "-", counter++);
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message,
+                const std::string& type, const std::string& param = "") {
+  send_json(res, status, error_object(message, type, param, status));
+}
+
+// Waits for sequence i's next chunk; nullopt when the client went away meanwhile. Chunks may
+// arrive faster than kPoll, so the client is looked at by the clock, not only when idle.
+std::optional<Chunk> next_chunk(Generation& g, size_t i) {
+  while (true) {
+    std::optional<Chunk> c = g.sequences[i]->next(kPoll);
+    const double now = now_seconds();
+    if (now - g.peer_checked >= 0.001 * kPoll.count()) {
+      g.peer_checked = now;
+      if (g.peer.closed()) {
+        g.cancel_all("disconnect");
+        return std::nullopt;
+      }
+    }
+    if (c) return c;
+  }
+}
+
+bool finish_stream(httplib::DataSink& sink) {
+  const std::string done = "data: [DONE]\n\n";
+  sink.write(done.data(), done.size());
+  sink.done();
+  return true;
+}
+
+// Writes the whole event stream; false when the client went away.
+bool stream_events(Generation& g, httplib::DataSink& sink, const tok::Tokenizer& tokenizer) {
+  auto event = [&](const json& j) {
+    const std::string line = "data: " + dump(j) + "\n\n";
+    return sink.write(line.data(), line.size());
+  };
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  for (size_t i = 0; i < g.sequences.size(); ++i) {
+    for (bool first = true;; first = false) {
+      std::optional<Chunk> c = next_chunk(g, i);
+      if (!c) return false;
+      if (c->error_status != 0) {  // one error event ends the whole stream
+        g.cancel_all("error");
+        event(error_object(c->error_message, c->error_type, "", c->error_status));
+        return finish_stream(sink);
+      }
+      const json j =
+          g.chat ? chat_chunk(g.meta, *c, first, g.logprobs, tokenizer)
+                 : completion_chunk(g.meta, static_cast<int64_t>(i), *c, g.logprobs, tokenizer);
+      if (!event(j)) {
+        g.cancel_all("disconnect");
+        return false;
+      }
+      if (c->last()) {
+        prompt_tokens += c->prompt_tokens;
+        completion_tokens += c->completion_tokens;
+        break;
+      }
+    }
+  }
+  if (g.include_usage) {
+    event({{"id", g.meta.id},
+           {"object", g.chat ? "chat.completion.chunk" : "text_completion"},
+           {"created", g.meta.created},
+           {"model", g.meta.model},
+           {"choices", json::array()},
+           {"usage", usage_object(prompt_tokens, completion_tokens)}});
+  }
+  return finish_stream(sink);
+}
+
+}  // namespace
+
+Server::Server(const model::Model& model, ServerOptions options)
+    : model_(model),
+      options_(std::move(options)),
+      chat_family_(detect_chat_family(model_chat_template(model))),
+      scheduler_(model, options_.scheduler, metrics_),
+      http_(std::make_unique<HttpServer>()) {
+  info_.model_id = options_.model_id;
+  info_.compressed = model.is_compressed();
+  info_.chat_template = chat_family_name(chat_family_);
+  const int threads = options_.http_threads > 0
+                          ? options_.http_threads
+                          : static_cast<int>(2 * options_.scheduler.parallel + 16);
+  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http_->set_payload_max_length(options_.max_body_bytes);
+  // httplib's default also sets SO_REUSEPORT, which lets a second server bind a port in use and
+  // silently share its clients; SO_REUSEADDR alone still allows a quick restart.
+  http_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  install_routes();
+}
+
+Server::~Server() { stop(0); }
+
+int Server::bind() {
+  if (options_.port == 0) {
+    bound_port_ = http_->bind_to_any_port(options_.host);
+  } else if (http_->bind_to_port(options_.host, options_.port)) {
+    bound_port_ = options_.port;
+  }
+  EKV_CHECK(bound_port_ > 0, "cannot listen on ", options_.host, ":", options_.port,
+            " (address in use, or not an address of this machine)");
+  http_->widen_backlog();
+  return bound_port_;
+}
+
+bool Server::run() { return http_->listen_after_bind(); }
+
+void Server::stop(double drain_seconds) {
+  stopping_ = true;
+  scheduler_.shutdown(drain_seconds);
+  http_->stop();
+}
+
+void Server::install_routes() {
+  // Every JSON endpoint turns engine errors into an error object and records the request.
+  auto wrap = [this](const std::string& endpoint, auto handler) {
+    return [this, endpoint, handler](const httplib::Request& req, httplib::Response& res) {
+      const double start = now_seconds();
+      try {
+        (this->*handler)(req, res);
+      } catch (const ApiError& e) {
+        send_error(res, e.status(), e.what(), e.type(), e.param());
+      } catch (const std::exception& e) {
+        send_error(res, 500, cat("internal error: ", e.what()), "server_error");
+      }
+      if (res.status != 200 || res.get_header_value("Content-Type") != "text/event-stream") {
+        metrics_.count_request(endpoint, res.status);  // streams count when they end
+        metrics_.observe_latency(endpoint, now_seconds() - start);
+      }
+    };
+  };
+  http_->Post("/v1/completions", wrap("completions", &Server::handle_completions));
+  http_->Post("/v1/chat/completions", wrap("chat", &Server::handle_chat));
+  http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    handle_models(res);
+    metrics_.count_request("models", res.status);
+  });
+  http_->Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    const bool up = !stopping_;
+    send_json(res, up ? 200 : 503, {{"status", up ? "ok" : "shutting down"}});
+    metrics_.count_request("health", res.status);
+  });
+  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    EngineGauges g = scheduler_.gauges();
+    g.ctx = options_.limits.ctx;
+    res.set_content(metrics_.render(g, info_), "text/plain; version=0.0.4");
+    metrics_.count_request("metrics", 200);
+  });
+  // Unknown paths, bodies over the cap (413) and other failures httplib answers itself get an
+  // error object too.
+  using WithResponse = httplib::Server::HandlerWithResponse;
+  http_->set_error_handler(WithResponse([this](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    const std::string message =
+        res.status == 413   ? cat("the body is larger than the server's limit of ",
+                                  options_.max_body_bytes, " bytes")
+        : res.status == 404 ? std::string("no such endpoint")
+                            : cat("the request failed with HTTP status ", res.status);
+    send_error(res, res.status, message, "invalid_request_error");
+    metrics_.count_request("other", res.status);
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+}
+
+void Server::handle_models(httplib::Response& res) const {
+  const model::ModelConfig& c = model_.config();
+  json meta = {{"n_ctx", options_.limits.ctx},
+               {"n_ctx_train", c.n_ctx_train},
+               {"n_vocab", c.n_vocab},
+               {"n_layers", c.n_layers},
+               {"kv_bytes_per_token", model_.kv_bytes_per_token()},
+               {"compressed", model_.is_compressed()},
+               {"chat_template", info_.chat_template}};
+  json entry = {{"id", options_.model_id},
+                {"object", "model"},
+                {"created", unix_seconds()},
+                {"owned_by", "eigenkv"},
+                {"meta", std::move(meta)}};
+  send_json(res, 200, {{"object", "list"}, {"data", json::array({std::move(entry)})}});
+}
+
+void Server::handle_completions(const httplib::Request& req, httplib::Response& res) {
+  const json body = parse_body(req.body);
+  CompletionRequest r = parse_completion_request(body, model_.tokenizer(), options_.limits);
+  auto g = std::make_shared<Generation>(PeerSocket(req.remote_addr, req.remote_port, bound_port_));
+  g->meta = {new_id("cmpl"), unix_seconds(), options_.model_id, ""};
+  g->logprobs = r.params.logprobs >= 0;
+  g->include_usage = r.params.include_usage;
+  g->endpoint = "completions";
+  try {
+    for (auto& prompt : r.prompts) g->sequences.push_back(scheduler_.submit(prompt, r.params));
+  } catch (const ApiError&) {
+    g->cancel_all("rejected");  // a later prompt cannot run: the earlier ones need not either
+    throw;
+  }
+  respond(g, r.params.stream, res);
+}
+
+void Server::handle_chat(const httplib::Request& req, httplib::Response& res) {
+  const json body = parse_body(req.body);
+  ChatRequest r = parse_chat_request(body, model_.tokenizer(), options_.limits);
+  const ChatPrompt rendered = render_chat(chat_family_, r.messages);
+  const tok::Tokenizer& tokenizer = model_.tokenizer();
+  std::vector<int32_t> prompt =
+      tokenizer.encode(rendered.text, tokenizer.add_bos_by_default(), /*parse_special=*/true);
+  if (prompt.empty()) throw ApiError(400, "the messages render to no tokens", "messages");
+  finish_max_tokens(r.params, r.max_tokens_given, -1, static_cast<int64_t>(prompt.size()),
+                    options_.limits);
+  r.params.stop.insert(r.params.stop.end(), rendered.stop.begin(), rendered.stop.end());
+  auto g = std::make_shared<Generation>(PeerSocket(req.remote_addr, req.remote_port, bound_port_));
+  g->meta = {new_id("chatcmpl"), unix_seconds(), options_.model_id, info_.chat_template};
+  g->chat = true;
+  g->logprobs = r.params.logprobs >= 0;
+  g->include_usage = r.params.include_usage;
+  g->endpoint = "chat";
+  g->sequences.push_back(scheduler_.submit(std::move(prompt), r.params));
+  respond(g, r.params.stream, res);
+}
+
+void Server::respond(const std::shared_ptr<Generation>& g, bool stream, httplib::Response& res) {
+  g->start = now_seconds();
+  const tok::Tokenizer& tokenizer = model_.tokenizer();
+  if (stream) {
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [g, &tokenizer](size_t, httplib::DataSink& sink) {
+          return stream_events(*g, sink, tokenizer);
+        },
+        [g, this](bool success) {
+          g->cancel_all("disconnect");  // no effect on sequences that already ended
+          metrics_.count_request(g->endpoint, success ? 200 : 499);
+          metrics_.observe_latency(g->endpoint, now_seconds() - g->start);
+        });
+    return;
+  }
+  std::vector<ChoiceResult> choices(g->sequences.size());
+  for (size_t i = 0; i < g->sequences.size(); ++i) {
+    while (true) {
+      std::optional<Chunk> c = next_chunk(*g, i);
+      if (!c) {  // nobody is listening; the status only feeds the metrics
+        send_error(res, 499, "the client closed the connection", "cancelled");
+        return;
+      }
+      if (c->error_status != 0) {
+        g->cancel_all("error");
+        send_error(res, c->error_status, c->error_message, c->error_type);
+        return;
+      }
+      append_chunk(choices[i], *c);
+      if (c->last()) break;
+    }
+  }
+  send_json(res, 200,
+            g->chat ? chat_response(g->meta, choices[0], g->logprobs, tokenizer)
+                    : completion_response(g->meta, choices, g->logprobs, tokenizer));
+}
+
+}  // namespace eigenkv::serve

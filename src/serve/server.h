@@ -1,0 +1,73 @@
+// The HTTP front: OpenAI-style endpoints over cpp-httplib, feeding the continuous-batching
+// scheduler. POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
+// GET /metrics. Bad requests get HTTP 400 with an OpenAI error object; nothing a client sends
+// stops the server.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "model/model.h"
+#include "serve/chat_template.h"
+#include "serve/metrics.h"
+#include "serve/request.h"
+#include "serve/scheduler.h"
+
+namespace httplib {
+class Server;
+class Request;
+class Response;
+}  // namespace httplib
+
+namespace eigenkv::serve {
+
+struct Generation;
+class HttpServer;
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;  // 0: any free port (bind() returns it)
+  RequestLimits limits;
+  SchedulerOptions scheduler;
+  size_t max_body_bytes = size_t{8} << 20;
+  std::string model_id;  // what /v1/models lists and responses name
+  int http_threads = 0;  // 0: enough for every sequence to have a waiting client, plus spare
+};
+
+class Server {
+ public:
+  Server(const model::Model& model, ServerOptions options);
+  ~Server();
+
+  // Binds the listening socket; returns the port. Throws Error when it cannot.
+  int bind();
+  // Serves until stop(); returns false when the listener failed instead.
+  bool run();
+  // Graceful: /health turns 503, queued requests fail with 503, active sequences finish (cut off
+  // after `drain_seconds`), open responses are written, then run() returns. Thread-safe.
+  void stop(double drain_seconds);
+
+  const ServerInfo& info() const { return info_; }
+
+ private:
+  void install_routes();
+  void handle_completions(const httplib::Request& req, httplib::Response& res);
+  void handle_chat(const httplib::Request& req, httplib::Response& res);
+  void handle_models(httplib::Response& res) const;
+  // Streams the generation's chunks as server-sent events, or waits for them and answers once.
+  void respond(const std::shared_ptr<Generation>& g, bool stream, httplib::Response& res);
+
+  const model::Model& model_;
+  ServerOptions options_;
+  ChatFamily chat_family_;
+  ServerInfo info_;
+  Metrics metrics_;
+  Scheduler scheduler_;
+  std::unique_ptr<HttpServer> http_;
+  int bound_port_ = 0;
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace eigenkv::serve
