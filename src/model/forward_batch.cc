@@ -1,6 +1,7 @@
 // Model::forward_batch: one forward step over several sequences (continuous batching). The rows
-// of all sequences are stacked so that the weight-bound work (norms, FFN, output projection)
-// reads each weight matrix once per step instead of once per sequence.
+// of all sequences are stacked so that the weight-bound work (norms, the q/k/v/o projections,
+// FFN, output projection) reads each weight matrix once per step instead of once per sequence;
+// only attention itself runs per sequence, against that sequence's cache.
 #include <algorithm>
 #include <cstring>
 #include <set>
@@ -58,14 +59,26 @@ void Model::forward_batch(std::span<BatchSequence> batch) const {
   }
   std::vector<float> x_norm(static_cast<size_t>(rows * d));  // [rows, d_model]
   std::vector<float> delta(static_cast<size_t>(rows * d));   // [rows, d_model]
+  const int64_t dh = config_.head_dim, nh = config_.n_heads, nkv = config_.n_kv_heads;
+  std::vector<float> q, k, v, heads_out;  // the layer's projections of all rows
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     const LayerWeights& L = weights_.layers[l];
     ops::rms_norm(x.data(), L.attn_norm.data(), rows, d, config_.norm_eps, x_norm.data());
+    // The projections run once over all rows; attention per sequence against its own cache.
+    const int64_t qw = nh * L.query_width(dh), kw = nkv * L.key_proj_width(dh);
+    const int64_t vw = nkv * L.value_rank, ow = nh * L.value_rank;
+    q.resize(static_cast<size_t>(rows * qw));   // [rows, n_heads * q_width]
+    k.resize(static_cast<size_t>(rows * kw));   // [rows, n_kv * k_width]
+    v.resize(static_cast<size_t>(rows * vw));   // [rows, n_kv * r_V]
+    heads_out.resize(static_cast<size_t>(rows * ow));  // [rows, n_heads * r_V]
+    project_qkv(L, x_norm.data(), rows, q.data(), k.data(), v.data());
     for (size_t i = 0; i < batch.size(); ++i) {
       const int64_t r0 = first_row[i];
-      attention_block(l, L, x_norm.data() + r0 * d, first_row[i + 1] - r0, *batch[i].cache, l,
-                      delta.data() + r0 * d, nullptr);
+      attend_sequence(l, L, q.data() + r0 * qw, k.data() + r0 * kw, v.data() + r0 * vw,
+                      first_row[i + 1] - r0, *batch[i].cache, l, heads_out.data() + r0 * ow,
+                      nullptr);
     }
+    ops::matmul_transposed(heads_out.data(), rows, ow, L.wo.data.data(), d, delta.data());
     for (int64_t k = 0; k < rows * d; ++k) x[k] += delta[k];
     ops::rms_norm(x.data(), L.ffn_norm.data(), rows, d, config_.norm_eps, x_norm.data());
     ffn_block(L, x_norm.data(), rows, delta.data());
@@ -92,11 +105,11 @@ void Model::forward_batch(std::span<BatchSequence> batch) const {
   const int64_t nv = config_.n_vocab;
   std::vector<float> logits(static_cast<size_t>(n_out * nv));  // [n_out, n_vocab]
   ops::matmul_transposed(x_norm.data(), n_out, d, weights_.output.data.data(), nv, logits.data());
-  int64_t k = 0;
+  int64_t at = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t n = batch[i].all_logits ? static_cast<int64_t>(batch[i].tokens.size()) : 1;
-    std::memcpy(batch[i].logits, logits.data() + k * nv, sizeof(float) * n * nv);
-    k += n;
+    std::memcpy(batch[i].logits, logits.data() + at * nv, sizeof(float) * n * nv);
+    at += n;
   }
 }
 

@@ -174,10 +174,19 @@ void Model::attend_cached(const LayerWeights& L, const float* qs, int64_t sw, in
   }
 }
 
-void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x_norm,
-                            int64_t n_tokens, kv::KvCache& cache, int64_t cl, float* attn_out,
-                            ForwardTap* tap) const {
+void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_tokens, float* q,
+                        float* k, float* v) const {
   const int64_t d = config_.d_model, dh = config_.head_dim;
+  const int64_t nh = config_.n_heads, nkv = config_.n_kv_heads;
+  ops::matmul_transposed(x_norm, n_tokens, d, L.wq.data.data(), nh * L.query_width(dh), q);
+  ops::matmul_transposed(x_norm, n_tokens, d, L.wk.data.data(), nkv * L.key_proj_width(dh), k);
+  ops::matmul_transposed(x_norm, n_tokens, d, L.wv.data.data(), nkv * L.value_rank, v);
+}
+
+void Model::attend_sequence(int64_t layer, const LayerWeights& L, float* q_in, float* k_in,
+                            const float* v, int64_t n_tokens, kv::KvCache& cache, int64_t cl,
+                            float* heads_out, ForwardTap* tap) const {
+  const int64_t dh = config_.head_dim;
   const int64_t nh = config_.n_heads, nkv = config_.n_kv_heads, g = config_.group_size();
   const int64_t p0 = cache.size();
   const int64_t qw = L.query_width(dh);     // query width per head from W_q
@@ -187,59 +196,67 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
   EKV_CHECK(cache.layer(cl).key_width == rk && cache.layer(cl).value_width == rv, "KV cache layer ",
             cl, " has widths ", cache.layer(cl).key_width, "/", cache.layer(cl).value_width,
             ", the model's layer ", layer, " needs ", rk, "/", rv);
-  std::vector<float> q(static_cast<size_t>(n_tokens * nh * qw));   // [T, n_heads, q_width]
-  std::vector<float> k(static_cast<size_t>(n_tokens * nkv * kw));  // [T, n_kv, k_width]
-  std::vector<float> v(static_cast<size_t>(n_tokens * nkv * rv));  // [T, n_kv, r_V]
-  ops::matmul_transposed(x_norm, n_tokens, d, L.wq.data.data(), nh * qw, q.data());
-  ops::matmul_transposed(x_norm, n_tokens, d, L.wk.data.data(), nkv * kw, k.data());
-  ops::matmul_transposed(x_norm, n_tokens, d, L.wv.data.data(), nkv * rv, v.data());
   std::vector<float> q_pre, k_pre;
   if (tap) {
     EKV_CHECK(L.key_mode == KeyMode::kFull, "a forward tap needs an uncompressed layer");
-    q_pre = q;
-    k_pre = k;
+    q_pre.assign(q_in, q_in + n_tokens * nh * qw);
+    k_pre.assign(k_in, k_in + n_tokens * nkv * kw);
   }
   const bool rotate_queries = rope && L.key_mode != KeyMode::kNoRope;
   const bool rotate_keys = rope && (L.key_mode == KeyMode::kFull || L.key_mode == KeyMode::kPost);
   for (int64_t t = 0; t < n_tokens; ++t) {
-    if (rotate_queries) rope_.rotate(q.data() + t * nh * qw, nh, dh, p0 + t);
-    if (rotate_keys) rope_.rotate(k.data() + t * nkv * kw, nkv, dh, p0 + t);
+    if (rotate_queries) rope_.rotate(q_in + t * nh * qw, nh, dh, p0 + t);
+    if (rotate_keys) rope_.rotate(k_in + t * nkv * kw, nkv, dh, p0 + t);
   }
-  if (tap)
-    tap->on_attention(layer, n_tokens, p0, q_pre.data(), k_pre.data(), q.data(), k.data(),
-                      v.data());
+  if (tap) tap->on_attention(layer, n_tokens, p0, q_pre.data(), k_pre.data(), q_in, k_in, v);
 
   // Scores use `sw` numbers per query: r_K in kPost/kNoRope (queries projected), else d_h.
   const int64_t sw = L.key_mode == KeyMode::kPost || L.key_mode == KeyMode::kNoRope ? rk : dh;
-  std::vector<float> q_scored;  // [T, n_heads, sw]
+  std::vector<float> q_scored;  // [T, n_heads, r_K] in kPost
+  std::vector<float> k_scored;  // [T, n_kv, r_K] in kPost
+  const float* qs = q_in;
+  const float* k = k_in;
   if (L.key_mode == KeyMode::kPost) {
     q_scored.resize(static_cast<size_t>(n_tokens * nh * rk));
-    std::vector<float> kp(static_cast<size_t>(n_tokens * nkv * rk));
+    k_scored.resize(static_cast<size_t>(n_tokens * nkv * rk));
     for (int64_t t = 0; t < n_tokens; ++t) {
       for (int64_t h = 0; h < nh; ++h) {
-        project_rows(q.data() + (t * nh + h) * dh, 1, L.key_basis[h / g],
+        project_rows(q_in + (t * nh + h) * dh, 1, L.key_basis[h / g],
                      q_scored.data() + (t * nh + h) * rk);
       }
       for (int64_t j = 0; j < nkv; ++j) {
-        project_rows(k.data() + (t * nkv + j) * dh, 1, L.key_basis[j],
-                     kp.data() + (t * nkv + j) * rk);
+        project_rows(k_in + (t * nkv + j) * dh, 1, L.key_basis[j],
+                     k_scored.data() + (t * nkv + j) * rk);
       }
     }
-    k.swap(kp);
+    qs = q_scored.data();
+    k = k_scored.data();
   }
-  const float* qs = L.key_mode == KeyMode::kPost ? q_scored.data() : q.data();
   for (int64_t t = 0; t < n_tokens; ++t) {
     for (int64_t j = 0; j < nkv; ++j) {
-      cache.write_key(cl, j, p0 + t, k.data() + (t * nkv + j) * rk);
-      cache.write_value(cl, j, p0 + t, v.data() + (t * nkv + j) * rv);
+      cache.write_key(cl, j, p0 + t, k + (t * nkv + j) * rk);
+      cache.write_value(cl, j, p0 + t, v + (t * nkv + j) * rv);
     }
   }
   const auto attention_start = std::chrono::steady_clock::now();
-  std::vector<float> heads_out(static_cast<size_t>(n_tokens * nh * rv));  // [T, n_heads, r_V]
-  attend_cached(L, qs, sw, n_tokens, p0, cache, cl, heads_out.data());
+  attend_cached(L, qs, sw, n_tokens, p0, cache, cl, heads_out);
   attention_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
                        std::chrono::steady_clock::now() - attention_start)
                        .count();
+}
+
+void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x_norm,
+                            int64_t n_tokens, kv::KvCache& cache, int64_t cl, float* attn_out,
+                            ForwardTap* tap) const {
+  const int64_t d = config_.d_model, dh = config_.head_dim;
+  const int64_t nh = config_.n_heads, nkv = config_.n_kv_heads, rv = L.value_rank;
+  std::vector<float> q(static_cast<size_t>(n_tokens * nh * L.query_width(dh)));  // [T, n_heads, q_width]
+  std::vector<float> k(static_cast<size_t>(n_tokens * nkv * L.key_proj_width(dh)));  // [T, n_kv, k_width]
+  std::vector<float> v(static_cast<size_t>(n_tokens * nkv * rv));  // [T, n_kv, r_V]
+  project_qkv(L, x_norm, n_tokens, q.data(), k.data(), v.data());
+  std::vector<float> heads_out(static_cast<size_t>(n_tokens * nh * rv));  // [T, n_heads, r_V]
+  attend_sequence(layer, L, q.data(), k.data(), v.data(), n_tokens, cache, cl, heads_out.data(),
+                  tap);
   ops::matmul_transposed(heads_out.data(), n_tokens, nh * rv, L.wo.data.data(), d, attn_out);
 }
 

@@ -125,6 +125,15 @@ class Model {
   void attention_block(int64_t layer, const LayerWeights& w, const float* x_norm, int64_t n_tokens,
                        kv::KvCache& cache, int64_t cache_layer, float* attn_out,
                        ForwardTap* tap) const;
+  // q/k/v projections of n_tokens rows: q [T, n_heads * q_width], k [T, n_kv * k_width],
+  // v [T, n_kv * r_V] (widths as LayerWeights::query_width / key_proj_width give them).
+  void project_qkv(const LayerWeights& w, const float* x_norm, int64_t n_tokens, float* q, float* k,
+                   float* v) const;
+  // One sequence's attention from its projections (rotated in place): RoPE, the tap, the cache
+  // writes at positions cache.size().., and the attention itself into heads_out [T, n_heads, r_V].
+  void attend_sequence(int64_t layer, const LayerWeights& w, float* q, float* k, const float* v,
+                       int64_t n_tokens, kv::KvCache& cache, int64_t cl, float* heads_out,
+                       ForwardTap* tap) const;
   // Attention of n_tokens queries (`qs`: [T, n_heads, sw]) at positions p0.. against the cached
   // keys and values of cache layer `cl`, written to heads_out [T, n_heads, r_V].
   void attend_cached(const LayerWeights& w, const float* qs, int64_t sw, int64_t n_tokens,
