@@ -499,20 +499,36 @@ TEST(CalibrateCli, StiefRunsAndRejectsAThreshold) {
                            testing::source_path("models/stories260K.gguf") + " -f " +
                            testing::source_path("data/tinystories-calib.txt") +
                            " --tokens 1024 --ctx 128 --train-windows 2 --error-windows 1 "
-                           "--epochs 1 -o " +
-                           out;
+                           "--epochs 1";
   int status = 0;
   const std::string text = testing::run_command(
-      base + " --ranks 0.5,0.75 --kv-budget 0.6 --plot " + svg + " --json 2>&1", &status);
+      base + " --ranks 0.5,0.75 --kv-budget 0.6 --plot " + svg + " --json -o " + out + " 2>&1",
+      &status);
   EXPECT_EQ(status, 0) << text;
   const auto j = nlohmann::json::parse(text.substr(text.find('{')));
   EXPECT_LE(j["kv_fraction"].get<double>(), 0.6);
   EXPECT_TRUE(std::filesystem::exists(svg));
-  const std::string bad = testing::run_command(base + " --threshold 0.1 2>&1", &status);
+  // One training, two budgets, two files.
+  const std::string pattern = testing::temp_path("cli_stief_{}.gguf");
+  const std::string two = testing::run_command(
+      base + " --ranks 0.5,0.75 --kv-budgets 0.6,0.75 --json -o " + pattern + " 2>&1", &status);
+  EXPECT_EQ(status, 0) << two;
+  const auto jt = nlohmann::json::parse(two.substr(two.find('{')));
+  ASSERT_EQ(jt["outputs"].size(), 2u);
+  EXPECT_LE(jt["outputs"][0]["kv_fraction"].get<double>(), 0.6);
+  EXPECT_EQ(jt["outputs"][1]["kv_fraction"].get<double>(), 0.75);
+  for (const auto& o : jt["outputs"]) {
+    auto reloaded = model::Model::load(o["output"].get<std::string>());
+    EXPECT_EQ(reloaded->kv_bytes_per_token(),
+              static_cast<int64_t>(o["kv_bytes_per_token"].get<double>()));
+    std::filesystem::remove(o["output"].get<std::string>());
+  }
+  const std::string bad =
+      testing::run_command(base + " --threshold 0.1 -o " + out + " 2>&1", &status);
   EXPECT_NE(status, 0);
   EXPECT_NE(bad.find("--error-budget or --kv-budget"), std::string::npos) << bad;
   const std::string ranks =
-      testing::run_command(base + " --kv-budget 0.6 --ranks 0.5,x 2>&1", &status);
+      testing::run_command(base + " --kv-budget 0.6 --ranks 0.5,x -o " + out + " 2>&1", &status);
   EXPECT_NE(status, 0);
   EXPECT_NE(ranks.find("not a number"), std::string::npos) << ranks;
   std::filesystem::remove(out);

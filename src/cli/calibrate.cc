@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/common.h"
 #include "compress/profile_plot.h"
@@ -38,9 +39,10 @@ struct CalibrateFlags {
   uint64_t seed = 0;
   int64_t batch = 2;
   std::string ranks = "0.5,0.6,0.7,0.8,0.9";
-  int64_t train_windows = 32;
+  int64_t train_windows = 64;
   std::string heldout;
   std::string plot;
+  std::string kv_budgets;
 };
 
 compress::CalibrationOptions options_from(const CalibrateFlags& f, const model::Model& model) {
@@ -136,12 +138,7 @@ nlohmann::json stief_profile_json(const compress::StiefResult& r) {
                         {"stief", points(sl.stief_profile)},
                         {"epoch_loss", sl.epoch_loss},
                         {"kept_eigen", sl.kept_eigen},
-                        {"seconds", sl.seconds},
-                        {"chosen",
-                         {{"key_rank", sl.chosen.key_rank},
-                          {"value_rank", sl.chosen.value_rank},
-                          {"error", sl.chosen.error},
-                          {"cosine", sl.chosen.cosine}}}};
+                        {"seconds", sl.seconds}};
     if (!sl.eigen_heldout.empty()) {
       l["eigen_heldout"] = points(sl.eigen_heldout);
       l["stief_heldout"] = points(sl.stief_heldout);
@@ -151,39 +148,48 @@ nlohmann::json stief_profile_json(const compress::StiefResult& r) {
   return layers;
 }
 
-void run_stief(const CalibrateFlags& f) {
-  auto model = load_model(f.model);
-  const compress::StiefOptions options = stief_options_from(f, *model);
-  const std::vector<int32_t> ids = model->tokenizer().encode(read_text_file(f.file), true);
-  std::vector<int32_t> heldout_ids;
-  if (!f.heldout.empty()) heldout_ids = model->tokenizer().encode(read_text_file(f.heldout), true);
-  const int64_t full_bytes = model->kv_bytes_per_token();
-  const int64_t head_dim = model->config().head_dim;
-  const compress::StiefResult r = compress::calibrate_stief(*model, ids, heldout_ids, options);
-  model::save_gguf(*model, f.out);
-  const nlohmann::json layers = stief_profile_json(r);
-  const nlohmann::json profiles = {{"head_dim", head_dim},
-                                   {"candidate_ranks", r.ranks},
-                                   {"compression", nlohmann::json::parse(r.metadata_json)},
-                                   {"layers", layers}};
-  if (!f.profile_json.empty()) std::ofstream(f.profile_json) << profiles.dump(1) << "\n";
-  if (!f.plot.empty()) compress::write_profile_svg(r, head_dim, f.plot);
-  const int64_t bytes = model->kv_bytes_per_token();
-  if (f.json) {
-    nlohmann::json out = {{"output", f.out},
-                          {"calibration_tokens", r.tokens},
-                          {"train_tokens", r.train_tokens},
-                          {"seconds", r.seconds},
-                          {"kv_bytes_per_token", bytes},
-                          {"kv_bytes_per_token_full", full_bytes},
-                          {"kv_fraction", static_cast<double>(bytes) / full_bytes},
-                          {"layers", layers}};
-    std::printf("%s\n", out.dump().c_str());
-    return;
+// "0.5,0.6": the --kv-budgets list.
+std::vector<double> parse_budgets(const std::string& text) {
+  std::vector<double> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    double b = 0;
+    try {
+      b = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    EKV_CHECK(used > 0 && used == item.size() && b > 0 && b <= 1, "--kv-budgets: '", item,
+              "' is not a fraction in (0, 1]");
+    out.push_back(b);
   }
-  std::printf("StiefAttention: %lld calibration tokens, trained on %lld, %lld epochs, %.1f s\n",
-              static_cast<long long>(r.tokens), static_cast<long long>(r.train_tokens),
-              static_cast<long long>(options.training.epochs), r.seconds);
+  EKV_CHECK(!out.empty(), "--kv-budgets: no budgets in '", text, "'");
+  return out;
+}
+
+// The output path for one budget: "{}" in the pattern replaced by the budget.
+std::string output_for(const std::string& pattern, double budget) {
+  const size_t at = pattern.find("{}");
+  if (at == std::string::npos) return pattern;
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", budget);
+  return pattern.substr(0, at) + text + pattern.substr(at + 2);
+}
+
+nlohmann::json chosen_json(const compress::StiefResult& r) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& sl : r.layers) {
+    out.push_back({{"key_rank", sl.chosen.key_rank},
+                   {"value_rank", sl.chosen.value_rank},
+                   {"error", sl.chosen.error},
+                   {"cosine", sl.chosen.cosine}});
+  }
+  return out;
+}
+
+void print_stief_table(const compress::StiefResult& r) {
   std::printf("| layer | r_K | r_V | layer-output error | cosine | Eigen error at these ranks |\n");
   std::printf("|------:|----:|----:|-------------------:|-------:|---------------------------:|\n");
   for (size_t l = 0; l < r.layers.size(); ++l) {
@@ -198,9 +204,71 @@ void run_stief(const CalibrateFlags& f) {
                 static_cast<long long>(sl.chosen.value_rank), sl.chosen.error, sl.chosen.cosine,
                 eigen_error, sl.kept_eigen ? " (Eigen bases kept)" : "");
   }
-  std::printf("KV bytes/token: %lld of %lld (%.1f %%)\n", static_cast<long long>(bytes),
-              static_cast<long long>(full_bytes), 100.0 * bytes / full_bytes);
-  std::printf("wrote %s\n", f.out.c_str());
+}
+
+void run_stief(const CalibrateFlags& flags) {
+  CalibrateFlags f = flags;
+  std::vector<double> budgets;
+  if (!f.kv_budgets.empty()) {
+    EKV_CHECK(f.threshold < 0 && f.error_budget < 0 && f.kv_budget < 0,
+              "--kv-budgets replaces --kv-budget, --error-budget and --threshold");
+    budgets = parse_budgets(f.kv_budgets);
+    EKV_CHECK(budgets.size() == 1 || f.out.find("{}") != std::string::npos,
+              "with several --kv-budgets, -o must contain {} (replaced by each budget)");
+    f.kv_budget = budgets[0];
+  }
+  auto model = load_model(f.model);
+  compress::StiefOptions options = stief_options_from(f, *model);
+  if (budgets.empty()) budgets = {options.calibration.kv_budget};
+  const std::vector<int32_t> ids = model->tokenizer().encode(read_text_file(f.file), true);
+  std::vector<int32_t> heldout_ids;
+  if (!f.heldout.empty()) heldout_ids = model->tokenizer().encode(read_text_file(f.heldout), true);
+  const int64_t full_bytes = model->kv_bytes_per_token();
+  const int64_t head_dim = model->config().head_dim;
+  compress::StiefResult r = compress::train_stief(*model, ids, heldout_ids, options);
+  const model::ModelWeights original = model->weights();
+  nlohmann::json outputs = nlohmann::json::array();
+  if (!f.json) {
+    std::printf("StiefAttention: %lld calibration tokens, trained on %lld, %lld epochs, %.1f s\n",
+                static_cast<long long>(r.tokens), static_cast<long long>(r.train_tokens),
+                static_cast<long long>(options.training.epochs), r.seconds);
+  }
+  for (double budget : budgets) {
+    options.calibration.kv_budget = budget;
+    model->set_weights(original);
+    compress::apply_stief(*model, r, options);
+    const std::string path = output_for(f.out, budget);
+    model::save_gguf(*model, path);
+    const int64_t bytes = model->kv_bytes_per_token();
+    outputs.push_back({{"output", path},
+                       {"kv_budget", budget},
+                       {"kv_bytes_per_token", bytes},
+                       {"kv_fraction", static_cast<double>(bytes) / full_bytes},
+                       {"chosen", chosen_json(r)}});
+    if (!f.json) {
+      print_stief_table(r);
+      std::printf("KV bytes/token: %lld of %lld (%.1f %%)\nwrote %s\n",
+                  static_cast<long long>(bytes), static_cast<long long>(full_bytes),
+                  100.0 * bytes / full_bytes, path.c_str());
+    }
+  }
+  const nlohmann::json layers = stief_profile_json(r);
+  const nlohmann::json profiles = {{"head_dim", head_dim},
+                                   {"candidate_ranks", r.ranks},
+                                   {"compression", nlohmann::json::parse(r.metadata_json)},
+                                   {"layers", layers}};
+  if (!f.profile_json.empty()) std::ofstream(f.profile_json) << profiles.dump(1) << "\n";
+  if (!f.plot.empty()) compress::write_profile_svg(r, head_dim, f.plot);
+  if (f.json) {
+    nlohmann::json out = outputs.back();
+    out["calibration_tokens"] = r.tokens;
+    out["train_tokens"] = r.train_tokens;
+    out["seconds"] = r.seconds;
+    out["kv_bytes_per_token_full"] = full_bytes;
+    out["outputs"] = outputs;
+    out["layers"] = layers;
+    std::printf("%s\n", out.dump().c_str());
+  }
 }
 
 void run(const CalibrateFlags& f) {
@@ -208,6 +276,7 @@ void run(const CalibrateFlags& f) {
     run_stief(f);
     return;
   }
+  EKV_CHECK(f.kv_budgets.empty(), "--kv-budgets is for --method stief; give one --kv-budget");
   auto model = load_model(f.model);
   const compress::CalibrationOptions options = options_from(f, *model);
   const std::string text = read_text_file(f.file);
@@ -300,6 +369,9 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--heldout", flags->heldout,
                   "stief: held-out text; its layer-output errors are added to the profiles");
   cmd->add_option("--plot", flags->plot, "stief: write the error-rank profiles as an SVG plot");
+  cmd->add_option("--kv-budgets", flags->kv_budgets,
+                  "stief: several KV budgets from one training, e.g. 0.5,0.7; -o must then "
+                  "contain {} (replaced by each budget)");
   cmd->callback([flags] { run(*flags); });
 }
 

@@ -314,8 +314,8 @@ std::vector<double> train_layer_bases(const LayerConstants& c,
   return epoch_loss;
 }
 
-StiefResult calibrate_stief(model::Model& model, const std::vector<int32_t>& ids,
-                            const std::vector<int32_t>& heldout_ids, const StiefOptions& o) {
+StiefResult train_stief(const model::Model& model, const std::vector<int32_t>& ids,
+                        const std::vector<int32_t>& heldout_ids, const StiefOptions& o) {
   check_options(o);
   const model::ModelConfig& config = model.config();
   const double start = now_seconds();
@@ -375,6 +375,19 @@ StiefResult calibrate_stief(model::Model& model, const std::vector<int32_t>& ids
     sl.seconds = now_seconds() - layer_start;
   }
 
+  result.profile_tokens = static_cast<int64_t>(profile_samples.inputs.size()) * co.ctx;
+  result.seconds = now_seconds() - start;
+  return result;
+}
+
+void apply_stief(model::Model& model, StiefResult& result, const StiefOptions& o) {
+  check_options(o);
+  const model::ModelConfig& config = model.config();
+  const CalibrationOptions& co = o.calibration;
+  EKV_CHECK(!model.is_compressed(), model.path(),
+            ": the model is already compressed; apply the bases to the original model");
+  EKV_CHECK(static_cast<int64_t>(result.layers.size()) == config.n_layers, "the result has ",
+            result.layers.size(), " layers, the model ", config.n_layers);
   std::vector<LayerProfile> profiles;
   for (const StiefLayer& sl : result.layers) profiles.push_back(sl.stief_profile);
   const std::vector<Candidate> chosen = allot(o, config, result.ranks, profiles);
@@ -393,7 +406,6 @@ StiefResult calibrate_stief(model::Model& model, const std::vector<int32_t>& ids
                            {"kept_eigen", sl.kept_eigen},
                            {"epoch_loss", sl.epoch_loss}});
   }
-  result.seconds = now_seconds() - start;
   nlohmann::json meta = {
       {"method", "stief"},
       {"key_mode", model::key_mode_name(co.key_mode)},
@@ -402,7 +414,7 @@ StiefResult calibrate_stief(model::Model& model, const std::vector<int32_t>& ids
       {"calibration_tokens", result.tokens},
       {"calibration_ctx", co.ctx},
       {"train_tokens", result.train_tokens},
-      {"profile_tokens", static_cast<int64_t>(profile_samples.inputs.size()) * co.ctx},
+      {"profile_tokens", result.profile_tokens},
       {"epochs", o.training.epochs},
       {"lr", o.training.lr},
       {"seed", o.training.seed},
@@ -414,6 +426,12 @@ StiefResult calibrate_stief(model::Model& model, const std::vector<int32_t>& ids
   result.metadata_json = meta.dump();
   model.set_weights(std::move(new_weights));
   model.set_compression_json(result.metadata_json);
+}
+
+StiefResult calibrate_stief(model::Model& model, const std::vector<int32_t>& ids,
+                            const std::vector<int32_t>& heldout_ids, const StiefOptions& o) {
+  StiefResult result = train_stief(model, ids, heldout_ids, o);
+  apply_stief(model, result, o);
   return result;
 }
 

@@ -78,9 +78,18 @@ struct StiefResult {
   std::vector<StiefLayer> layers;
   int64_t tokens = 0;        // calibration tokens (Gram matrices)
   int64_t train_tokens = 0;  // tokens the bases were trained on
+  int64_t profile_tokens = 0;
   double seconds = 0;
   std::string metadata_json;
 };
+
+// The training half of calibrate_stief: bases and profiles; the model is not changed.
+StiefResult train_stief(const model::Model& model, const std::vector<int32_t>& ids,
+                        const std::vector<int32_t>& heldout_ids, const StiefOptions& options);
+// The folding half: allots ranks from result's Stief profiles under options' budget, folds the
+// bases into `model` (uncompressed; the one `result` was trained on) and records how. Sets
+// result.layers[l].chosen and result.metadata_json. One training serves several budgets.
+void apply_stief(model::Model& model, StiefResult& result, const StiefOptions& options);
 
 // Calibrates `model` (uncompressed) on `ids`, trains the bases, allots ranks from the Stief
 // profiles and folds them into the model. `heldout_ids` (may be empty) only adds held-out
