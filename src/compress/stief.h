@@ -31,7 +31,7 @@ struct StiefOptions {
   CalibrationOptions calibration;
   std::vector<double> rank_fractions = {0.5, 0.6, 0.7, 0.8, 0.9};
   StiefTraining training;
-  int64_t train_windows = 32;   // calibration windows the bases are trained on
+  int64_t train_windows = 64;   // calibration windows the bases are trained on
   int64_t profile_windows = 8;  // of those, windows the error-rank profiles are measured on
   int64_t heldout_windows = 8;  // held-out windows measured too, when held-out text is given
 };
