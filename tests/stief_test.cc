@@ -508,6 +508,15 @@ TEST(CalibrateCli, StiefRunsAndRejectsAThreshold) {
   const auto j = nlohmann::json::parse(text.substr(text.find('{')));
   EXPECT_LE(j["kv_fraction"].get<double>(), 0.6);
   EXPECT_TRUE(std::filesystem::exists(svg));
+  // The profiles are saved beside the model.
+  const std::string profile = out.substr(0, out.size() - 5) + ".profile.json";
+  EXPECT_EQ(j["profile_json"], profile);
+  std::ifstream profile_in(profile);
+  const auto pj = nlohmann::json::parse(profile_in);
+  EXPECT_EQ(pj["layers"].size(), 5u);
+  EXPECT_EQ(pj["layers"][0]["stief"].size(), 4u);  // 2 x 2 (r_K, r_V)
+  EXPECT_EQ(pj["compression"]["method"], "stief");
+  std::filesystem::remove(profile);
   // One training, two budgets, two files.
   const std::string pattern = testing::temp_path("cli_stief_{}.gguf");
   const std::string two = testing::run_command(
@@ -523,6 +532,8 @@ TEST(CalibrateCli, StiefRunsAndRejectsAThreshold) {
               static_cast<int64_t>(o["kv_bytes_per_token"].get<double>()));
     std::filesystem::remove(o["output"].get<std::string>());
   }
+  EXPECT_EQ(jt["profile_json"], testing::temp_path("cli_stief_profile.json"));
+  std::filesystem::remove(jt["profile_json"].get<std::string>());
   const std::string bad =
       testing::run_command(base + " --threshold 0.1 -o " + out + " 2>&1", &status);
   EXPECT_NE(status, 0);

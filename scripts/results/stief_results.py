@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,8 @@ def main():
     ap.add_argument("--models", default="", help="comma-separated names under ../shared/models")
     ap.add_argument("--threads", default="2")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "results", "stief.md"))
+    ap.add_argument("--plot", default=os.path.join(ROOT, "docs", "results", "stief_profile.svg"),
+                    help="profile plot of the first model run ('' for none)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="eigenkv_stief_")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
@@ -107,7 +110,7 @@ def main():
              "same command with `--epochs 0`: same bases as Eigen Attention, same candidate "
              "ranks 0.5..0.9 d_h, same allocator.\n" % (tokens, " ".join(train + stief_epochs) or "defaults", windows)]
     skipped = []
-    plot_done = False
+    plot_done = not a.plot
     timing = []
     for rel in wanted:
         path = os.path.join(SHARED, "models", rel)
@@ -129,12 +132,15 @@ def main():
                     "--kv-budgets", ",".join(str(f) for f in FRACTIONS), "--heldout", evalp,
                     "-o", pattern, "--profile-json", prof, "--json"] + train + epochs + threads
             if method == "Stief" and not plot_done:
-                args += ["--plot", os.path.join(os.path.dirname(os.path.abspath(a.out)), "stief_profile.svg")]
+                args += ["--plot", a.plot]
                 plot_done = True
             t0 = time.time()
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cal = run(args)
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             if method == "Stief":
-                timing.append((rel, time.time() - t0, cal["seconds"], a.threads))
+                cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+                timing.append((rel, time.time() - t0, cal["seconds"], cpu, a.threads))
                 profiles = json.load(open(prof))
             runs[method] = cal
         for i, frac in enumerate(FRACTIONS):
@@ -185,24 +191,35 @@ def main():
         lines += allot_rows
         lines.append("")
         print("done %s after %.0f s" % (rel, time.time() - started), file=sys.stderr)
-    if timing:
-        lines.append("### Calibration time\n")
-        lines.append("| model | threads | `calibrate --method stief` wall time, 5 budgets written (s) | of which training and profiles "
-                     "calibration (s) |")
-        lines.append("|--|--:|--:|--:|")
-        for rel, wall, inside, th in timing:
-            lines.append("| %s | %s | %.1f | %.1f |" % (rel, th, wall, inside))
-        lines.append("")
-    if skipped:
-        lines.append("Skipped (head_dim < 32): %s.\n" % ", ".join(skipped))
-    lines.append("Produced by `python3 scripts/results/stief_results.py%s` on %s (%s, %d cores) "
-                 "in %.0f s." % (" --quick" if a.quick else "", datetime.date.today().isoformat(),
-                                 platform.processor() or platform.machine(), os.cpu_count(),
-                                 time.time() - started))
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    open(a.out, "w").write("\n".join(lines) + "\n")
+        write(a, lines, timing, skipped, started, wanted[wanted.index(rel) + 1:])
+    write(a, lines, timing, skipped, started, None)
     print("wrote", a.out, file=sys.stderr)
 
+
+def write(a, lines, timing, skipped, started, pending):
+    """Writes the document; `pending` names the models still to run (None when complete)."""
+    out = list(lines)
+    if timing:
+        out.append("### Calibration time\n")
+        out.append("Wall times on a machine shared with other jobs (load average %.1f when "
+                   "written); CPU time is the process's own.\n" % os.getloadavg()[0])
+        out.append("| model | threads | `calibrate --method stief` wall time, 5 budgets written "
+                   "(s) | of which calibration, training and profiles (s) | CPU time (s) |")
+        out.append("|--|--:|--:|--:|--:|")
+        for rel, wall, inside, cpu, th in timing:
+            out.append("| %s | %s | %.1f | %.1f | %s |" % (
+                rel, th, wall, inside, "%.1f" % cpu if cpu is not None else "-"))
+        out.append("")
+    if skipped:
+        out.append("Skipped (head_dim < 32): %s.\n" % ", ".join(skipped))
+    if pending:
+        out.append("_Partial: not yet run: %s._\n" % ", ".join(pending))
+    out.append("Produced by `python3 scripts/results/stief_results.py%s` on %s (%s, %d cores) "
+               "in %.0f s." % (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "",
+                               datetime.date.today().isoformat(),
+                               platform.processor() or platform.machine(), os.cpu_count(),
+                               time.time() - started))
+    open(a.out, "w").write("\n".join(out) + "\n")
 
 if __name__ == "__main__":
     main()

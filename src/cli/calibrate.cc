@@ -178,6 +178,18 @@ std::string output_for(const std::string& pattern, double budget) {
   return pattern.substr(0, at) + text + pattern.substr(at + 2);
 }
 
+// Where the profiles go by default: beside the model, "out.gguf" -> "out.profile.json" and
+// "out_{}.gguf" -> "out_profile.json".
+std::string profile_beside(const std::string& out) {
+  std::string base = out;
+  if (base.size() > 5 && base.compare(base.size() - 5, 5, ".gguf") == 0)
+    base.resize(base.size() - 5);
+  const size_t at = base.find("{}");
+  if (at != std::string::npos)
+    return base.substr(0, at) + "profile" + base.substr(at + 2) + ".json";
+  return base + ".profile.json";
+}
+
 nlohmann::json chosen_json(const compress::StiefResult& r) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& sl : r.layers) {
@@ -257,10 +269,14 @@ void run_stief(const CalibrateFlags& flags) {
                                    {"candidate_ranks", r.ranks},
                                    {"compression", nlohmann::json::parse(r.metadata_json)},
                                    {"layers", layers}};
-  if (!f.profile_json.empty()) std::ofstream(f.profile_json) << profiles.dump(1) << "\n";
+  const std::string profile_path = f.profile_json.empty() ? profile_beside(f.out) : f.profile_json;
+  std::ofstream profile_file(profile_path);
+  profile_file << profiles.dump(1) << "\n";
+  EKV_CHECK(profile_file.good(), profile_path, ": cannot write the error-rank profiles");
   if (!f.plot.empty()) compress::write_profile_svg(r, head_dim, f.plot);
   if (f.json) {
     nlohmann::json out = outputs.back();
+    out["profile_json"] = profile_path;
     out["calibration_tokens"] = r.tokens;
     out["train_tokens"] = r.train_tokens;
     out["seconds"] = r.seconds;
@@ -349,7 +365,9 @@ void register_calibrate(CLI::App& app) {
                   "windows used to measure layer-output errors")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--profile-json", flags->profile_json, "write the error-rank profiles here");
+  cmd->add_option("--profile-json", flags->profile_json,
+                  "write the error-rank profiles here (stief: default OUT.profile.json beside "
+                  "the model)");
   cmd->add_flag("--json", flags->json, "print a JSON summary");
   cmd->add_option("--epochs", flags->epochs, "stief: training epochs (0 keeps the Eigen bases)")
       ->check(CLI::Range(int64_t{0}, int64_t{100000}))
