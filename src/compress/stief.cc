@@ -102,7 +102,7 @@ class TrainProgress {
   bool enabled_;
 };
 
-std::vector<MatrixXd> leading(const std::vector<EigenBasis>& bases) {
+std::vector<MatrixXd> basis_matrices(const std::vector<EigenBasis>& bases) {
   std::vector<MatrixXd> out;
   for (const EigenBasis& b : bases) out.push_back(b.vectors);
   return out;
@@ -339,8 +339,8 @@ StiefResult train_stief(const model::Model& model, const std::vector<int32_t>& i
   for (int64_t l = 0; l < config.n_layers; ++l) {
     const double layer_start = now_seconds();
     StiefLayer& sl = result.layers[l];
-    sl.eigen.key = leading(data.key[l]);
-    sl.eigen.value = leading(data.value[l]);
+    sl.eigen.key = basis_matrices(data.key[l]);
+    sl.eigen.value = basis_matrices(data.value[l]);
     sl.stief = sl.eigen;
     const LayerConstants lc =
         layer_constants(config, model.weights().layers[l], co.key_mode, inv_freq, co.ctx);
