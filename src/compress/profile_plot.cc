@@ -76,12 +76,16 @@ std::string profile_svg(const StiefResult& result, int64_t head_dim, const std::
       << "\" stroke=\"#ddd\"/>\n<text x=\"" << kLeft - 8 << "\" y=\"" << y + 4
       << "\" text-anchor=\"end\">1e" << static_cast<int>(d) << "</text>\n";
   }
-  const int ticks = 5;
-  for (int i = 0; i <= ticks; ++i) {
-    const double f = x0 + (x1 - x0) * i / ticks, x = px(f);
+  // Ticks at multiples of 0.1 (the candidate fractions), or at the ends of a narrower range.
+  std::vector<double> ticks;
+  for (int i = static_cast<int>(std::ceil(x0 * 10 - 1e-9)); i <= std::floor(x1 * 10 + 1e-9); ++i)
+    ticks.push_back(i / 10.0);
+  if (ticks.size() < 2) ticks = {x0, x1};
+  for (double f : ticks) {
+    const double x = px(f);
     s << "<line x1=\"" << x << "\" y1=\"" << kTop << "\" x2=\"" << x << "\" y2=\"" << kTop + ph
       << "\" stroke=\"#eee\"/>\n<text x=\"" << x << "\" y=\"" << kTop + ph + 18
-      << "\" text-anchor=\"middle\">" << fmt("%.2f", f) << "</text>\n";
+      << "\" text-anchor=\"middle\">" << fmt(ticks.size() > 2 ? "%.1f" : "%.2f", f) << "</text>\n";
   }
   s << "<rect x=\"" << kLeft << "\" y=\"" << kTop << "\" width=\"" << pw << "\" height=\"" << ph
     << "\" fill=\"none\" stroke=\"black\"/>\n"
