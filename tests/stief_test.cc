@@ -296,6 +296,42 @@ TEST(StiefTraining, IsDeterministicForASeedAndZeroEpochsChangeNothing) {
   EXPECT_EQ(c.value[1], s.start.value[1]);
 }
 
+TEST(StiefTraining, SharedKeyBasisStaysSharedAndItsGradientIsTheSumOverHeads) {
+  TrainingSetup s = training_setup(KeyMode::kPre);
+  LayerBases b = s.start;
+  b.key[1] = b.key[0];
+  // The gradient through a shared U is the sum of the per-head gradients: check against a
+  // finite difference moving both heads' copies together.
+  LayerBases grad = b;
+  for (auto* set : {&grad.key, &grad.value})
+    for (auto& g : *set) g.setZero();
+  const auto& w = s.windows[0];
+  compress::window_squared_error(s.constants, w, b, 3, 5, &grad);
+  const Eigen::MatrixXd sum = grad.key[0] + grad.key[1];
+  const double h = 1e-5;
+  LayerBases plus = b, minus = b;
+  for (int j = 0; j < 2; ++j) {
+    plus.key[j](2, 1) += h;
+    minus.key[j](2, 1) -= h;
+  }
+  const double fd = (compress::window_squared_error(s.constants, w, plus, 3, 5, nullptr) -
+                     compress::window_squared_error(s.constants, w, minus, 3, 5, nullptr)) /
+                    (2 * h);
+  EXPECT_NEAR(fd, sum(2, 1), 1e-6 * std::max(1.0, std::abs(fd)));
+
+  compress::StiefTraining t;
+  t.epochs = 20;
+  t.lr = 2e-2;
+  t.shared_key = true;
+  LayerBases trained = b;
+  compress::train_layer_bases(s.constants, s.windows, {3, 5}, t, 0, trained,
+                              [](const LayerBases& now, const compress::StepInfo&) {
+                                EXPECT_EQ(now.key[0], now.key[1]);
+                                EXPECT_LT(orthonormality_error(now.key[0]), 1e-6);
+                              });
+  EXPECT_LT(mean_relative_error(s, trained, {3, 5}), mean_relative_error(s, b, {3, 5}));
+}
+
 TEST(StiefTraining, NonFiniteLossStopsNamingTheLayer) {
   TrainingSetup s = training_setup(KeyMode::kPre);
   s.constants.w_down(0, 0) = NAN;

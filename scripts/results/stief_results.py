@@ -184,6 +184,30 @@ def main():
         lines.append("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         lines += uniform_rows
         lines.append("")
+        # The paper's shared key basis against eigenkv's per-KV-head one.
+        shared_prof = os.path.join(tmp, "Shared_profile.json")
+        run(["calibrate", "--method", "stief", "--shared-key-basis", "-m", path, "-f", calib,
+             "--tokens", tokens, "--kv-budget", "0.5", "--heldout", evalp, "-o",
+             os.path.join(tmp, "shared.gguf"), "--profile-json", shared_prof, "--json"]
+            + train + stief_epochs + threads)
+        shared = json.load(open(shared_prof))
+        lines.append("#### Key basis per KV head (default) or shared by the layer's KV heads\n")
+        lines.append("`--shared-key-basis`: one U_K per layer (the paper's choice), started from "
+                     "the eigenbasis of the heads' summed key Gram matrices; values per KV head "
+                     "in both. Held-out mean layer error at uniform ranks.\n")
+        lines.append("| F | r | Eigen (per head) | Stief per-head K | Stief shared K | "
+                     "cosine per-head K | cosine shared K |")
+        lines.append("|--:|--:|--:|--:|--:|--:|--:|")
+        for frac in FRACTIONS:
+            r = int(round(frac * dh))
+            e = [at_ranks(l["eigen_heldout"], r, r) for l in profiles["layers"]]
+            ph = [at_ranks(l["stief_heldout"], r, r) for l in profiles["layers"]]
+            sh = [at_ranks(l["stief_heldout"], r, r) for l in shared["layers"]]
+            lines.append("| %.1f | %d | %.5f | %.5f | %.5f | %.6f | %.6f |" % (
+                frac, r, mean([p["error"] for p in e]), mean([p["error"] for p in ph]),
+                mean([p["error"] for p in sh]), mean([p["cosine"] for p in ph]),
+                mean([p["cosine"] for p in sh])))
+        lines.append("")
         lines.append("#### Allotted ranks (`--kv-budget F`, each method from its own profile)\n")
         lines.append("| F | method | KV fraction | held-out layer error | cosine | PPL TS | KLD TS "
                      "| top-1 TS | PPL Wiki | KLD Wiki | top-1 Wiki |")

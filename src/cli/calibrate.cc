@@ -43,6 +43,7 @@ struct CalibrateFlags {
   std::string heldout;
   std::string plot;
   std::string kv_budgets;
+  bool shared_key = false;
 };
 
 compress::CalibrationOptions options_from(const CalibrateFlags& f, const model::Model& model) {
@@ -115,6 +116,7 @@ compress::StiefOptions stief_options_from(const CalibrateFlags& f, const model::
   o.training.lr = f.lr;
   o.training.seed = f.seed;
   o.training.batch = f.batch;
+  o.training.shared_key = f.shared_key;
   o.train_windows = f.train_windows;
   o.profile_windows = f.error_windows;
   return o;
@@ -387,6 +389,9 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--heldout", flags->heldout,
                   "stief: held-out text; its layer-output errors are added to the profiles");
   cmd->add_option("--plot", flags->plot, "stief: write the error-rank profiles as an SVG plot");
+  cmd->add_flag("--shared-key-basis", flags->shared_key,
+                "stief: one key basis per layer shared by its KV heads (the paper's choice), "
+                "started from the eigenbasis of their summed Gram matrices");
   cmd->add_option("--kv-budgets", flags->kv_budgets,
                   "stief: several KV budgets from one training, e.g. 0.5,0.7; -o must then "
                   "contain {} (replaced by each budget)");

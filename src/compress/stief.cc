@@ -108,6 +108,15 @@ std::vector<MatrixXd> basis_matrices(const std::vector<EigenBasis>& bases) {
   return out;
 }
 
+// One key basis for all KV heads: the eigenvectors of the heads' Gram matrices summed
+// (G_j = V_j diag(lambda_j) V_j^T), i.e. Eigen Attention's basis for the stacked keys.
+MatrixXd shared_key_basis(const std::vector<EigenBasis>& heads) {
+  MatrixXd gram = MatrixXd::Zero(heads[0].vectors.rows(), heads[0].vectors.rows());
+  for (const EigenBasis& b : heads)
+    gram += b.vectors * b.eigenvalues.asDiagonal() * b.vectors.transpose();
+  return eigen_basis(gram).vectors;
+}
+
 // The first `n` windows of `samples`.
 LayerSamples first_windows(const LayerSamples& samples, int64_t n) {
   LayerSamples out;
@@ -302,10 +311,17 @@ std::vector<double> train_layer_bases(const LayerConstants& c,
       const double lr = 0.5 * t.lr *
                         (1 + std::cos(M_PI * static_cast<double>(step - 1) /
                                       static_cast<double>(std::max<int64_t>(total_steps, 1))));
-      for (size_t j = 0; j < bases.key.size(); ++j) {
-        adam_step(bases.key[j], grad.key[j], key_state[j], lr, step);
-        adam_step(bases.value[j], grad.value[j], value_state[j], lr, step);
+      if (t.shared_key) {
+        // d/dU of a loss through the same U in every head: the heads' gradients summed.
+        for (size_t j = 1; j < grad.key.size(); ++j) grad.key[0] += grad.key[j];
+        adam_step(bases.key[0], grad.key[0], key_state[0], lr, step);
+        for (size_t j = 1; j < bases.key.size(); ++j) bases.key[j] = bases.key[0];
+      } else {
+        for (size_t j = 0; j < bases.key.size(); ++j)
+          adam_step(bases.key[j], grad.key[j], key_state[j], lr, step);
       }
+      for (size_t j = 0; j < bases.value.size(); ++j)
+        adam_step(bases.value[j], grad.value[j], value_state[j], lr, step);
       if (on_step)
         on_step(bases, StepInfo{e + 1, s + 1, steps_per_epoch, loss_sum / (first + count)});
     }
@@ -342,6 +358,10 @@ StiefResult train_stief(const model::Model& model, const std::vector<int32_t>& i
     sl.eigen.key = basis_matrices(data.key[l]);
     sl.eigen.value = basis_matrices(data.value[l]);
     sl.stief = sl.eigen;
+    if (o.training.shared_key) {
+      const MatrixXd shared = shared_key_basis(data.key[l]);
+      for (MatrixXd& u : sl.stief.key) u = shared;
+    }
     const LayerConstants lc =
         layer_constants(config, model.weights().layers[l], co.key_mode, inv_freq, co.ctx);
     std::vector<WindowInputs> windows;
@@ -419,6 +439,7 @@ void apply_stief(model::Model& model, StiefResult& result, const StiefOptions& o
       {"lr", o.training.lr},
       {"seed", o.training.seed},
       {"batch", o.training.batch},
+      {"key_basis", o.training.shared_key ? "shared" : "per_kv_head"},
       {"candidate_ranks", result.ranks},
       {"layers", layers_json}};
   if (co.allotment == Allotment::kErrorBudget) meta["error_budget"] = co.error_budget;

@@ -23,6 +23,9 @@ struct StiefTraining {
   double lr = 5e-3;
   uint64_t seed = 0;
   int64_t batch = 2;  // windows per step
+  // One key basis for all KV heads of a layer (the paper's choice) instead of one per KV head:
+  // the heads' key gradients are summed and the bases, equal at the start, stay equal.
+  bool shared_key = false;
 };
 
 struct StiefOptions {
