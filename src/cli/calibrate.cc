@@ -145,6 +145,10 @@ nlohmann::json stief_profile_json(const compress::StiefResult& r) {
       l["eigen_heldout"] = points(sl.eigen_heldout);
       l["stief_heldout"] = points(sl.stief_heldout);
     }
+    if (sl.kept_eigen) {
+      l["stief_trained"] = points(sl.trained_profile);
+      if (!sl.trained_heldout.empty()) l["stief_trained_heldout"] = points(sl.trained_heldout);
+    }
     layers.push_back(l);
   }
   return layers;

@@ -383,14 +383,17 @@ StiefResult train_stief(const model::Model& model, const std::vector<int32_t>& i
         measure_profile(model, l, co.key_mode, sl.stief, result.ranks, profile_samples);
     // Training minimises a sampled average; if it ended worse than where it started on the
     // profile windows, the Eigen bases are the better answer for this layer.
+    sl.trained_profile = sl.stief_profile;
+    if (!heldout.inputs.empty()) {
+      sl.eigen_heldout = measure_profile(model, l, co.key_mode, sl.eigen, result.ranks, heldout);
+      sl.trained_heldout = measure_profile(model, l, co.key_mode, sl.stief, result.ranks, heldout);
+      sl.stief_heldout = sl.trained_heldout;
+    }
     if (mean_error(sl.stief_profile) > mean_error(sl.eigen_profile)) {
       sl.kept_eigen = true;
       sl.stief = sl.eigen;
       sl.stief_profile = sl.eigen_profile;
-    }
-    if (!heldout.inputs.empty()) {
-      sl.eigen_heldout = measure_profile(model, l, co.key_mode, sl.eigen, result.ranks, heldout);
-      sl.stief_heldout = measure_profile(model, l, co.key_mode, sl.stief, result.ranks, heldout);
+      sl.stief_heldout = sl.eigen_heldout;
     }
     sl.seconds = now_seconds() - layer_start;
   }

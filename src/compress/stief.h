@@ -70,6 +70,8 @@ struct StiefLayer {
   LayerProfile stief_profile;  // same pairs and order
   LayerProfile eigen_heldout;  // same pairs on held-out windows (empty without held-out text)
   LayerProfile stief_heldout;
+  // The trained bases' own profiles, also when the layer kept Eigen's bases.
+  LayerProfile trained_profile, trained_heldout;
   std::vector<double> epoch_loss;
   bool kept_eigen = false;  // training did not lower the mean profile error; Eigen's bases kept
   Candidate chosen;
