@@ -1,11 +1,15 @@
-// eigenkv calibrate: compress a model's KV cache with Eigen Attention and write the result.
+// eigenkv calibrate: compress a model's KV cache with Eigen Attention or StiefAttention and write
+// the result.
 #include "compress/calibrate.h"
 
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/common.h"
+#include "compress/profile_plot.h"
+#include "compress/stief.h"
 #include "model/save.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -29,6 +33,17 @@ struct CalibrateFlags {
   int64_t error_windows = 8;
   std::string profile_json;
   bool json = false;
+  // StiefAttention
+  int64_t epochs = 10;
+  double lr = 5e-3;
+  uint64_t seed = 0;
+  int64_t batch = 2;
+  std::string ranks = "0.5,0.6,0.7,0.8,0.9";
+  int64_t train_windows = 64;
+  std::string heldout;
+  std::string plot;
+  std::string kv_budgets;
+  bool shared_key = false;
 };
 
 compress::CalibrationOptions options_from(const CalibrateFlags& f, const model::Model& model) {
@@ -50,7 +65,8 @@ compress::CalibrationOptions options_from(const CalibrateFlags& f, const model::
     o.allotment = compress::Allotment::kKvBudget;
     o.kv_budget = f.kv_budget;
   }
-  EKV_CHECK(f.method == "eigen", "unknown --method '", f.method, "' (this build offers: eigen)");
+  EKV_CHECK(f.method == "eigen" || f.method == "stief", "unknown --method '", f.method,
+            "' (this build offers: eigen, stief)");
   if (model.config().position == model::PositionKind::kRope) {
     EKV_CHECK(f.rope == "pre" || f.rope == "post", "--rope must be pre or post, found '", f.rope,
               "'");
@@ -88,7 +104,201 @@ nlohmann::json profile_json(const compress::CalibrationResult& r) {
   return layers;
 }
 
+compress::StiefOptions stief_options_from(const CalibrateFlags& f, const model::Model& model) {
+  compress::StiefOptions o;
+  o.calibration = options_from(f, model);
+  EKV_CHECK(o.calibration.allotment != compress::Allotment::kThreshold,
+            "--method stief allots ranks from its error-rank profiles: give --error-budget or "
+            "--kv-budget instead of --threshold");
+  o.rank_fractions = compress::parse_rank_fractions(f.ranks);
+  compress::candidate_ranks(model.config().head_dim, o.rank_fractions);  // checks the list
+  o.training.epochs = f.epochs;
+  o.training.lr = f.lr;
+  o.training.seed = f.seed;
+  o.training.batch = f.batch;
+  o.training.shared_key = f.shared_key;
+  o.train_windows = f.train_windows;
+  o.profile_windows = f.error_windows;
+  return o;
+}
+
+// The profiles of both methods as JSON, per layer (candidate ranks, calibration and held-out).
+nlohmann::json stief_profile_json(const compress::StiefResult& r) {
+  auto points = [](const compress::LayerProfile& p) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& c : p) {
+      out.push_back({{"key_rank", c.key_rank},
+                     {"value_rank", c.value_rank},
+                     {"error", c.error},
+                     {"cosine", c.cosine}});
+    }
+    return out;
+  };
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& sl : r.layers) {
+    nlohmann::json l = {{"eigen", points(sl.eigen_profile)},
+                        {"stief", points(sl.stief_profile)},
+                        {"epoch_loss", sl.epoch_loss},
+                        {"kept_eigen", sl.kept_eigen},
+                        {"seconds", sl.seconds}};
+    if (!sl.eigen_heldout.empty()) {
+      l["eigen_heldout"] = points(sl.eigen_heldout);
+      l["stief_heldout"] = points(sl.stief_heldout);
+    }
+    if (sl.kept_eigen) {
+      l["stief_trained"] = points(sl.trained_profile);
+      if (!sl.trained_heldout.empty()) l["stief_trained_heldout"] = points(sl.trained_heldout);
+    }
+    layers.push_back(l);
+  }
+  return layers;
+}
+
+// "0.5,0.6": the --kv-budgets list.
+std::vector<double> parse_budgets(const std::string& text) {
+  std::vector<double> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    double b = 0;
+    try {
+      b = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    EKV_CHECK(used > 0 && used == item.size() && b > 0 && b <= 1, "--kv-budgets: '", item,
+              "' is not a fraction in (0, 1]");
+    out.push_back(b);
+  }
+  EKV_CHECK(!out.empty(), "--kv-budgets: no budgets in '", text, "'");
+  return out;
+}
+
+// The output path for one budget: "{}" in the pattern replaced by the budget.
+std::string output_for(const std::string& pattern, double budget) {
+  const size_t at = pattern.find("{}");
+  if (at == std::string::npos) return pattern;
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", budget);
+  return pattern.substr(0, at) + text + pattern.substr(at + 2);
+}
+
+// Where the profiles go by default: beside the model, "out.gguf" -> "out.profile.json" and
+// "out_{}.gguf" -> "out_profile.json".
+std::string profile_beside(const std::string& out) {
+  std::string base = out;
+  if (base.size() > 5 && base.compare(base.size() - 5, 5, ".gguf") == 0)
+    base.resize(base.size() - 5);
+  const size_t at = base.find("{}");
+  if (at != std::string::npos)
+    return base.substr(0, at) + "profile" + base.substr(at + 2) + ".json";
+  return base + ".profile.json";
+}
+
+nlohmann::json chosen_json(const compress::StiefResult& r) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& sl : r.layers) {
+    out.push_back({{"key_rank", sl.chosen.key_rank},
+                   {"value_rank", sl.chosen.value_rank},
+                   {"error", sl.chosen.error},
+                   {"cosine", sl.chosen.cosine}});
+  }
+  return out;
+}
+
+void print_stief_table(const compress::StiefResult& r) {
+  std::printf("| layer | r_K | r_V | layer-output error | cosine | Eigen error at these ranks |\n");
+  std::printf("|------:|----:|----:|-------------------:|-------:|---------------------------:|\n");
+  for (size_t l = 0; l < r.layers.size(); ++l) {
+    const auto& sl = r.layers[l];
+    double eigen_error = 0;
+    for (const auto& c : sl.eigen_profile) {
+      if (c.key_rank == sl.chosen.key_rank && c.value_rank == sl.chosen.value_rank)
+        eigen_error = c.error;
+    }
+    std::printf("| %zu | %lld | %lld | %.5f | %.6f | %.5f%s |\n", l,
+                static_cast<long long>(sl.chosen.key_rank),
+                static_cast<long long>(sl.chosen.value_rank), sl.chosen.error, sl.chosen.cosine,
+                eigen_error, sl.kept_eigen ? " (Eigen bases kept)" : "");
+  }
+}
+
+void run_stief(const CalibrateFlags& flags) {
+  CalibrateFlags f = flags;
+  std::vector<double> budgets;
+  if (!f.kv_budgets.empty()) {
+    EKV_CHECK(f.threshold < 0 && f.error_budget < 0 && f.kv_budget < 0,
+              "--kv-budgets replaces --kv-budget, --error-budget and --threshold");
+    budgets = parse_budgets(f.kv_budgets);
+    EKV_CHECK(budgets.size() == 1 || f.out.find("{}") != std::string::npos,
+              "with several --kv-budgets, -o must contain {} (replaced by each budget)");
+    f.kv_budget = budgets[0];
+  }
+  auto model = load_model(f.model);
+  compress::StiefOptions options = stief_options_from(f, *model);
+  if (budgets.empty()) budgets = {options.calibration.kv_budget};
+  const std::vector<int32_t> ids = model->tokenizer().encode(read_text_file(f.file), true);
+  std::vector<int32_t> heldout_ids;
+  if (!f.heldout.empty()) heldout_ids = model->tokenizer().encode(read_text_file(f.heldout), true);
+  const int64_t full_bytes = model->kv_bytes_per_token();
+  const int64_t head_dim = model->config().head_dim;
+  compress::StiefResult r = compress::train_stief(*model, ids, heldout_ids, options);
+  const model::ModelWeights original = model->weights();
+  nlohmann::json outputs = nlohmann::json::array();
+  if (!f.json) {
+    std::printf("StiefAttention: %lld calibration tokens, trained on %lld, %lld epochs, %.1f s\n",
+                static_cast<long long>(r.tokens), static_cast<long long>(r.train_tokens),
+                static_cast<long long>(options.training.epochs), r.seconds);
+  }
+  for (double budget : budgets) {
+    options.calibration.kv_budget = budget;
+    model->set_weights(original);
+    compress::apply_stief(*model, r, options);
+    const std::string path = output_for(f.out, budget);
+    model::save_gguf(*model, path);
+    const int64_t bytes = model->kv_bytes_per_token();
+    outputs.push_back({{"output", path},
+                       {"kv_budget", budget},
+                       {"kv_bytes_per_token", bytes},
+                       {"kv_fraction", static_cast<double>(bytes) / full_bytes},
+                       {"chosen", chosen_json(r)}});
+    if (!f.json) {
+      print_stief_table(r);
+      std::printf("KV bytes/token: %lld of %lld (%.1f %%)\nwrote %s\n",
+                  static_cast<long long>(bytes), static_cast<long long>(full_bytes),
+                  100.0 * bytes / full_bytes, path.c_str());
+    }
+  }
+  const nlohmann::json layers = stief_profile_json(r);
+  const nlohmann::json profiles = {{"head_dim", head_dim},
+                                   {"candidate_ranks", r.ranks},
+                                   {"compression", nlohmann::json::parse(r.metadata_json)},
+                                   {"layers", layers}};
+  const std::string profile_path = f.profile_json.empty() ? profile_beside(f.out) : f.profile_json;
+  std::ofstream profile_file(profile_path);
+  profile_file << profiles.dump(1) << "\n";
+  EKV_CHECK(profile_file.good(), profile_path, ": cannot write the error-rank profiles");
+  if (!f.plot.empty()) compress::write_profile_svg(r, head_dim, f.plot);
+  if (f.json) {
+    nlohmann::json out = outputs.back();
+    out["profile_json"] = profile_path;
+    out["calibration_tokens"] = r.tokens;
+    out["train_tokens"] = r.train_tokens;
+    out["seconds"] = r.seconds;
+    out["kv_bytes_per_token_full"] = full_bytes;
+    out["outputs"] = outputs;
+    out["layers"] = layers;
+    std::printf("%s\n", out.dump().c_str());
+  }
+}
+
 void run(const CalibrateFlags& f) {
+  if (f.method == "stief") {
+    run_stief(f);
+    return;
+  }
+  EKV_CHECK(f.kv_budgets.empty(), "--kv-budgets is for --method stief; give one --kv-budget");
   auto model = load_model(f.model);
   const compress::CalibrationOptions options = options_from(f, *model);
   const std::string text = read_text_file(f.file);
@@ -132,11 +342,14 @@ void run(const CalibrateFlags& f) {
 void register_calibrate(CLI::App& app) {
   auto flags = std::make_shared<CalibrateFlags>();
   CLI::App* cmd = app.add_subcommand(
-      "calibrate", "compress the KV cache (Eigen Attention) from calibration text; writes a GGUF");
+      "calibrate",
+      "compress the KV cache (Eigen Attention or StiefAttention) from calibration text; writes a "
+      "GGUF");
   add_model_flags(cmd, flags->model);
   cmd->add_option("-f,--file", flags->file, "calibration text")->required();
   cmd->add_option("-o,--output", flags->out, "compressed model to write (.gguf)")->required();
-  cmd->add_option("--method", flags->method, "eigen")->capture_default_str();
+  cmd->add_option("--method", flags->method, "eigen (Eigen Attention) or stief (StiefAttention)")
+      ->capture_default_str();
   cmd->add_option("--threshold", flags->threshold,
                   "one error threshold EPS in [0, 1) for every layer (energy kept: 1 - EPS)");
   cmd->add_option("--error-budget", flags->error_budget,
@@ -158,8 +371,34 @@ void register_calibrate(CLI::App& app) {
                   "windows used to measure layer-output errors")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--profile-json", flags->profile_json, "write the error-rank profiles here");
+  cmd->add_option("--profile-json", flags->profile_json,
+                  "write the error-rank profiles here (stief: default OUT.profile.json beside "
+                  "the model)");
   cmd->add_flag("--json", flags->json, "print a JSON summary");
+  cmd->add_option("--epochs", flags->epochs, "stief: training epochs (0 keeps the Eigen bases)")
+      ->check(CLI::Range(int64_t{0}, int64_t{100000}))
+      ->capture_default_str();
+  cmd->add_option("--lr", flags->lr, "stief: Adam learning rate (cosine schedule)")
+      ->capture_default_str();
+  cmd->add_option("--seed", flags->seed, "stief: seed of the window order")->capture_default_str();
+  cmd->add_option("--batch", flags->batch, "stief: windows per training step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--ranks", flags->ranks, "stief: candidate ranks as fractions of the head width")
+      ->capture_default_str();
+  cmd->add_option("--train-windows", flags->train_windows,
+                  "stief: calibration windows the bases are trained on")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--heldout", flags->heldout,
+                  "stief: held-out text; its layer-output errors are added to the profiles");
+  cmd->add_option("--plot", flags->plot, "stief: write the error-rank profiles as an SVG plot");
+  cmd->add_flag("--shared-key-basis", flags->shared_key,
+                "stief: one key basis per layer shared by its KV heads (the paper's choice), "
+                "started from the eigenbasis of their summed Gram matrices");
+  cmd->add_option("--kv-budgets", flags->kv_budgets,
+                  "stief: several KV budgets from one training, e.g. 0.5,0.7; -o must then "
+                  "contain {} (replaced by each budget)");
   cmd->callback([flags] { run(*flags); });
 }
 

@@ -112,8 +112,8 @@ Candidate measure_layer(const model::Model& model, int64_t layer,
   return c;
 }
 
-CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t>& ids,
-                                  const CalibrationOptions& o) {
+CalibrationData collect_calibration(const model::Model& model, const std::vector<int32_t>& ids,
+                                    const CalibrationOptions& o) {
   const model::ModelConfig& config = model.config();
   EKV_CHECK(!model.is_compressed(), model.path(),
             ": the model is already compressed; calibrate the original model instead");
@@ -138,12 +138,11 @@ CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t
             " are needed (one window of ", o.ctx, " tokens and 2 x head width ", config.head_dim,
             ")");
   const int64_t windows = usable / o.ctx;
-  const double start = now_seconds();
 
   GramCollector grams(config, o.key_mode);
-  LayerSamples samples;
-  samples.ctx = o.ctx;
-  CalibrationTap tap(grams, samples);
+  CalibrationData data;
+  data.samples.ctx = o.ctx;
+  CalibrationTap tap(grams, data.samples);
   tap.set_width(config.d_model);
   kv::KvCache cache = model.new_cache(o.ctx);
   std::vector<float> logits(static_cast<size_t>(config.n_vocab));
@@ -157,17 +156,33 @@ CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t
       if (o.progress) progress.update(w + 1, static_cast<double>((w + 1) * o.ctx), "tok");
     }
   }
+  data.tokens = grams.tokens();
+  data.key.resize(static_cast<size_t>(config.n_layers));
+  data.value.resize(static_cast<size_t>(config.n_layers));
+  for (int64_t l = 0; l < config.n_layers; ++l) {
+    for (const Eigen::MatrixXd& g : grams.grams()[l].key) data.key[l].push_back(eigen_basis(g));
+    for (const Eigen::MatrixXd& g : grams.grams()[l].value) data.value[l].push_back(eigen_basis(g));
+  }
+  return data;
+}
+
+CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t>& ids,
+                                  const CalibrationOptions& o) {
+  const model::ModelConfig& config = model.config();
+  const double start = now_seconds();
+  CalibrationData data = collect_calibration(model, ids, o);
+  const LayerSamples& samples = data.samples;
 
   CalibrationResult result;
-  result.tokens = grams.tokens();
+  result.tokens = data.tokens;
   result.layers.resize(static_cast<size_t>(config.n_layers));
   const model::ModelWeights& weights = model.weights();
   std::vector<model::LayerWeights> folded(static_cast<size_t>(config.n_layers));
   Progress progress("profile", config.n_layers, "layers");
   for (int64_t l = 0; l < config.n_layers; ++l) {
     LayerCalibration& lc = result.layers[l];
-    for (const Eigen::MatrixXd& g : grams.grams()[l].key) lc.key.push_back(eigen_basis(g));
-    for (const Eigen::MatrixXd& g : grams.grams()[l].value) lc.value.push_back(eigen_basis(g));
+    lc.key = std::move(data.key[l]);
+    lc.value = std::move(data.value[l]);
     const auto key_vectors = basis_vectors(lc.key);
     const auto value_vectors = basis_vectors(lc.value);
     // The error-rank profile over the eps grid; the uniform threshold's own point is added so

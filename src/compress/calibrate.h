@@ -64,6 +64,18 @@ struct LayerSamples {
   std::vector<std::vector<std::vector<float>>> outputs;
 };
 
+// One pass of the uncompressed model over calibration text: eigenbases per layer and KV head,
+// and the layer inputs/outputs of the first `error_windows` windows. Checks the model and
+// options as calibrate_eigen does.
+struct CalibrationData {
+  std::vector<std::vector<EigenBasis>> key;    // [layer][KV head]
+  std::vector<std::vector<EigenBasis>> value;  // [layer][KV head]
+  LayerSamples samples;
+  int64_t tokens = 0;
+};
+CalibrationData collect_calibration(const model::Model& model, const std::vector<int32_t>& ids,
+                                    const CalibrationOptions& options);
+
 // Relative Frobenius error and mean row cosine of layer `layer` with weights `candidate` against
 // the uncompressed outputs in `samples`.
 Candidate measure_layer(const model::Model& model, int64_t layer,

@@ -1,0 +1,242 @@
+#include "compress/layer_grad.h"
+
+#include <cmath>
+#include <limits>
+
+#include "util/error.h"
+
+namespace eigenkv::compress {
+namespace {
+
+using Eigen::MatrixXd;
+using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+MatrixXd to_double(const model::Matrix& m) {
+  return Eigen::Map<const RowMajorF>(m.data.data(), m.rows, m.cols).cast<double>();
+}
+
+Eigen::RowVectorXd to_double(const std::vector<float>& v) {
+  return Eigen::Map<const Eigen::RowVectorXf>(v.data(), static_cast<int64_t>(v.size()))
+      .cast<double>();
+}
+
+// Rows of x [T, d_h] rotated by RoPE at positions 0..T-1 (adjacent pairs); sign -1 inverts.
+void rotate_rows(const LayerConstants& c, MatrixXd& x, double sign) {
+  if (!c.rope) return;
+  const int64_t half = c.rope_cos.cols();
+  for (int64_t t = 0; t < x.rows(); ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double co = c.rope_cos(t, i), si = sign * c.rope_sin(t, i);
+      const double a = x(t, 2 * i), b = x(t, 2 * i + 1);
+      x(t, 2 * i) = a * co - b * si;
+      x(t, 2 * i + 1) = a * si + b * co;
+    }
+  }
+}
+
+// RMSNorm rows of x with weight w: [T, d].
+MatrixXd rms_norm(const MatrixXd& x, const Eigen::RowVectorXd& w, double eps,
+                  Eigen::VectorXd* inv_rms) {
+  const Eigen::VectorXd r =
+      ((x.array().square().rowwise().sum() / static_cast<double>(x.cols())) + eps).rsqrt();
+  if (inv_rms) *inv_rms = r;
+  return (x.array().colwise() * r.array()).rowwise() * w.array();
+}
+
+// Gradient of RMSNorm rows: given dL/dy, dL/dx.
+MatrixXd rms_norm_backward(const MatrixXd& x, const Eigen::RowVectorXd& w, const Eigen::VectorXd& r,
+                           const MatrixXd& dy) {
+  const MatrixXd wdy = dy.array().rowwise() * w.array();                           // [T, d]
+  const Eigen::VectorXd dot = (wdy.array() * x.array()).rowwise().sum();           // [T]
+  const Eigen::VectorXd coef = dot.array() * r.array().cube() / double(x.cols());  // [T]
+  return (wdy.array().colwise() * r.array()) - (x.array().colwise() * coef.array());
+}
+
+// Everything the forward pass keeps for the backward pass.
+struct Forward {
+  std::vector<MatrixXd> k_proj;  // per KV head [T, d_h]: U U^T k, then rotated in kPre
+  std::vector<MatrixXd> v_proj;  // per KV head [T, d_h]: U U^T v
+  std::vector<MatrixXd> attn;    // per query head [T, T] softmax weights (zero above diagonal)
+  MatrixXd h1;                   // [T, d_model] residual after attention
+  Eigen::VectorXd h1_inv_rms;    // [T]
+  MatrixXd gate, up;             // [T, d_ffn] before the activation
+  MatrixXd y;                    // [T, d_model] layer output
+};
+
+MatrixXd project(const MatrixXd& x, const MatrixXd& u, int64_t rank) {
+  const auto ur = u.leftCols(rank);
+  return (x * ur) * ur.transpose();
+}
+
+Forward run_forward(const LayerConstants& c, const WindowInputs& w, const LayerBases& b, int64_t rk,
+                    int64_t rv) {
+  const int64_t T = w.x.rows(), dh = c.head_dim, g = c.n_heads / c.n_kv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  Forward f;
+  for (int64_t j = 0; j < c.n_kv; ++j) {
+    f.k_proj.push_back(project(w.k[j], b.key[j], rk));
+    // kPre rotates each rebuilt key with its own position; kPost/kNoRope keys arrive rotated.
+    if (c.key_mode == model::KeyMode::kPre) rotate_rows(c, f.k_proj.back(), 1.0);
+    f.v_proj.push_back(project(w.v[j], b.value[j], rv));
+  }
+  MatrixXd heads(T, c.n_heads * dh);  // [T, n_heads * d_h]
+  for (int64_t h = 0; h < c.n_heads; ++h) {
+    // (U^T q).(U^T k) = q.(U U^T k): projecting the key alone gives the kPost/kNoRope score.
+    MatrixXd s = (w.q[h] * f.k_proj[h / g].transpose()) * scale;  // [T, T]
+    for (int64_t t = 0; t < T; ++t) {
+      const double mx = s.row(t).head(t + 1).maxCoeff();
+      double sum = 0;
+      for (int64_t u = 0; u <= t; ++u) sum += (s(t, u) = std::exp(s(t, u) - mx));
+      s.row(t).head(t + 1) /= sum;
+      s.row(t).tail(T - t - 1).setZero();
+    }
+    heads.middleCols(h * dh, dh) = s * f.v_proj[h / g];
+    f.attn.push_back(std::move(s));
+  }
+  f.h1 = w.x + heads * c.wo.transpose();
+  const MatrixXd hn = rms_norm(f.h1, c.ffn_norm, c.norm_eps, &f.h1_inv_rms);
+  f.gate = hn * c.w_gate.transpose();
+  f.up = hn * c.w_up.transpose();
+  const MatrixXd act = f.gate.array() / (1.0 + (-f.gate.array()).exp()) * f.up.array();
+  f.y = f.h1 + act * c.w_down.transpose();
+  return f;
+}
+
+// dD/dU for U U^T applied to rows x, given dD/d(x U U^T) = dx_proj: (x^T dx + dx^T x) U_r.
+void add_projection_grad(const MatrixXd& x, const MatrixXd& dx_proj, const MatrixXd& u,
+                         int64_t rank, MatrixXd& grad) {
+  const auto ur = u.leftCols(rank);
+  grad.leftCols(rank) += x.transpose() * (dx_proj * ur) + dx_proj.transpose() * (x * ur);
+}
+
+void run_backward(const LayerConstants& c, const WindowInputs& w, const LayerBases& b, int64_t rk,
+                  int64_t rv, const Forward& f, LayerBases& grad) {
+  const int64_t dh = c.head_dim, g = c.n_heads / c.n_kv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  const MatrixXd dy = 2.0 * (f.y - w.target);  // [T, d_model]
+  // FFN: y = h1 + (silu(gate) * up) W_down^T.
+  const MatrixXd dact = dy * c.w_down;  // [T, d_ffn]
+  const Eigen::ArrayXXd sig = 1.0 / (1.0 + (-f.gate.array()).exp());
+  const MatrixXd dgate = dact.array() * f.up.array() * sig * (1.0 + f.gate.array() * (1.0 - sig));
+  const MatrixXd dup = dact.array() * f.gate.array() * sig;
+  const MatrixXd dhn = dgate * c.w_gate + dup * c.w_up;  // [T, d_model]
+  const MatrixXd dh1 = dy + rms_norm_backward(f.h1, c.ffn_norm, f.h1_inv_rms, dhn);
+  const MatrixXd dheads = dh1 * c.wo;  // [T, n_heads * d_h]
+  std::vector<MatrixXd> dk(c.n_kv, MatrixXd::Zero(w.x.rows(), dh));
+  std::vector<MatrixXd> dv(c.n_kv, MatrixXd::Zero(w.x.rows(), dh));
+  for (int64_t h = 0; h < c.n_heads; ++h) {
+    const int64_t j = h / g;
+    const auto dout = dheads.middleCols(h * dh, dh);  // [T, d_h]
+    const MatrixXd& a = f.attn[h];
+    dv[j].noalias() += a.transpose() * dout;
+    const MatrixXd da = dout * f.v_proj[j].transpose();  // [T, T]
+    const Eigen::VectorXd row_dot = (da.array() * a.array()).rowwise().sum();
+    const MatrixXd ds = (a.array() * (da.array().colwise() - row_dot.array())) * scale;
+    dk[j].noalias() += ds.transpose() * w.q[h];
+  }
+  for (int64_t j = 0; j < c.n_kv; ++j) {
+    if (c.key_mode == model::KeyMode::kPre) rotate_rows(c, dk[j], -1.0);
+    add_projection_grad(w.k[j], dk[j], b.key[j], rk, grad.key[j]);
+    add_projection_grad(w.v[j], dv[j], b.value[j], rv, grad.value[j]);
+  }
+}
+
+void check_bases(const LayerConstants& c, const LayerBases& b, int64_t rk, int64_t rv) {
+  EKV_CHECK(static_cast<int64_t>(b.key.size()) == c.n_kv &&
+                static_cast<int64_t>(b.value.size()) == c.n_kv,
+            "expected one key and one value basis per KV head (", c.n_kv, ")");
+  EKV_CHECK(rk >= 1 && rk <= c.head_dim && rv >= 1 && rv <= c.head_dim, "ranks ", rk, "/", rv,
+            " are outside [1, head width ", c.head_dim, "]");
+  for (const auto* set : {&b.key, &b.value}) {
+    for (const MatrixXd& u : *set) {
+      EKV_CHECK(u.rows() == c.head_dim && u.cols() == c.head_dim, "a basis must be ", c.head_dim,
+                "x", c.head_dim, ", found ", u.rows(), "x", u.cols());
+    }
+  }
+}
+
+}  // namespace
+
+LayerConstants layer_constants(const model::ModelConfig& config, const model::LayerWeights& layer,
+                               model::KeyMode key_mode, const std::vector<float>& inv_freq,
+                               int64_t ctx) {
+  EKV_CHECK(layer.key_mode == model::KeyMode::kFull, "the layer is already compressed");
+  EKV_CHECK(key_mode != model::KeyMode::kFull, "StiefAttention needs a low-rank key mode");
+  LayerConstants c;
+  c.n_heads = config.n_heads;
+  c.n_kv = config.n_kv_heads;
+  c.head_dim = config.head_dim;
+  c.d_model = config.d_model;
+  c.d_ffn = config.d_ffn;
+  c.norm_eps = config.norm_eps;
+  c.key_mode = key_mode;
+  c.rope = config.position == model::PositionKind::kRope;
+  EKV_CHECK(c.rope == (key_mode != model::KeyMode::kNoRope), "key mode ",
+            model::key_mode_name(key_mode), " does not fit the model's positions");
+  c.wq = to_double(layer.wq);
+  c.wk = to_double(layer.wk);
+  c.wv = to_double(layer.wv);
+  c.wo = to_double(layer.wo);
+  c.w_gate = to_double(layer.w_gate);
+  c.w_up = to_double(layer.w_up);
+  c.w_down = to_double(layer.w_down);
+  c.attn_norm = to_double(layer.attn_norm);
+  c.ffn_norm = to_double(layer.ffn_norm);
+  const int64_t half = c.rope ? static_cast<int64_t>(inv_freq.size()) : 0;
+  EKV_CHECK(2 * half <= c.head_dim, "RoPE rotates ", 2 * half, " dimensions of a ", c.head_dim,
+            "-wide head");
+  c.rope_cos.resize(ctx, half);
+  c.rope_sin.resize(ctx, half);
+  for (int64_t t = 0; t < ctx; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      // The angle in float32, as the engine's RoPE table forms it, then cos/sin in double.
+      const double angle = static_cast<float>(t) * inv_freq[i];
+      c.rope_cos(t, i) = std::cos(angle);
+      c.rope_sin(t, i) = std::sin(angle);
+    }
+  }
+  return c;
+}
+
+WindowInputs window_inputs(const LayerConstants& c, const float* x, const float* target,
+                           int64_t n_tokens) {
+  EKV_CHECK(n_tokens >= 1 && n_tokens <= c.rope_cos.rows(), "a window of ", n_tokens,
+            " tokens does not fit the layer's context of ", c.rope_cos.rows());
+  const int64_t dh = c.head_dim;
+  WindowInputs w;
+  w.x = Eigen::Map<const RowMajorF>(x, n_tokens, c.d_model).cast<double>();
+  w.target = Eigen::Map<const RowMajorF>(target, n_tokens, c.d_model).cast<double>();
+  w.target_sq = w.target.squaredNorm();
+  const MatrixXd xn = rms_norm(w.x, c.attn_norm, c.norm_eps, nullptr);  // [T, d_model]
+  const MatrixXd q = xn * c.wq.transpose();                             // [T, n_heads * d_h]
+  const MatrixXd k = xn * c.wk.transpose();                             // [T, n_kv * d_h]
+  const MatrixXd v = xn * c.wv.transpose();                             // [T, n_kv * d_h]
+  for (int64_t h = 0; h < c.n_heads; ++h) {
+    w.q.push_back(q.middleCols(h * dh, dh));
+    rotate_rows(c, w.q.back(), 1.0);
+  }
+  for (int64_t j = 0; j < c.n_kv; ++j) {
+    w.k.push_back(k.middleCols(j * dh, dh));
+    if (c.key_mode == model::KeyMode::kPost) rotate_rows(c, w.k.back(), 1.0);
+    w.v.push_back(v.middleCols(j * dh, dh));
+  }
+  return w;
+}
+
+Eigen::MatrixXd projected_layer_output(const LayerConstants& c, const WindowInputs& w,
+                                       const LayerBases& bases, int64_t key_rank,
+                                       int64_t value_rank) {
+  check_bases(c, bases, key_rank, value_rank);
+  return run_forward(c, w, bases, key_rank, value_rank).y;
+}
+
+double window_squared_error(const LayerConstants& c, const WindowInputs& w, const LayerBases& bases,
+                            int64_t key_rank, int64_t value_rank, LayerBases* grad) {
+  check_bases(c, bases, key_rank, value_rank);
+  const Forward f = run_forward(c, w, bases, key_rank, value_rank);
+  const double d = (f.y - w.target).squaredNorm();
+  if (grad && std::isfinite(d)) run_backward(c, w, bases, key_rank, value_rank, f, *grad);
+  return d;
+}
+
+}  // namespace eigenkv::compress
