@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Assembles docs/RESULTS.md from the hand-written reading of the numbers (docs/results/summary.md)
-and the tables the result scripts wrote (docs/results/reference.md, docs/results/eigen.md)."""
+and the tables the result scripts wrote (docs/results/*.md)."""
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PARTS = ["summary.md", "reference.md", "eigen.md", "kvquant.md"]
+PARTS = ["summary.md", "reference.md", "eigen.md", "stief.md", "stief_variants.md",
+         "stief_variants_rest.md", "kvquant.md", "zeroshot.md"]
 
 
 def main():
@@ -12,7 +13,8 @@ def main():
            "Every table below is written by a committed script from eigenkv's own `--json` output "
            "(the command, machine and date are under each table); the prose in the first section "
            "is our reading of them. Regenerate with `python3 scripts/results/reference_check.py`, "
-           "`python3 scripts/results/eigen_results.py`, then this script.", ""]
+           "`python3 scripts/results/eigen_results.py`, `stief_results.py`, `kvquant_results.py`, "
+           "`zeroshot_results.py`, then this script.", ""]
     for part in PARTS:
         path = os.path.join(ROOT, "docs", "results", part)
         if os.path.exists(path):
