@@ -169,9 +169,10 @@ def main():
                "depends on the key mode: `pre` rebuilds every cached key (slower attention), "
                "`post` scores in the reduced rank (docs/DESIGN.md). The shared models are small "
                "(about 10 MB of weights, which stay in the CPU caches), so a step costs little more "
-               "than its per-sequence work (attention, and the q/k/v/o projections that run per "
-               "sequence inside the attention block); stacking rows pays most where reading the "
-               "weights dominates a step, as in larger models.\n")
+               "than its per-sequence work (attention against each sequence's own cache; the "
+               "norms, projections and FFN run once over the stacked rows of all sequences); "
+               "stacking rows pays most where reading the weights dominates a step, as in larger "
+               "models.\n")
     out.append("Server commands:\n")
     out.extend(f"    {c.replace(ROOT + os.sep, '')}" for c in commands)
     out.append("")
