@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "model_test_util.h"
 #include "test_util.h"
 #include "util/error.h"
 
@@ -19,16 +20,6 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t n, int64_t n_vocab
   std::vector<int32_t> ids(static_cast<size_t>(n));
   for (int32_t& id : ids) id = pick(rng);
   return ids;
-}
-
-// Largest |a - b| relative to the largest |b|.
-double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, scale = 1e-6;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(double{a[i]} - b[i]));
-    scale = std::max(scale, std::abs(double{b[i]}));
-  }
-  return diff / scale;
 }
 
 void check_model(const std::string& rel) {
@@ -63,7 +54,7 @@ void check_model(const std::string& rel) {
     model->forward_batch(batch);
     for (size_t i = 0; i < n_seq; ++i) {
       EXPECT_EQ(batched[i].size(), single[i].size()) << rel << " sequence " << i;
-      EXPECT_LT(relative_difference(got[i], want[i]), 1e-5) << rel << " sequence " << i;
+      EXPECT_LT(testing::max_relative_diff(got[i], want[i]), 1e-5) << rel << " sequence " << i;
     }
   }
 }

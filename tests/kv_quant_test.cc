@@ -17,6 +17,7 @@
 #include "ops/attention.h"
 #include "ops/attention_kernel.h"
 #include "ops/kv_format.h"
+#include "model_test_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -250,10 +251,7 @@ TEST(KvKernel, KeyRebuildMatchesExplicitRebuild) {
 const char* kSmallModel = "models/stories260K.gguf";
 
 std::vector<int32_t> eval_ids(const model::Model& m) {
-  const std::string text = testing::source_path("data/tinystories-eval.txt");
-  std::ifstream in(text);
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return m.tokenizer().encode(s, true);
+  return testing::repo_text_ids(m, "data/tinystories-eval.txt");
 }
 
 double ppl_with(model::Model& m, const std::vector<int32_t>& ids, kv::CacheTypes types) {

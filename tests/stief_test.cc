@@ -19,12 +19,16 @@
 #include "compress/profile_plot.h"
 #include "model/model.h"
 #include "model/save.h"
+#include "model_test_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
 namespace eigenkv {
 namespace {
+
+using testing::logits_of;
+using testing::max_relative_diff;
 
 using compress::LayerBases;
 using model::KeyMode;
@@ -351,25 +355,7 @@ TEST(StiefTraining, NonFiniteLossStopsNamingTheLayer) {
 // Whole calibration on the bundled stories260K (head width 8).
 
 std::vector<int32_t> calibration_ids(const model::Model& m) {
-  std::ifstream in(testing::source_path("data/tinystories-calib.txt"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return m.tokenizer().encode(text, true);
-}
-
-std::vector<float> logits_of(const model::Model& m, const std::vector<int32_t>& ids) {
-  std::vector<float> logits(ids.size() * static_cast<size_t>(m.config().n_vocab));
-  kv::KvCache cache = m.new_cache(static_cast<int64_t>(ids.size()));
-  m.forward(ids, cache, logits.data(), true);
-  return logits;
-}
-
-double max_relative_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, static_cast<double>(std::abs(a[i] - b[i])));
-    scale = std::max(scale, static_cast<double>(std::abs(b[i])));
-  }
-  return diff / scale;
+  return testing::repo_text_ids(m, "data/tinystories-calib.txt");
 }
 
 compress::StiefOptions small_options() {

@@ -65,6 +65,14 @@ def llama_bench(path, model, threads, depths, n_prompt, n_gen, repeats):
     return result
 
 
+def first_half(text, tmp):
+    """The calibration text of every section: the first half of `text`'s paragraphs."""
+    paras = open(text, encoding="utf-8").read().split("\n\n")
+    calib = os.path.join(tmp, "calib.txt")
+    open(calib, "w", encoding="utf-8").write("\n\n".join(paras[:len(paras) // 2]))
+    return calib
+
+
 def llama_batched(path, model, threads, depths, n_gen, cache):
     """llama.cpp's decode tokens/s at each depth (one run each) with its K/V cache type."""
     cmd = [path, "-m", model, "-c", str(max(depths) + n_gen + 8), "-b", "2048", "-ub", "512",
@@ -92,9 +100,7 @@ def stief_time_section():
     if not (os.path.exists(gqa) and os.path.exists(text)):
         return []
     tmp = tempfile.mkdtemp(prefix="eigenkv_stief_time_")
-    paras = open(text, encoding="utf-8").read().split("\n\n")
-    calib = os.path.join(tmp, "calib.txt")
-    open(calib, "w", encoding="utf-8").write("\n\n".join(paras[:len(paras) // 2]))
+    calib = first_half(text, tmp)
     rows = []
     for threads in (2, 1):
         t0 = time.time()
@@ -117,9 +123,7 @@ def kv_sweep_section(a, threads):
         return ["_KV sweep: ../shared/models/tinystories-c4-gqa.gguf absent, skipped._", ""]
     depths = [int(d) for d in a.sweep_depths.split(",")]
     tmp = tempfile.mkdtemp(prefix="eigenkv_sweep_")
-    paras = open(text, encoding="utf-8").read().split("\n\n")
-    calib = os.path.join(tmp, "calib.txt")
-    open(calib, "w", encoding="utf-8").write("\n\n".join(paras[:len(paras) // 2]))
+    calib = first_half(text, tmp)
     models = []
     for mode in ("post", "pre"):
         out = os.path.join(tmp, "lowrank-%s-50.gguf" % mode)
@@ -233,9 +237,7 @@ def main():
     text = os.path.join(SHARED, "data", "tinystories", "valid_a.txt")
     if os.path.exists(gqa) and os.path.exists(text):
         tmp = tempfile.mkdtemp(prefix="eigenkv_bench_")
-        paras = open(text, encoding="utf-8").read().split("\n\n")
-        calib = os.path.join(tmp, "calib.txt")
-        open(calib, "w", encoding="utf-8").write("\n\n".join(paras[:len(paras) // 2]))
+        calib = first_half(text, tmp)
         depth, n_gen = 480, 32
         lines += ["## Low-rank KV cache: decode at the largest depth", "",
                   "tinystories-c4-gqa (context 512), compressed with `eigenkv calibrate --kv-budget "

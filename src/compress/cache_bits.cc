@@ -220,15 +220,9 @@ CacheBitsResult water_fill_cache(model::Model& model, const std::vector<int32_t>
   // Greedy by distortion removed per byte: the next step of a unit is 0 -> 4 or 4 -> 8 bits; a
   // unit may only rise to the level of the direction before it (bits never increase along a
   // row), which keeps the 8-bit directions a prefix and the dropped ones a suffix.
-  const double scale_bytes = 2.0 / ops::kQuantGroup;
-  auto step_gain = [&](const Unit& u, double* cost) {
-    if (u.bits == 0) {
-      *cost = nkv * (0.5 + scale_bytes);
-      return u.d0 - u.d4;
-    }
-    *cost = nkv * (0.5 + scale_bytes);
-    return u.d4 - u.d8;
-  };
+  // Either step adds 4 bits (half a byte) per KV head, plus a share of a group scale.
+  const double step_bytes = nkv * (0.5 + 2.0 / ops::kQuantGroup);
+  auto step_gain = [](const Unit& u) { return u.bits == 0 ? u.d0 - u.d4 : u.d4 - u.d8; };
   auto allowed = [&](size_t k) {
     const Unit& u = units[k];
     if (u.bits >= 8) return false;
@@ -237,9 +231,7 @@ CacheBitsResult water_fill_cache(model::Model& model, const std::vector<int32_t>
   using Entry = std::pair<double, size_t>;
   auto push = [&](std::priority_queue<Entry>& q, size_t k) {
     if (!allowed(k)) return;
-    double cost;
-    const double gain = step_gain(units[k], &cost);
-    q.push({gain / cost, k});
+    q.push({step_gain(units[k]) / step_bytes, k});
   };
   std::priority_queue<Entry> queue;
   for (size_t k = 0; k < units.size(); ++k) push(queue, k);

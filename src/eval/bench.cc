@@ -48,6 +48,27 @@ double measure_copy_bandwidth(int repeats) {
 
 namespace {
 
+struct DecodeTiming {
+  double tokens_per_s = 0;
+  double attention_us_per_token = 0;
+};
+
+// Greedy decode of n_gen tokens from the cache's current end; logits: room for one row.
+DecodeTiming time_decode(const model::Model& model, kv::KvCache& cache, int64_t n_gen,
+                         float* logits) {
+  const int64_t n_vocab = model.config().n_vocab;
+  int32_t token = 1;
+  model.reset_attention_seconds();
+  const double t0 = now_seconds();
+  for (int64_t i = 0; i < n_gen; ++i) {
+    const int32_t one[1] = {token};
+    model.forward(one, cache, logits, false);
+    token = static_cast<int32_t>(std::max_element(logits, logits + n_vocab) - logits);
+  }
+  const double dt = now_seconds() - t0;
+  return {n_gen / dt, 1e6 * model.attention_seconds() / n_gen};
+}
+
 std::vector<int32_t> random_tokens(int64_t n, int64_t n_vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(n_vocab - 1));
@@ -103,19 +124,10 @@ std::vector<BenchRow> run_bench(const model::Model& model, const BenchOptions& o
       std::vector<double> rates, attention_us;
       for (int r = 0; r < o.repeats + 1; ++r) {
         fill_to_depth(depth);
-        int32_t token = 1;
-        model.reset_attention_seconds();
-        const double t0 = now_seconds();
-        for (int64_t i = 0; i < o.n_gen; ++i) {
-          const int32_t one[1] = {token};
-          model.forward(one, cache, logits.data(), false);
-          token = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + n_vocab) -
-                                       logits.begin());
-        }
-        const double dt = now_seconds() - t0;
-        if (r > 0) {
-          rates.push_back(o.n_gen / dt);
-          attention_us.push_back(1e6 * model.attention_seconds() / o.n_gen);
+        const DecodeTiming timing = time_decode(model, cache, o.n_gen, logits.data());
+        if (r > 0) {  // the first run warms caches and pages
+          rates.push_back(timing.tokens_per_s);
+          attention_us.push_back(timing.attention_us_per_token);
         }
       }
       BenchRow row = summarize("tg", o.n_gen, depth, rates);
@@ -152,19 +164,10 @@ std::vector<KvSweepRow> run_kv_sweep(const model::Model& model, kv::CacheTypes t
     std::vector<double> rates, attention_us;
     for (int r = 0; r < repeats + 1; ++r) {
       cache.truncate(depth);
-      int32_t token = 1;
-      model.reset_attention_seconds();
-      const double t0 = now_seconds();
-      for (int64_t i = 0; i < n_gen; ++i) {
-        const int32_t one[1] = {token};
-        model.forward(one, cache, logits.data(), false);
-        token = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                     logits.begin());
-      }
-      const double dt = now_seconds() - t0;
+      const DecodeTiming timing = time_decode(model, cache, n_gen, logits.data());
       if (r > 0) {  // the first run warms caches and pages
-        rates.push_back(n_gen / dt);
-        attention_us.push_back(1e6 * model.attention_seconds() / n_gen);
+        rates.push_back(timing.tokens_per_s);
+        attention_us.push_back(timing.attention_us_per_token);
       }
     }
     rows.push_back(KvSweepRow{depth, cache.bytes_per_token(), median(attention_us),

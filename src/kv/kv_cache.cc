@@ -14,6 +14,15 @@ ops::RowFormat row_format(ops::KvType type, int64_t width, int64_t n8, bool has_
   return ops::RowFormat::mixed(width, n8);
 }
 
+ops::RowFormat key_format_of(const LayerShape& s, const CacheTypes& types, int64_t layer) {
+  return row_format(types.key, s.key_width, s.key_n8, !s.key_sigma.empty(), layer, "key");
+}
+
+ops::RowFormat value_format_of(const LayerShape& s, const CacheTypes& types, int64_t layer) {
+  return row_format(types.value, s.value_width, s.value_n8, !s.value_sigma.empty(), layer,
+                    "value");
+}
+
 }  // namespace
 
 std::string CacheTypes::describe() const {
@@ -36,10 +45,8 @@ KvCache::KvCache(std::vector<LayerShape> layers, int64_t capacity, CacheTypes ty
     EKV_CHECK(s.value_sigma.empty() ||
                   static_cast<int64_t>(s.value_sigma.size()) == s.n_kv_heads * s.value_width,
               "layer ", l, ": value scales do not match the value width");
-    key_formats_.push_back(row_format(types.key, s.key_width, s.key_n8, !s.key_sigma.empty(),
-                                      static_cast<int64_t>(l), "key"));
-    value_formats_.push_back(row_format(types.value, s.value_width, s.value_n8,
-                                        !s.value_sigma.empty(), static_cast<int64_t>(l), "value"));
+    key_formats_.push_back(key_format_of(s, types, static_cast<int64_t>(l)));
+    value_formats_.push_back(value_format_of(s, types, static_cast<int64_t>(l)));
     keys_[l].assign(
         static_cast<size_t>(s.n_kv_heads * capacity * key_formats_[l].bytes() + ops::kKvRowSlack),
         0);
@@ -97,14 +104,10 @@ int64_t KvCache::bytes_per_token() const {
 
 int64_t cache_bytes_per_token(const std::vector<LayerShape>& layers, const CacheTypes& types) {
   int64_t bytes = 0;
-  for (const LayerShape& s : layers) {
-    const ops::RowFormat k = types.key == ops::KvType::kMixed
-                                 ? ops::RowFormat::mixed(s.key_width, s.key_n8)
-                                 : ops::RowFormat::uniform(types.key, s.key_width);
-    const ops::RowFormat v = types.value == ops::KvType::kMixed
-                                 ? ops::RowFormat::mixed(s.value_width, s.value_n8)
-                                 : ops::RowFormat::uniform(types.value, s.value_width);
-    bytes += s.n_kv_heads * (k.bytes() + v.bytes());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const LayerShape& s = layers[l];
+    bytes += s.n_kv_heads * (key_format_of(s, types, static_cast<int64_t>(l)).bytes() +
+                             value_format_of(s, types, static_cast<int64_t>(l)).bytes());
   }
   return bytes;
 }

@@ -164,7 +164,6 @@ std::unique_ptr<Model> load_gguf(const std::string& path) {
   auto model =
       std::make_unique<Model>(std::move(config), std::move(weights), std::move(tokenizer), path);
   model->set_stored_types(count_types(file.tensors()));
-  if (model->has_cache_allotment()) model->set_cache_types({ops::KvType::kMixed, ops::KvType::kMixed});
   if (compressed) {
     model->set_compression_json(file.find_string("eigenkv.report").value_or("{}"));
   }

@@ -25,6 +25,7 @@ Model::Model(ModelConfig config, ModelWeights weights, std::unique_ptr<tok::Toke
     for (size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] /= weights_.rope_freq_factors[i];
   }
   rope_ = ops::RopeTable(std::move(inv_freq), std::max<int64_t>(config_.n_ctx_train, 4096));
+  if (has_cache_allotment()) cache_types_ = {ops::KvType::kMixed, ops::KvType::kMixed};
 }
 
 Model::~Model() = default;

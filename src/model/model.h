@@ -64,7 +64,8 @@ class Model {
   void set_stored_types(std::map<std::string, int64_t> types) { stored_types_ = std::move(types); }
 
   std::vector<kv::LayerShape> cache_shape() const;
-  // The element types new caches get: float32 unless set, "mixed" for a water-filled model.
+  // The element types new caches get: float32 unless set, "mixed" for a water-filled model
+  // (from construction or set_weights on).
   const kv::CacheTypes& cache_types() const { return cache_types_; }
   // Throws Error when the types do not fit the model (a water-filled model takes only "mixed").
   void set_cache_types(kv::CacheTypes types);

@@ -135,7 +135,7 @@ void RebuildKey(const float* raw, int64_t rank, const float* basis, int64_t padd
 
 // Per-thread scratch, grown on demand.
 struct Scratch {
-  std::vector<float> queries, keys, raw, values, scores, key_sigma, value_sigma, basis;
+  std::vector<float> queries, keys, raw, values, scores, key_sigma, basis;
 };
 
 const float* padded_sigma(const float* sigma, int64_t width, int64_t padded,
@@ -384,7 +384,6 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
     EKV_CHECK(std::equal(part.value_scale.begin(), part.value_scale.end(), values.sigma),
               "attention: value scales differ between the ranges of one partial state");
   }
-  const float* vsig = nullptr;
   int64_t max_limit = 0;
   for (int64_t i = 0; i < qb.n; ++i) max_limit = std::max(max_limit, qb.limit[i]);
   end = std::min(end, max_limit);
@@ -485,8 +484,8 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
       continue;
     }
     for (int64_t r = 0; r < rows_used; ++r)
-      DecodeRow(values.format, values.data + (t0 + r) * vbytes, vsig, s.values.data() + r * vpad,
-                vpad);
+      DecodeRow(values.format, values.data + (t0 + r) * vbytes, nullptr,
+                s.values.data() + r * vpad, vpad);
     for (int64_t i = 0; i < qb.n; ++i) {
       const int64_t valid = std::max<int64_t>(0, std::min(qb.limit[i], t0 + rows) - t0);
       if (valid == 0) continue;
