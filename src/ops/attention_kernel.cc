@@ -5,6 +5,9 @@
 // The includes above must come first.
 #include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
+#if HWY_ARCH_X86
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -344,6 +347,291 @@ void ValuesFused(int nq, const KvRows& values, int64_t t0, int64_t rows, const f
   }
 }
 
+// ---- Integer path (x86 AVX-512 VNNI, Highway's AVX3_DL target): int8 and int4 rows are used
+// as the integers they are. Scores: each query is rounded to int8 per group of 32 (one float scale
+// per group, as llama.cpp does for its q8_0 dot products), 16 key rows are transposed so that a
+// vector holds one 4-byte column of all 16 rows, and VPDPBUSD adds 64 byte products per
+// instruction with no horizontal sums. Values: the softmax weights of a tile times each row's group
+// scale are rounded to 15-bit integers (relative to the tile's largest), and VPDPWSSD adds the
+// products of two rows per instruction into 32-bit sums, turned back into floats once per tile.
+// Highway 1.0.3 has no int8 dot products, so this target-specific code uses raw intrinsics; every
+// other target keeps the float path above.
+#if HWY_TARGET == HWY_AVX3_DL
+constexpr bool kIntegerPath = true;
+
+// Column c of 16 rows of 16 dwords ends in x[c] (lane r = row r).
+HWY_INLINE void Transpose16(__m512i* x) {
+  __m512i t[16], u[16];
+  for (int b = 0; b < 16; b += 4) {
+    t[b + 0] = _mm512_unpacklo_epi32(x[b + 0], x[b + 1]);
+    t[b + 1] = _mm512_unpackhi_epi32(x[b + 0], x[b + 1]);
+    t[b + 2] = _mm512_unpacklo_epi32(x[b + 2], x[b + 3]);
+    t[b + 3] = _mm512_unpackhi_epi32(x[b + 2], x[b + 3]);
+    u[b + 0] = _mm512_unpacklo_epi64(t[b + 0], t[b + 2]);  // 128-bit lane k: rows b..b+3 of column 4k
+    u[b + 1] = _mm512_unpackhi_epi64(t[b + 0], t[b + 2]);  // column 4k + 1
+    u[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);  // column 4k + 2
+    u[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);  // column 4k + 3
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i v0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);   // rows 0-7: columns j, 8+j
+    const __m512i w0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xDD);   // rows 0-7: columns 4+j, 12+j
+    const __m512i v1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512i w1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xDD);
+    x[j] = _mm512_shuffle_i32x4(v0, v1, 0x88);
+    x[8 + j] = _mm512_shuffle_i32x4(v0, v1, 0xDD);
+    x[4 + j] = _mm512_shuffle_i32x4(w0, w1, 0x88);
+    x[12 + j] = _mm512_shuffle_i32x4(w0, w1, 0xDD);
+  }
+}
+
+// The float16 scale pair (groups g, g + 1) of 16 rows as two float vectors.
+HWY_INLINE void GatherScalePair(const uint8_t* first_row, int64_t bytes, int64_t g, __m512* a,
+                                __m512* b) {
+  const __m512i idx = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(bytes)));
+  const __m512i s = _mm512_i32gather_epi32(idx, first_row + 2 * g, 1);
+  *a = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(s));
+  *b = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(s, 16)));
+}
+
+// The 64 numbers (groups 2c and 2c + 1) of chunk c of a row as bytes: int8 offset by 128 to
+// unsigned, int4 as their stored nibbles q + 8 in the order [2c: 0-15][2c+1: 0-15][2c: 16-31]
+// [2c+1: 16-31]. A chunk with one group reads bytes past it, which meet zero query bytes.
+template <KvType kType>
+HWY_INLINE __m512i ChunkBytes(const uint8_t* numbers, int64_t c) {
+  if constexpr (kType == KvType::kInt8) {
+    return _mm512_xor_si512(_mm512_loadu_si512(numbers + 64 * c), _mm512_set1_epi8(-128));
+  } else {
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(numbers + 32 * c));
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+}
+
+// Queries rounded to int8 in the byte order of ChunkBytes, with their group scales and the
+// offset corrections (128 or 8 times the sum of a group's query bytes).
+struct IntQueries {
+  int64_t chunks = 0, groups = 0;
+  std::vector<int8_t> bytes;    // [n][chunks * 64]
+  std::vector<float> scale;     // [n][groups]
+  std::vector<int32_t> offset;  // [n][groups]
+};
+
+// Where number j of group g sits in the chunk's bytes (ChunkBytes' order).
+inline int64_t ChunkPosition(KvType type, int64_t g, int64_t j) {
+  if (type == KvType::kInt8) return (g % 2) * 32 + j;
+  return (g % 2) * 16 + (j >= 16 ? 32 : 0) + j % 16;
+}
+
+// The queries in `q` are replaced by their rounded values, so that rows scored by the float
+// path (a tile's last rows short of 16) see the same queries.
+void QuantizeQueries(KvType type, float* q, int64_t n, int64_t qstride, int64_t width,
+                     IntQueries& iq) {
+  iq.groups = width / kQuantGroup;
+  iq.chunks = (iq.groups + 1) / 2;
+  iq.bytes.assign(static_cast<size_t>(n * iq.chunks * 64), 0);
+  iq.scale.assign(static_cast<size_t>(n * iq.groups), 0.0f);
+  iq.offset.assign(static_cast<size_t>(n * iq.groups), 0);
+  const int32_t offset = type == KvType::kInt8 ? 128 : 8;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t g = 0; g < iq.groups; ++g) {
+      int8_t q8[kQuantGroup];
+      float* x = q + i * qstride + g * kQuantGroup;
+      const float step = round_query_group(x, q8);
+      iq.scale[i * iq.groups + g] = step;
+      int32_t sum = 0;
+      int8_t* out = iq.bytes.data() + (i * iq.chunks + g / 2) * 64;
+      for (int64_t j = 0; j < kQuantGroup; ++j) {
+        x[j] = static_cast<float>(q8[j]) * step;
+        out[ChunkPosition(type, g, j)] = q8[j];
+        sum += q8[j];
+      }
+      iq.offset[i * iq.groups + g] = offset * sum;
+    }
+  }
+}
+
+// sc[i * stride + r] = scale * q_i . key(t0 + r) for r < 16 * blocks.
+template <KvType kType, int kQ>
+void IntScores16(const KvRows& keys, int64_t t0, int64_t blocks, const IntQueries& iq,
+                 float scale, float* sc, int64_t stride) {
+  const int64_t bytes = keys.format.bytes(), groups = iq.groups;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* first = keys.data + (t0 + 16 * b) * bytes;
+    __m512 score[kQ];
+    for (int i = 0; i < kQ; ++i) score[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < iq.chunks; ++c) {
+      __m512i x[16];
+      for (int r = 0; r < 16; ++r) x[r] = ChunkBytes<kType>(first + r * bytes + 2 * groups, c);
+      Transpose16(x);
+      __m512 ka, kb;
+      GatherScalePair(first, bytes, 2 * c, &ka, &kb);
+      const bool two = 2 * c + 1 < groups;
+      for (int i = 0; i < kQ; ++i) {
+        const int32_t* qd = reinterpret_cast<const int32_t*>(iq.bytes.data() + (i * iq.chunks + c) * 64);
+        __m512i acc_a = _mm512_setzero_si512(), acc_b = _mm512_setzero_si512();
+        // Columns of group 2c: int8 0-7; int4 0-3 and 8-11.
+        for (int d = 0; d < 16; ++d) {
+          const bool in_a = kType == KvType::kInt8 ? d < 8 : (d / 4) % 2 == 0;
+          if (in_a) {
+            acc_a = _mm512_dpbusd_epi32(acc_a, x[d], _mm512_set1_epi32(qd[d]));
+          } else if (two) {
+            acc_b = _mm512_dpbusd_epi32(acc_b, x[d], _mm512_set1_epi32(qd[d]));
+          }
+        }
+        const float* qs = iq.scale.data() + i * groups + 2 * c;
+        const int32_t* off = iq.offset.data() + i * groups + 2 * c;
+        const __m512 fa = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc_a, _mm512_set1_epi32(off[0])));
+        score[i] = _mm512_fmadd_ps(fa, _mm512_mul_ps(ka, _mm512_set1_ps(qs[0] * scale)), score[i]);
+        if (two) {
+          const __m512 fb = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc_b, _mm512_set1_epi32(off[1])));
+          score[i] = _mm512_fmadd_ps(fb, _mm512_mul_ps(kb, _mm512_set1_ps(qs[1] * scale)), score[i]);
+        }
+      }
+    }
+    for (int i = 0; i < kQ; ++i) _mm512_storeu_ps(sc + i * stride + 16 * b, score[i]);
+  }
+}
+
+template <int kQ>
+void IntScores(KvType type, const KvRows& keys, int64_t t0, int64_t blocks, const IntQueries& iq,
+               float scale, float* sc, int64_t stride) {
+  if (type == KvType::kInt8) return IntScores16<KvType::kInt8, kQ>(keys, t0, blocks, iq, scale, sc, stride);
+  return IntScores16<KvType::kInt4, kQ>(keys, t0, blocks, iq, scale, sc, stride);
+}
+
+void ScoresInt(int nq, KvType type, const KvRows& keys, int64_t t0, int64_t blocks,
+               const IntQueries& iq, float scale, float* sc, int64_t stride) {
+  switch (nq) {
+    case 1: return IntScores<1>(type, keys, t0, blocks, iq, scale, sc, stride);
+    case 2: return IntScores<2>(type, keys, t0, blocks, iq, scale, sc, stride);
+    case 3: return IntScores<3>(type, keys, t0, blocks, iq, scale, sc, stride);
+    default: return IntScores<4>(type, keys, t0, blocks, iq, scale, sc, stride);
+  }
+}
+
+// Group g of a row as 32 int16 numbers (int4: the stored nibbles q + 8).
+template <KvType kType>
+HWY_INLINE __m512i GroupWords(const uint8_t* numbers, int64_t g) {
+  if constexpr (kType == KvType::kInt8) {
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(numbers + 32 * g)));
+  } else {
+    const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(numbers + 16 * g)));
+    const __m256i lo = _mm256_and_si256(w, _mm256_set1_epi16(0x0F));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_srli_epi16(w, 4), 1);
+  }
+}
+
+// out_i += sum over r < rows of p[i * stride + r] * value(t0 + r), p zero past each query's rows.
+template <KvType kType, int kQ>
+void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* p, int64_t stride,
+                   float* out, int64_t ostride) {
+  const int64_t bytes = values.format.bytes(), groups = values.format.width / kQuantGroup;
+  const int64_t blocks = (rows + 15) / 16;
+  const uint8_t* first = values.data + t0 * bytes;
+  // Row group scales, [groups][blocks * 16] (zero past the tile), and the weights
+  // w = p * scale rounded to int16 against each query's largest: [kQ][groups][blocks * 16].
+  thread_local std::vector<float> vs;
+  thread_local std::vector<int16_t> wq;
+  thread_local std::vector<int32_t> wsum;  // int4: the sum of a query's weights per group
+  if (vs.size() < static_cast<size_t>(groups * blocks * 16)) vs.resize(groups * blocks * 16);
+  if (wq.size() < static_cast<size_t>(kQ * groups * blocks * 16)) wq.resize(kQ * groups * blocks * 16);
+  if (wsum.size() < static_cast<size_t>(kQ * groups)) wsum.resize(kQ * groups);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __mmask16 live = static_cast<__mmask16>(
+        _cvtu32_mask16(rows - 16 * b >= 16 ? 0xFFFFu : (1u << (rows - 16 * b)) - 1));
+    const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(bytes)));
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m512i s = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx,
+                                                    first + 16 * b * bytes + 2 * g, 1);
+      _mm512_storeu_ps(vs.data() + g * blocks * 16 + 16 * b, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(s)));
+    }
+  }
+  float unit[kQ];
+  for (int i = 0; i < kQ; ++i) {
+    __m512 m = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t b = 0; b < blocks; ++b)
+        m = _mm512_max_ps(m, _mm512_mul_ps(_mm512_loadu_ps(p + i * stride + 16 * b),
+                                           _mm512_loadu_ps(vs.data() + g * blocks * 16 + 16 * b)));
+    const float wmax = _mm512_reduce_max_ps(m);
+    unit[i] = wmax / 32767.0f;
+    const __m512 inv = _mm512_set1_ps(wmax > 0 ? 32767.0f / wmax : 0.0f);
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i sum = _mm512_setzero_si512();
+      for (int64_t b = 0; b < blocks; ++b) {
+        const __m512 w = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + i * stride + 16 * b),
+                                                     _mm512_loadu_ps(vs.data() + g * blocks * 16 + 16 * b)),
+                                       inv);
+        const __m512i w32 = _mm512_cvtps_epi32(w);
+        sum = _mm512_add_epi32(sum, w32);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wq.data() + (i * groups + g) * blocks * 16 + 16 * b),
+                            _mm512_cvtsepi32_epi16(w32));
+      }
+      wsum[i * groups + g] = _mm512_reduce_add_epi32(sum);
+    }
+  }
+  const uint8_t* numbers0 = first + 2 * groups;
+  // Natural order of the two accumulators' lanes: lane l of `lo` holds numbers 8l..8l+3 of the
+  // group, of `hi` 8l+4..8l+7.
+  const __m512i first16 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second16 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i acc[kQ][2];
+    for (int i = 0; i < kQ; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    for (int64_t r = 0; r < rows; r += 2) {
+      const __m512i a = GroupWords<kType>(numbers0 + r * bytes, g);
+      const __m512i b = r + 1 < rows ? GroupWords<kType>(numbers0 + (r + 1) * bytes, g)
+                                     : _mm512_setzero_si512();
+      const __m512i lo = _mm512_unpacklo_epi16(a, b), hi = _mm512_unpackhi_epi16(a, b);
+      for (int i = 0; i < kQ; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, wq.data() + (i * groups + g) * blocks * 16 + r, 4);
+        const __m512i w = _mm512_set1_epi32(pair);
+        acc[i][0] = _mm512_dpwssd_epi32(acc[i][0], lo, w);
+        acc[i][1] = _mm512_dpwssd_epi32(acc[i][1], hi, w);
+      }
+    }
+    for (int i = 0; i < kQ; ++i) {
+      if (unit[i] <= 0) continue;
+      if constexpr (kType == KvType::kInt4) {  // the nibbles are q + 8
+        const __m512i off = _mm512_set1_epi32(8 * wsum[i * groups + g]);
+        acc[i][0] = _mm512_sub_epi32(acc[i][0], off);
+        acc[i][1] = _mm512_sub_epi32(acc[i][1], off);
+      }
+      const __m512 fl = _mm512_cvtepi32_ps(acc[i][0]), fh = _mm512_cvtepi32_ps(acc[i][1]);
+      const __m512 u = _mm512_set1_ps(unit[i]);
+      float* o = out + i * ostride + g * kQuantGroup;
+      _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, first16, fh), u, _mm512_loadu_ps(o)));
+      _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, second16, fh), u,
+                                               _mm512_loadu_ps(o + 16)));
+    }
+  }
+}
+
+template <int kQ>
+void IntValues(KvType type, const KvRows& values, int64_t t0, int64_t rows, const float* p,
+               int64_t stride, float* out, int64_t ostride) {
+  if (type == KvType::kInt8) return IntValuesTile<KvType::kInt8, kQ>(values, t0, rows, p, stride, out, ostride);
+  return IntValuesTile<KvType::kInt4, kQ>(values, t0, rows, p, stride, out, ostride);
+}
+
+void ValuesInt(int nq, KvType type, const KvRows& values, int64_t t0, int64_t rows, const float* p,
+               int64_t stride, float* out, int64_t ostride) {
+  switch (nq) {
+    case 1: return IntValues<1>(type, values, t0, rows, p, stride, out, ostride);
+    case 2: return IntValues<2>(type, values, t0, rows, p, stride, out, ostride);
+    case 3: return IntValues<3>(type, values, t0, rows, p, stride, out, ostride);
+    default: return IntValues<4>(type, values, t0, rows, p, stride, out, ostride);
+  }
+}
+#else
+constexpr bool kIntegerPath = false;
+#endif  // HWY_TARGET == HWY_AVX3_DL
+
 void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* rebuild,
                  const KvRows& values, float scale, int64_t begin, int64_t end,
                  AttentionPartial& part) {
@@ -392,6 +680,13 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
 
   const bool fused_keys = !rebuild && qb.n <= kMaxFusedQueries && FusedFormat(keys.format, L);
   const bool fused_values = qb.n <= kMaxFusedQueries && FusedFormat(values.format, L);
+  const auto integer = [](KvType t) { return t == KvType::kInt8 || t == KvType::kInt4; };
+  const bool int_keys = kIntegerPath && fused_keys && integer(keys.format.type);
+  const bool int_values = kIntegerPath && fused_values && integer(values.format.type);
+#if HWY_TARGET == HWY_AVX3_DL
+  thread_local IntQueries iq;
+  if (int_keys) QuantizeQueries(keys.format.type, s.queries.data(), qb.n, kpad, kw, iq);
+#endif
   const int64_t sstride = round_up(kAttentionTile, L);
   s.scores.resize(static_cast<size_t>(qb.n * sstride));
   const int nq = static_cast<int>(qb.n);
@@ -399,7 +694,16 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   for (int64_t t0 = begin; t0 < end; t0 += kAttentionTile) {
     const int64_t rows = std::min(kAttentionTile, end - t0);
     // 1. Scores of every query against the tile's keys.
-    if (fused_keys) {
+    if (int_keys) {
+#if HWY_TARGET == HWY_AVX3_DL
+      const int64_t blocks = rows / 16;
+      ScoresInt(nq, keys.format.type, keys, t0, blocks, iq, scale, s.scores.data(), sstride);
+      if (rows > 16 * blocks) {
+        ScoresFused(nq, keys, t0 + 16 * blocks, rows - 16 * blocks, s.queries.data(), kpad, scale,
+                    s.scores.data() + 16 * blocks, sstride);
+      }
+#endif
+    } else if (fused_keys) {
       ScoresFused(nq, keys, t0, rows, s.queries.data(), kpad, scale, s.scores.data(), sstride);
     } else {
       for (int64_t r = 0; r < rows; ++r) {
@@ -453,8 +757,9 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
         continue;
       }
       std::fill(sc + valid, sc + sstride, -INFINITY);
-      float tile_max = -INFINITY;
-      for (int64_t r = 0; r < valid; ++r) tile_max = std::max(tile_max, sc[r]);
+      auto vtile = neg_inf;
+      for (int64_t r = 0; r < valid_pad; r += L) vtile = hn::Max(vtile, hn::LoadU(df, sc + r));
+      const float tile_max = hn::GetLane(hn::MaxOfLanes(df, vtile));
       const float old_max = part.max[i];
       const float new_max = std::max(old_max, tile_max);
       const float correction = old_max == -INFINITY ? 0.0f : std::exp(old_max - new_max);
@@ -479,6 +784,13 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
     }
     if (rows_used == 0) continue;
     // 3. Weighted sum of the values (weights past a query's limit are 0).
+    if (int_values) {
+#if HWY_TARGET == HWY_AVX3_DL
+      ValuesInt(nq, values.format.type, values, t0, rows_used, s.scores.data(), sstride,
+                part.out.data(), vpad);
+#endif
+      continue;
+    }
     if (fused_values) {
       ValuesFused(nq, values, t0, rows_used, s.scores.data(), sstride, part.out.data(), vpad);
       continue;
@@ -512,6 +824,11 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
 
 int64_t LaneCount() { return static_cast<int64_t>(hn::Lanes(DF())); }
 
+bool IntegerKeys(const RowFormat& keys, int64_t n_queries) {
+  return kIntegerPath && n_queries <= kMaxFusedQueries && FusedFormat(keys, LaneCount()) &&
+         (keys.type == KvType::kInt8 || keys.type == KvType::kInt4);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace eigenkv::ops
 HWY_AFTER_NAMESPACE();
@@ -522,6 +839,24 @@ namespace eigenkv::ops {
 HWY_EXPORT(AttendRange);
 HWY_EXPORT(DecodeRows);
 HWY_EXPORT(LaneCount);
+HWY_EXPORT(IntegerKeys);
+
+bool integer_key_path(const RowFormat& keys, int64_t n_queries) {
+  return HWY_DYNAMIC_DISPATCH(IntegerKeys)(keys, n_queries);
+}
+
+float round_query_group(const float* x, int8_t* q8) {
+  float amax = 0;
+  for (int64_t j = 0; j < kQuantGroup; ++j) amax = std::max(amax, std::abs(x[j]));
+  if (amax == 0) {
+    std::fill(q8, q8 + kQuantGroup, int8_t{0});
+    return 0.0f;
+  }
+  const float inv = 127.0f / amax;
+  for (int64_t j = 0; j < kQuantGroup; ++j)
+    q8[j] = static_cast<int8_t>(std::clamp(static_cast<int>(std::nearbyint(x[j] * inv)), -127, 127));
+  return amax / 127.0f;
+}
 
 void AttentionPartial::reset(int64_t n_queries, int64_t value_width) {
   const int64_t lanes = HWY_DYNAMIC_DISPATCH(LaneCount)();

@@ -62,6 +62,14 @@ void merge_partial(AttentionPartial& into, const AttentionPartial& other);
 // out row i (at out + i * out_stride) = the attention output of query i.
 void finish_partial(const AttentionPartial& partial, float* out, int64_t out_stride);
 
+// Whether attend_range scores `n_queries` queries against such keys with integer dot products
+// (x86 AVX-512 VNNI; int8/int4 rows whose width is a multiple of 32, decode-sized query
+// blocks): each query is then rounded per group of 32 numbers with round_query_group first.
+bool integer_key_path(const RowFormat& keys, int64_t n_queries);
+// Rounds x[0, kQuantGroup) to q8 * step with q8 in [-127, 127], step = max |x| / 127; returns
+// the step (0 for an all-zero group).
+float round_query_group(const float* x, int8_t* q8);
+
 // The rows [begin, begin + n) decoded to float32 (times sigma), SIMD path: [n, format.width].
 void decode_rows(const KvRows& rows, int64_t begin, int64_t n, float* out);
 
