@@ -535,6 +535,57 @@ HWY_INLINE void PairWords(const uint8_t* numbers, int64_t g, __m512i* out) {
   }
 }
 
+// The weighted sum over `rows` value rows of groups g0 .. g0 + kNg - 1, added to the outputs.
+template <KvType kType, int kQ, int kNg>
+HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t rows, int64_t g0,
+                             int64_t groups, int64_t blocks, const int16_t* wq, const int32_t* wsum,
+                             const float* unit, float* out, int64_t ostride) {
+  // Natural order of the two accumulators' lanes: lane l of `lo` holds numbers 8l..8l+3 of the
+  // group, of `hi` 8l+4..8l+7.
+  const __m512i first16 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second16 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  __m512i acc[kQ][kNg][2];
+  for (int i = 0; i < kQ; ++i)
+    for (int h = 0; h < kNg; ++h) acc[i][h][0] = acc[i][h][1] = _mm512_setzero_si512();
+  for (int64_t r = 0; r < rows; r += 2) {
+    __m512i a[2], b[2];
+    PairWords<kType>(numbers0 + r * bytes, g0, a);
+    if (r + 1 < rows) {
+      PairWords<kType>(numbers0 + (r + 1) * bytes, g0, b);
+    } else {
+      b[0] = b[1] = _mm512_setzero_si512();
+    }
+    for (int h = 0; h < kNg; ++h) {
+      const __m512i lo = _mm512_unpacklo_epi16(a[h], b[h]), hi = _mm512_unpackhi_epi16(a[h], b[h]);
+      for (int i = 0; i < kQ; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, wq + (i * groups + g0 + h) * blocks * 16 + r, 4);
+        const __m512i w = _mm512_set1_epi32(pair);
+        acc[i][h][0] = _mm512_dpwssd_epi32(acc[i][h][0], lo, w);
+        acc[i][h][1] = _mm512_dpwssd_epi32(acc[i][h][1], hi, w);
+      }
+    }
+  }
+  for (int h = 0; h < kNg; ++h) {
+    const int64_t g = g0 + h;
+    for (int i = 0; i < kQ; ++i) {
+      if (unit[i] <= 0) continue;
+      __m512i lo = acc[i][h][0], hi = acc[i][h][1];
+      if constexpr (kType == KvType::kInt4) {  // the nibbles are q + 8
+        const __m512i off = _mm512_set1_epi32(8 * wsum[i * groups + g]);
+        lo = _mm512_sub_epi32(lo, off);
+        hi = _mm512_sub_epi32(hi, off);
+      }
+      const __m512 fl = _mm512_cvtepi32_ps(lo), fh = _mm512_cvtepi32_ps(hi);
+      const __m512 u = _mm512_set1_ps(unit[i]);
+      float* o = out + i * ostride + g * kQuantGroup;
+      _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, first16, fh), u, _mm512_loadu_ps(o)));
+      _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, second16, fh), u,
+                                               _mm512_loadu_ps(o + 16)));
+    }
+  }
+}
+
 // out_i += sum over r < rows of p[i * stride + r] * value(t0 + r), p zero past each query's rows.
 template <KvType kType, int kQ>
 void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* p, int64_t stride,
@@ -580,52 +631,12 @@ void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* 
     }
   }
   const uint8_t* numbers0 = first + 2 * groups;
-  // Natural order of the two accumulators' lanes: lane l of `lo` holds numbers 8l..8l+3 of the
-  // group, of `hi` 8l+4..8l+7.
-  const __m512i first16 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-  const __m512i second16 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   // Groups two at a time (a pair's int4 bytes are expanded together).
   for (int64_t g0 = 0; g0 < groups; g0 += 2) {
-    const int ng = g0 + 1 < groups ? 2 : 1;
-    __m512i acc[kQ][2][2];
-    for (int i = 0; i < kQ; ++i)
-      for (int h = 0; h < 2; ++h) acc[i][h][0] = acc[i][h][1] = _mm512_setzero_si512();
-    for (int64_t r = 0; r < rows; r += 2) {
-      __m512i a[2], b[2];
-      PairWords<kType>(numbers0 + r * bytes, g0, a);
-      if (r + 1 < rows) {
-        PairWords<kType>(numbers0 + (r + 1) * bytes, g0, b);
-      } else {
-        b[0] = b[1] = _mm512_setzero_si512();
-      }
-      for (int h = 0; h < ng; ++h) {
-        const __m512i lo = _mm512_unpacklo_epi16(a[h], b[h]), hi = _mm512_unpackhi_epi16(a[h], b[h]);
-        for (int i = 0; i < kQ; ++i) {
-          int32_t pair;
-          std::memcpy(&pair, wq.data() + (i * groups + g0 + h) * blocks * 16 + r, 4);
-          const __m512i w = _mm512_set1_epi32(pair);
-          acc[i][h][0] = _mm512_dpwssd_epi32(acc[i][h][0], lo, w);
-          acc[i][h][1] = _mm512_dpwssd_epi32(acc[i][h][1], hi, w);
-        }
-      }
-    }
-    for (int h = 0; h < ng; ++h) {
-      const int64_t g = g0 + h;
-      for (int i = 0; i < kQ; ++i) {
-        if (unit[i] <= 0) continue;
-        __m512i lo = acc[i][h][0], hi = acc[i][h][1];
-        if constexpr (kType == KvType::kInt4) {  // the nibbles are q + 8
-          const __m512i off = _mm512_set1_epi32(8 * wsum[i * groups + g]);
-          lo = _mm512_sub_epi32(lo, off);
-          hi = _mm512_sub_epi32(hi, off);
-        }
-        const __m512 fl = _mm512_cvtepi32_ps(lo), fh = _mm512_cvtepi32_ps(hi);
-        const __m512 u = _mm512_set1_ps(unit[i]);
-        float* o = out + i * ostride + g * kQuantGroup;
-        _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, first16, fh), u, _mm512_loadu_ps(o)));
-        _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, second16, fh), u,
-                                                 _mm512_loadu_ps(o + 16)));
-      }
+    if (g0 + 1 < groups) {
+      ValuesGroups<kType, kQ, 2>(numbers0, bytes, rows, g0, groups, blocks, wq.data(), wsum.data(), unit, out, ostride);
+    } else {
+      ValuesGroups<kType, kQ, 1>(numbers0, bytes, rows, g0, groups, blocks, wq.data(), wsum.data(), unit, out, ostride);
     }
   }
 }
