@@ -317,12 +317,60 @@ void DispatchScores(const KvRows& keys, int64_t t0, int64_t rows, const float* q
   }
 }
 
+// Float rows of at most kC vectors: the outputs stay in registers for the whole tile.
+template <KvType kType, int kQ, int kC>
+void FusedValuesInRegisters(const KvRows& values, int64_t t0, int64_t rows, const float* p,
+                            int64_t stride, float* out, int64_t ostride) {
+  const DF df;
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(DF()));
+  using V = decltype(hn::Zero(df));
+  const int64_t bytes = values.format.bytes(), width = values.format.width;
+  const int64_t tail = width - (kC - 1) * L;  // numbers in the last vector, 1..L
+  const auto last = hn::FirstN(df, static_cast<size_t>(tail));
+  V acc[kQ][kC];
+  for (int i = 0; i < kQ; ++i)
+    for (int c = 0; c < kC; ++c) acc[i][c] = hn::LoadU(df, out + i * ostride + c * L);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = values.data + (t0 + r) * bytes;
+    V x[kC];
+    for (int c = 0; c < kC; ++c) {
+      if constexpr (kType == KvType::kF32) {
+        x[c] = hn::LoadU(df, reinterpret_cast<const float*>(row) + c * L);
+      } else {
+        const hn::Rebind<hwy::float16_t, DF> dh;
+        x[c] = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(row) + c * L));
+      }
+    }
+    // The last vector reads past the row (rows carry slack): masked to zero.
+    x[kC - 1] = hn::IfThenElseZero(last, x[kC - 1]);
+    for (int i = 0; i < kQ; ++i) {
+      const V w = hn::Set(df, p[i * stride + r]);
+      for (int c = 0; c < kC; ++c) acc[i][c] = hn::MulAdd(w, x[c], acc[i][c]);
+    }
+  }
+  for (int i = 0; i < kQ; ++i)
+    for (int c = 0; c < kC; ++c) hn::StoreU(acc[i][c], df, out + i * ostride + c * L);
+}
+
+template <KvType kType, int kQ>
+void FloatValues(const KvRows& values, int64_t t0, int64_t rows, const float* p, int64_t stride,
+                 float* out, int64_t ostride) {
+  constexpr int64_t L = static_cast<int64_t>(hn::MaxLanes(DF()));
+  switch ((values.format.width + L - 1) / L) {
+    case 1: return FusedValuesInRegisters<kType, kQ, 1>(values, t0, rows, p, stride, out, ostride);
+    case 2: return FusedValuesInRegisters<kType, kQ, 2>(values, t0, rows, p, stride, out, ostride);
+    case 3: return FusedValuesInRegisters<kType, kQ, 3>(values, t0, rows, p, stride, out, ostride);
+    case 4: return FusedValuesInRegisters<kType, kQ, 4>(values, t0, rows, p, stride, out, ostride);
+    default: return FusedValues<kType, kQ>(values, t0, rows, p, stride, out, ostride);
+  }
+}
+
 template <int kQ>
 void DispatchValues(const KvRows& values, int64_t t0, int64_t rows, const float* p, int64_t stride,
                     float* out, int64_t ostride) {
   switch (values.format.type) {
-    case KvType::kF32: return FusedValues<KvType::kF32, kQ>(values, t0, rows, p, stride, out, ostride);
-    case KvType::kF16: return FusedValues<KvType::kF16, kQ>(values, t0, rows, p, stride, out, ostride);
+    case KvType::kF32: return FloatValues<KvType::kF32, kQ>(values, t0, rows, p, stride, out, ostride);
+    case KvType::kF16: return FloatValues<KvType::kF16, kQ>(values, t0, rows, p, stride, out, ostride);
     case KvType::kInt8: return FusedValues<KvType::kInt8, kQ>(values, t0, rows, p, stride, out, ostride);
     default: return FusedValues<KvType::kInt4, kQ>(values, t0, rows, p, stride, out, ostride);
   }
@@ -535,7 +583,8 @@ HWY_INLINE void PairWords(const uint8_t* numbers, int64_t g, __m512i* out) {
   }
 }
 
-// The weighted sum over `rows` value rows of groups g0 .. g0 + kNg - 1, added to the outputs.
+// The weighted sum over `rows` value rows of groups g0 .. g0 + kNg - 1, added to the outputs:
+// wq holds the weights in units of unit[g].
 template <KvType kType, int kQ, int kNg>
 HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t rows, int64_t g0,
                              int64_t groups, int64_t blocks, const int16_t* wq, const int32_t* wsum,
@@ -569,7 +618,6 @@ HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t row
   for (int h = 0; h < kNg; ++h) {
     const int64_t g = g0 + h;
     for (int i = 0; i < kQ; ++i) {
-      if (unit[i] <= 0) continue;
       __m512i lo = acc[i][h][0], hi = acc[i][h][1];
       if constexpr (kType == KvType::kInt4) {  // the nibbles are q + 8
         const __m512i off = _mm512_set1_epi32(8 * wsum[i * groups + g]);
@@ -577,7 +625,7 @@ HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t row
         hi = _mm512_sub_epi32(hi, off);
       }
       const __m512 fl = _mm512_cvtepi32_ps(lo), fh = _mm512_cvtepi32_ps(hi);
-      const __m512 u = _mm512_set1_ps(unit[i]);
+      const __m512 u = _mm512_set1_ps(unit[g]);
       float* o = out + i * ostride + g * kQuantGroup;
       _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, first16, fh), u, _mm512_loadu_ps(o)));
       _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, second16, fh), u,
@@ -606,22 +654,25 @@ void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* 
     alignas(64) float spare[kAttentionTile];
     ScalePairs(first, bytes, rows, j, a, 2 * j + 1 < groups ? a + blocks * 16 : spare);
   }
-  float unit[kQ];
-  for (int i = 0; i < kQ; ++i) {
+  // Weights p <= 1 (the online softmax subtracts a running max), so w = p * scale fits 15 bits
+  // against a group's largest row scale: one unit per group and tile, shared by the queries.
+  thread_local std::vector<float> unit;
+  if (unit.size() < static_cast<size_t>(groups)) unit.resize(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    float* s = vs.data() + g * blocks * 16;
     __m512 m = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g)
-      for (int64_t b = 0; b < blocks; ++b)
-        m = _mm512_max_ps(m, _mm512_mul_ps(_mm512_loadu_ps(p + i * stride + 16 * b),
-                                           _mm512_loadu_ps(vs.data() + g * blocks * 16 + 16 * b)));
-    const float wmax = _mm512_reduce_max_ps(m);
-    unit[i] = wmax / 32767.0f;
-    const __m512 inv = _mm512_set1_ps(wmax > 0 ? 32767.0f / wmax : 0.0f);
+    for (int64_t b = 0; b < blocks; ++b) m = _mm512_max_ps(m, _mm512_loadu_ps(s + 16 * b));
+    const float smax = _mm512_reduce_max_ps(m);
+    unit[g] = smax / 32767.0f;
+    const __m512 inv = _mm512_set1_ps(smax > 0 ? 32767.0f / smax : 0.0f);
+    for (int64_t b = 0; b < blocks; ++b) _mm512_storeu_ps(s + 16 * b, _mm512_mul_ps(_mm512_loadu_ps(s + 16 * b), inv));
+  }
+  for (int i = 0; i < kQ; ++i) {
     for (int64_t g = 0; g < groups; ++g) {
       __m512i sum = _mm512_setzero_si512();
       for (int64_t b = 0; b < blocks; ++b) {
-        const __m512 w = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + i * stride + 16 * b),
-                                                     _mm512_loadu_ps(vs.data() + g * blocks * 16 + 16 * b)),
-                                       inv);
+        const __m512 w = _mm512_mul_ps(_mm512_loadu_ps(p + i * stride + 16 * b),
+                                       _mm512_loadu_ps(vs.data() + g * blocks * 16 + 16 * b));
         const __m512i w32 = _mm512_cvtps_epi32(w);
         sum = _mm512_add_epi32(sum, w32);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(wq.data() + (i * groups + g) * blocks * 16 + 16 * b),
@@ -634,9 +685,9 @@ void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* 
   // Groups two at a time (a pair's int4 bytes are expanded together).
   for (int64_t g0 = 0; g0 < groups; g0 += 2) {
     if (g0 + 1 < groups) {
-      ValuesGroups<kType, kQ, 2>(numbers0, bytes, rows, g0, groups, blocks, wq.data(), wsum.data(), unit, out, ostride);
+      ValuesGroups<kType, kQ, 2>(numbers0, bytes, rows, g0, groups, blocks, wq.data(), wsum.data(), unit.data(), out, ostride);
     } else {
-      ValuesGroups<kType, kQ, 1>(numbers0, bytes, rows, g0, groups, blocks, wq.data(), wsum.data(), unit, out, ostride);
+      ValuesGroups<kType, kQ, 1>(numbers0, bytes, rows, g0, groups, blocks, wq.data(), wsum.data(), unit.data(), out, ostride);
     }
   }
 }
