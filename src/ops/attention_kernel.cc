@@ -248,6 +248,36 @@ void FusedScores(const KvRows& keys, int64_t t0, int64_t rows, const float* q, i
   // Four rows at a time: their sums are reduced together by a tree of even/odd concatenations
   // (row k ends in lanes [k L/4, (k+1) L/4)), far cheaper than four full reductions.
   int64_t r = 0;
+  // Sixteen rows at a time with 16 lanes: four 4-row trees (row k's sum spread over lanes
+  // [4k, 4k + 4)), then two more levels leave row j's whole sum in lane j.
+  if constexpr (L == 16) {
+    for (; r + 16 <= rows; r += 16) {
+      V part[kQ][4];
+      for (int b = 0; b < 4; ++b) {
+        V acc[kQ][4];
+        for (int i = 0; i < kQ; ++i)
+          for (int k = 0; k < 4; ++k) acc[i][k] = hn::Zero(df);
+        for (int k = 0; k < 4; ++k) {
+          ForEachChunk<kType>(keys.format, keys.data + (t0 + r + 4 * b + k) * bytes, [&](int64_t c, V x) {
+            for (int i = 0; i < kQ; ++i)
+              acc[i][k] = hn::MulAdd(hn::LoadU(df, q + i * qstride + c * L), x, acc[i][k]);
+          });
+        }
+        for (int i = 0; i < kQ; ++i) {
+          const V v01 = hn::Add(hn::ConcatEven(df, acc[i][1], acc[i][0]), hn::ConcatOdd(df, acc[i][1], acc[i][0]));
+          const V v23 = hn::Add(hn::ConcatEven(df, acc[i][3], acc[i][2]), hn::ConcatOdd(df, acc[i][3], acc[i][2]));
+          part[i][b] = hn::Add(hn::ConcatEven(df, v23, v01), hn::ConcatOdd(df, v23, v01));
+        }
+      }
+      const V vscale = hn::Set(df, scale);
+      for (int i = 0; i < kQ; ++i) {
+        const V w01 = hn::Add(hn::ConcatEven(df, part[i][1], part[i][0]), hn::ConcatOdd(df, part[i][1], part[i][0]));
+        const V w23 = hn::Add(hn::ConcatEven(df, part[i][3], part[i][2]), hn::ConcatOdd(df, part[i][3], part[i][2]));
+        const V sums = hn::Add(hn::ConcatEven(df, w23, w01), hn::ConcatOdd(df, w23, w01));
+        hn::StoreU(hn::Mul(sums, vscale), df, sc + i * stride + r);
+      }
+    }
+  }
   if constexpr (L >= 4) {
     HWY_ALIGN float lanes[L];
     for (; r + 4 <= rows; r += 4) {
