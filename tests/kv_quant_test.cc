@@ -292,6 +292,29 @@ TEST(KvCacheModel, Int8PerplexityWithinHalfAPercentOfF16) {
   EXPECT_GT(i4, i8);  // 4 bits lose something measurable on 8-wide heads
 }
 
+// Decode (one token at a time) runs the decode kernels, which on AVX-512 VNNI machines score
+// int8/int4 caches with integer dot products (queries rounded to int8): the bar holds there too,
+// and with f16 the decode path equals the prefill path.
+TEST(KvCacheModel, Int8DecodePathPerplexityOnHeadDim64) {
+  const std::string rel = "models/tinystories-c4-gqa.gguf";
+  EKV_REQUIRE_SHARED(rel);
+  auto m = model::Model::load(testing::shared_path(rel));
+  const std::vector<int32_t> ids = eval_ids(*m);
+  const auto ppl = [&](KvType t, bool decode) {
+    m->set_cache_types({t, t});
+    eval::PerplexityOptions o;
+    o.ctx = 256;
+    o.max_windows = 4;
+    o.decode = decode;
+    o.progress = false;
+    return eval::perplexity(*m, ids, o, nullptr).ppl;
+  };
+  const double f16 = ppl(KvType::kF16, true);
+  EXPECT_NEAR(f16 / ppl(KvType::kF16, false), 1.0, 1e-5);
+  EXPECT_NEAR(ppl(KvType::kInt8, true) / f16, 1.0, 5e-3);
+  EXPECT_NEAR(ppl(KvType::kInt4, true) / f16, 1.0, 3e-2);
+}
+
 TEST(KvCacheModel, BytesPerTokenFollowTheTypes) {
   auto m = model::Model::load(testing::source_path(kSmallModel));
   const model::ModelConfig& c = m->config();

@@ -17,6 +17,7 @@ struct PerplexityFlags {
   std::string file;
   int64_t ctx = 256;
   int64_t max_windows = 0;
+  bool decode = false;
   std::string kld_base;
   bool json = false;
 };
@@ -36,6 +37,7 @@ void run(const PerplexityFlags& f) {
   eval::PerplexityOptions options;
   options.ctx = f.ctx;
   options.max_windows = f.max_windows;
+  options.decode = f.decode;
   eval::PerplexityResult r = eval::perplexity(*model, ids, options, base.get());
   if (f.json) {
     nlohmann::json out = {{"ppl", r.ppl},
@@ -84,6 +86,8 @@ void register_perplexity(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-windows", flags->max_windows, "score at most this many windows")
       ->check(CLI::PositiveNumber);
+  cmd->add_flag("--decode", flags->decode,
+                "feed each window one token at a time, as generation runs (decode kernels)");
   cmd->add_option("--kld-base", flags->kld_base,
                   "base model: also report KL divergence from it and top-1 agreement");
   cmd->add_flag("--json", flags->json,

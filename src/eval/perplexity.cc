@@ -52,10 +52,15 @@ PerplexityResult perplexity(const model::Model& model, const std::vector<int32_t
   for (int64_t w = 0; w < windows; ++w) {
     std::span<const int32_t> window(ids.data() + w * ctx, static_cast<size_t>(ctx));
     cache.clear();
-    model.forward(window, cache, logits.data(), true);
-    if (base) {
-      base_cache.clear();
-      base->forward(window, base_cache, base_logits.data(), true);
+    if (base) base_cache.clear();
+    if (options.decode) {
+      for (int64_t t = 0; t + 1 < ctx; ++t) {
+        model.forward(window.subspan(t, 1), cache, logits.data() + t * n_vocab, false);
+        if (base) base->forward(window.subspan(t, 1), base_cache, base_logits.data() + t * n_vocab, false);
+      }
+    } else {
+      model.forward(window, cache, logits.data(), true);
+      if (base) base->forward(window, base_cache, base_logits.data(), true);
     }
     for (int64_t t = 0; t + 1 < ctx; ++t) {
       const float* row = logits.data() + t * n_vocab;

@@ -16,6 +16,9 @@ struct PerplexityOptions {
   int64_t max_windows = 0;  // 0: all windows
   bool keep_token_nll = false;
   bool progress = true;
+  // Feed each window one token at a time, as generation runs (the decode attention kernels,
+  // which for int8/int4 caches score with integer dot products), instead of one prefill.
+  bool decode = false;
 };
 
 struct PerplexityResult {

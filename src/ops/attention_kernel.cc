@@ -839,7 +839,13 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
         RebuildKey(raw, rk, s.basis.data(), kpad, k);
         if (rebuild->rope) rebuild->rope->rotate(k, 1, kw, t0 + r);
       }
-      for (int64_t i = 0; i < qb.n; ++i) {
+      // Decode-sized blocks score the decoded tile as float32 rows on the fused path.
+      if (qb.n <= kMaxFusedQueries) {
+        const KvRows tile{reinterpret_cast<const uint8_t*>(s.keys.data()),
+                          RowFormat::uniform(KvType::kF32, kpad), nullptr};
+        ScoresFused(nq, tile, 0, rows, s.queries.data(), kpad, scale, s.scores.data(), sstride);
+      }
+      for (int64_t i = 0; i < qb.n && qb.n > kMaxFusedQueries; ++i) {
         const int64_t valid = std::min(qb.limit[i], t0 + rows) - t0;
         const float* q = s.queries.data() + i * kpad;
         float* sc = s.scores.data() + i * sstride;
@@ -918,6 +924,12 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
     for (int64_t r = 0; r < rows_used; ++r)
       DecodeRow(values.format, values.data + (t0 + r) * vbytes, nullptr,
                 s.values.data() + r * vpad, vpad);
+    if (qb.n <= kMaxFusedQueries) {
+      const KvRows tile{reinterpret_cast<const uint8_t*>(s.values.data()),
+                        RowFormat::uniform(KvType::kF32, vpad), nullptr};
+      ValuesFused(nq, tile, 0, rows_used, s.scores.data(), sstride, part.out.data(), vpad);
+      continue;
+    }
     for (int64_t i = 0; i < qb.n; ++i) {
       const int64_t valid = std::max<int64_t>(0, std::min(qb.limit[i], t0 + rows) - t0);
       if (valid == 0) continue;
