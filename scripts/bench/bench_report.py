@@ -183,7 +183,7 @@ def main():
     ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH", ""))
     ap.add_argument("--llama-batched-bench", default=os.environ.get("LLAMA_BATCHED_BENCH", ""),
                     help="llama.cpp's llama-batched-bench: decode at depth with its caches")
-    ap.add_argument("--sweep-depths", default="256,512,1024,2048,4096")
+    ap.add_argument("--sweep-depths", default="256,1024,4096,16384,32768")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCH.md"))
