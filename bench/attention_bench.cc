@@ -1,5 +1,5 @@
-// Decode attention over a cache of each row type: one KV head, a GQA group of four queries (tinystories-c4-gqa's), the
-// whole context in one range (one thread). Counters: cache bytes read per second and nanoseconds
+// Decode attention over a cache of each row type: one KV head, a GQA group of four queries
+// (tinystories-c4-gqa's), the whole context in one range (one thread). Counters: cache bytes read per second and nanoseconds
 // per cached position; `eigenkv bench --kv-sweep` gives the whole-model figures with ratios.
 #include <benchmark/benchmark.h>
 
