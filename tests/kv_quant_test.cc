@@ -266,6 +266,23 @@ TEST(KvKernel, KeyRebuildMatchesExplicitRebuild) {
   }
 }
 
+// Angles kept in blocks (made ahead by reserve) equal the ones computed per call, and a
+// rotation round-trips, below and past the kept positions.
+TEST(KvKernel, RopeTableKeptAndComputedAnglesAgree) {
+  std::vector<float> inv_freq;
+  for (int i = 0; i < 4; ++i) inv_freq.push_back(std::pow(10000.0f, -2.0f * i / 8));
+  const ops::RopeTable kept(inv_freq, 16), computed(inv_freq, 0);
+  kept.reserve(9000);  // three blocks
+  for (int64_t pos : {0, 15, 16, 4095, 4096, 8191, 8999, 9000, 70000}) {
+    std::vector<float> a = {1, 2, 3, 4, 5, 6, 7, 8}, b = a, c = a;
+    kept.rotate(a.data(), 1, 8, pos);
+    computed.rotate(b.data(), 1, 8, pos);
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(a[i], b[i]) << "position " << pos;
+    kept.rotate_inverse(a.data(), 1, 8, pos);
+    for (int i = 0; i < 8; ++i) EXPECT_NEAR(a[i], c[i], 1e-5) << "position " << pos;
+  }
+}
+
 const char* kSmallModel = "models/stories260K.gguf";
 
 std::vector<int32_t> eval_ids(const model::Model& m) {

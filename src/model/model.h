@@ -71,10 +71,10 @@ class Model {
   void set_cache_types(kv::CacheTypes types);
   // True when the file stores a water-filled cache allotment (per-direction bits and scales).
   bool has_cache_allotment() const;
-  kv::KvCache new_cache(int64_t capacity) const {
-    return kv::KvCache(cache_shape(), capacity, cache_types_);
-  }
+  // A cache for `capacity` positions (the RoPE angles of all of them are made ahead).
+  kv::KvCache new_cache(int64_t capacity) const { return new_cache(capacity, cache_types_); }
   kv::KvCache new_cache(int64_t capacity, kv::CacheTypes types) const {
+    rope_.reserve(capacity);
     return kv::KvCache(cache_shape(), capacity, types);
   }
   // Bytes per token of a cache of the current types.

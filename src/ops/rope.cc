@@ -1,57 +1,66 @@
 #include "ops/rope.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "util/error.h"
 
 namespace eigenkv::ops {
 
 RopeTable::RopeTable(std::vector<float> inv_freq, int64_t max_positions)
-    : inv_freq_(std::move(inv_freq)), cached_positions_(max_positions) {
-  const int64_t half = static_cast<int64_t>(inv_freq_.size());
-  cos_.resize(cached_positions_ * half);
-  sin_.resize(cached_positions_ * half);
-  for (int64_t p = 0; p < cached_positions_; ++p) {
-    for (int64_t i = 0; i < half; ++i) {
-      // float32 angle as llama.cpp and PyTorch form it (pos * inv_freq in float), then cos/sin.
-      const float angle = static_cast<float>(p) * inv_freq_[i];
-      cos_[p * half + i] = std::cos(angle);
-      sin_[p * half + i] = std::sin(angle);
-    }
-  }
+    : inv_freq_(std::move(inv_freq)) {
+  reserve(max_positions);
 }
 
-void RopeTable::cos_sin(int64_t pos, const float** cos, const float** sin,
-                        std::vector<float>& scratch) const {
+void RopeTable::reserve(int64_t n) const {
   const int64_t half = static_cast<int64_t>(inv_freq_.size());
-  if (pos < cached_positions_) {
-    *cos = cos_.data() + pos * half;
-    *sin = sin_.data() + pos * half;
-    return;
+  const int64_t blocks = std::min<int64_t>(kMaxBlocks, (n + kBlock - 1) / kBlock);
+  std::lock_guard<std::mutex> lock(blocks_->grow);
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (blocks_->data[b].load(std::memory_order_acquire)) continue;
+    auto table = std::make_unique<float[]>(static_cast<size_t>(2 * kBlock * half));
+    for (int64_t j = 0; j < kBlock; ++j) {
+      for (int64_t i = 0; i < half; ++i) {
+        // float32 angle as llama.cpp and PyTorch form it (pos * inv_freq in float), then cos/sin.
+        const float angle = static_cast<float>(b * kBlock + j) * inv_freq_[i];
+        table[j * half + i] = std::cos(angle);
+        table[(kBlock + j) * half + i] = std::sin(angle);
+      }
+    }
+    blocks_->data[b].store(table.get(), std::memory_order_release);
+    blocks_->owned.push_back(std::move(table));
   }
-  scratch.resize(2 * half);
-  for (int64_t i = 0; i < half; ++i) {
-    const float angle = static_cast<float>(pos) * inv_freq_[i];
-    scratch[i] = std::cos(angle);
-    scratch[half + i] = std::sin(angle);
-  }
-  *cos = scratch.data();
-  *sin = scratch.data() + half;
 }
 
 void RopeTable::rotate_with_sign(float* x, int64_t n_heads, int64_t head_dim, int64_t pos,
                                  float sign) const {
+  const int64_t half = static_cast<int64_t>(inv_freq_.size());
   const float* c;
   const float* s;
-  std::vector<float> scratch;
-  cos_sin(pos, &c, &s, scratch);
-  const int64_t half = static_cast<int64_t>(inv_freq_.size());
+  float scratch[2 * 512];
+  const int64_t b = pos / kBlock;
+  const float* table = b < kMaxBlocks ? blocks_->data[b].load(std::memory_order_acquire) : nullptr;
+  if (table) {
+    c = table + (pos % kBlock) * half;
+    s = table + (kBlock + pos % kBlock) * half;
+  } else {
+    EKV_CHECK(half <= 512, "RoPE over ", 2 * half, " dimensions is not supported");
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(pos) * inv_freq_[i];
+      scratch[i] = std::cos(angle);
+      scratch[half + i] = std::sin(angle);
+    }
+    c = scratch;
+    s = scratch + half;
+  }
   for (int64_t h = 0; h < n_heads; ++h) {
     float* v = x + h * head_dim;
     for (int64_t i = 0; i < half; ++i) {
       const float a = v[2 * i];
-      const float b = v[2 * i + 1];
+      const float bb = v[2 * i + 1];
       const float si = sign * s[i];
-      v[2 * i] = a * c[i] - b * si;
-      v[2 * i + 1] = a * si + b * c[i];
+      v[2 * i] = a * c[i] - bb * si;
+      v[2 * i + 1] = a * si + bb * c[i];
     }
   }
 }

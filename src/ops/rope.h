@@ -3,7 +3,11 @@
 // permutes its rotate-half rows into it, so one kernel serves both.)
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 namespace eigenkv::ops {
@@ -11,11 +15,15 @@ namespace eigenkv::ops {
 class RopeTable {
  public:
   RopeTable() = default;
-  // inv_freq: rope_dims / 2 frequencies. Angles are computed per position on demand in double and
-  // cached up to `max_positions`.
+  // inv_freq: rope_dims / 2 frequencies. Angles are computed (pos * inv_freq in float32, then
+  // cos/sin) and kept for positions below `max_positions`; others are computed per call.
   RopeTable(std::vector<float> inv_freq, int64_t max_positions);
 
   int64_t rope_dims() const { return static_cast<int64_t>(inv_freq_.size()) * 2; }
+
+  // Keeps the angles of positions below n too (a cache that long is about to be used). Safe
+  // while other threads rotate: positions are kept in blocks that never move once made.
+  void reserve(int64_t n) const;
 
   // Rotates n_heads vectors of width head_dim (contiguous) at position pos, in place.
   void rotate(float* x, int64_t n_heads, int64_t head_dim, int64_t pos) const;
@@ -23,14 +31,17 @@ class RopeTable {
   void rotate_inverse(float* x, int64_t n_heads, int64_t head_dim, int64_t pos) const;
 
  private:
+  static constexpr int64_t kBlock = 4096;     // positions per block
+  static constexpr int64_t kMaxBlocks = 256;  // up to 2^20 positions kept
+  struct Blocks {
+    std::mutex grow;
+    std::array<std::atomic<const float*>, kMaxBlocks> data{};  // [kBlock, half] cos then sin
+    std::vector<std::unique_ptr<float[]>> owned;
+  };
   void rotate_with_sign(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, float sign) const;
-  void cos_sin(int64_t pos, const float** cos, const float** sin,
-               std::vector<float>& scratch) const;
 
   std::vector<float> inv_freq_;
-  int64_t cached_positions_ = 0;
-  std::vector<float> cos_;  // [cached_positions, rope_dims / 2]
-  std::vector<float> sin_;
+  std::shared_ptr<Blocks> blocks_ = std::make_shared<Blocks>();
 };
 
 }  // namespace eigenkv::ops
