@@ -202,11 +202,16 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
       // the same int8 grid (the rounding is the method, not an error of the kernel).
       std::vector<float> qr = q;
       const bool integer = ops::integer_key_path(kf, s.n_queries);
-      if (integer) {
+      if (integer) {  // per query, groups of 32 (a short last one as if zero-padded)
         int8_t q8[ops::kQuantGroup];
-        for (int64_t g = 0; g < s.n_queries * s.key_width / ops::kQuantGroup; ++g) {
-          const float step = ops::round_query_group(q.data() + g * ops::kQuantGroup, q8);
-          for (int64_t j = 0; j < ops::kQuantGroup; ++j) qr[g * ops::kQuantGroup + j] = q8[j] * step;
+        for (int64_t i = 0; i < s.n_queries; ++i) {
+          for (int64_t g0 = 0; g0 < s.key_width; g0 += ops::kQuantGroup) {
+            const int64_t m = std::min(ops::kQuantGroup, s.key_width - g0);
+            float group[ops::kQuantGroup] = {};
+            std::copy(q.begin() + i * s.key_width + g0, q.begin() + i * s.key_width + g0 + m, group);
+            const float step = ops::round_query_group(group, q8);
+            for (int64_t j = 0; j < m; ++j) qr[i * s.key_width + g0 + j] = q8[j] * step;
+          }
         }
       }
       // The integer value path rounds each tile's weights (times the rows' group scales) to

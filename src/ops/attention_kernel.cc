@@ -504,16 +504,19 @@ struct IntQueries {
 };
 
 // Where number j of group g sits in the chunk's bytes (ChunkBytes' order).
-inline int64_t ChunkPosition(KvType type, int64_t g, int64_t j) {
+// A group of m numbers (the last may be short) holds its int4 numbers as byte i = numbers i and
+// i + ceil(m/2).
+inline int64_t ChunkPosition(KvType type, int64_t g, int64_t j, int64_t m) {
   if (type == KvType::kInt8) return (g % 2) * 32 + j;
-  return (g % 2) * 16 + (j >= 16 ? 32 : 0) + j % 16;
+  const int64_t half = (m + 1) / 2;
+  return (g % 2) * 16 + (j >= half ? 32 + j - half : j);
 }
 
 // The queries in `q` are replaced by their rounded values, so that rows scored by the float
 // path (a tile's last rows short of 16) see the same queries.
 void QuantizeQueries(KvType type, float* q, int64_t n, int64_t qstride, int64_t width,
                      IntQueries& iq) {
-  iq.groups = width / kQuantGroup;
+  iq.groups = (width + kQuantGroup - 1) / kQuantGroup;
   iq.chunks = (iq.groups + 1) / 2;
   iq.bytes.assign(static_cast<size_t>(n * iq.chunks * 64), 0);
   iq.scale.assign(static_cast<size_t>(n * iq.groups), 0.0f);
@@ -521,15 +524,19 @@ void QuantizeQueries(KvType type, float* q, int64_t n, int64_t qstride, int64_t 
   const int32_t offset = type == KvType::kInt8 ? 128 : 8;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t g = 0; g < iq.groups; ++g) {
-      int8_t q8[kQuantGroup];
+      // A short last group is rounded as if zero-padded; its missing numbers meet zero bytes.
+      const int64_t m = std::min(kQuantGroup, width - g * kQuantGroup);
       float* x = q + i * qstride + g * kQuantGroup;
-      const float step = round_query_group(x, q8);
+      float padded[kQuantGroup] = {};
+      std::copy(x, x + m, padded);
+      int8_t q8[kQuantGroup];
+      const float step = round_query_group(padded, q8);
       iq.scale[i * iq.groups + g] = step;
       int32_t sum = 0;
       int8_t* out = iq.bytes.data() + (i * iq.chunks + g / 2) * 64;
-      for (int64_t j = 0; j < kQuantGroup; ++j) {
+      for (int64_t j = 0; j < m; ++j) {
         x[j] = static_cast<float>(q8[j]) * step;
-        out[ChunkPosition(type, g, j)] = q8[j];
+        out[ChunkPosition(type, g, j, m)] = q8[j];
         sum += q8[j];
       }
       iq.offset[i * iq.groups + g] = offset * sum;
@@ -617,7 +624,7 @@ HWY_INLINE void PairWords(const uint8_t* numbers, int64_t g, __m512i* out) {
 // wq holds the weights in units of unit[g].
 template <KvType kType, int kQ, int kNg>
 HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t rows, int64_t g0,
-                             int64_t groups, int64_t blocks, const int16_t* wq, const int32_t* wsum,
+                             int64_t width, int64_t groups, int64_t blocks, const int16_t* wq, const int32_t* wsum,
                              const float* unit, float* out, int64_t ostride) {
   // Natural order of the two accumulators' lanes: lane l of `lo` holds numbers 8l..8l+3 of the
   // group, of `hi` 8l+4..8l+7.
@@ -647,6 +654,16 @@ HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t row
   }
   for (int h = 0; h < kNg; ++h) {
     const int64_t g = g0 + h;
+    // A short last group: its int4 numbers sit at word positions [0, half) and [16, 16 + m - half)
+    // (reordered below), and only its m numbers are stored.
+    const int64_t m = std::min(kQuantGroup, width - g * kQuantGroup);
+    const int64_t half = (m + 1) / 2;
+    const bool reorder = kType == KvType::kInt4 && m < kQuantGroup;
+    alignas(64) int32_t order[kQuantGroup];
+    for (int64_t d = 0; d < kQuantGroup; ++d)
+      order[d] = static_cast<int32_t>(d < half ? d : 16 + d - half);
+    const __mmask16 keep0 = static_cast<__mmask16>(m >= 16 ? 0xFFFFu : (1u << m) - 1);
+    const __mmask16 keep1 = static_cast<__mmask16>(m >= 32 ? 0xFFFFu : m <= 16 ? 0u : (1u << (m - 16)) - 1);
     for (int i = 0; i < kQ; ++i) {
       __m512i lo = acc[i][h][0], hi = acc[i][h][1];
       if constexpr (kType == KvType::kInt4) {  // the nibbles are q + 8
@@ -657,9 +674,17 @@ HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t row
       const __m512 fl = _mm512_cvtepi32_ps(lo), fh = _mm512_cvtepi32_ps(hi);
       const __m512 u = _mm512_set1_ps(unit[g]);
       float* o = out + i * ostride + g * kQuantGroup;
-      _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, first16, fh), u, _mm512_loadu_ps(o)));
-      _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(_mm512_permutex2var_ps(fl, second16, fh), u,
-                                               _mm512_loadu_ps(o + 16)));
+      __m512 w0 = _mm512_permutex2var_ps(fl, first16, fh), w1 = _mm512_permutex2var_ps(fl, second16, fh);
+      if (reorder) {
+        const __m512 d0 = _mm512_permutex2var_ps(w0, _mm512_load_si512(order), w1);
+        w1 = _mm512_permutex2var_ps(w0, _mm512_load_si512(order + 16), w1);
+        w0 = d0;
+      }
+      _mm512_mask_storeu_ps(o, keep0, _mm512_fmadd_ps(w0, u, _mm512_maskz_loadu_ps(keep0, o)));
+      if (keep1) {
+        _mm512_mask_storeu_ps(o + 16, keep1,
+                              _mm512_fmadd_ps(w1, u, _mm512_maskz_loadu_ps(keep1, o + 16)));
+      }
     }
   }
 }
@@ -668,7 +693,8 @@ HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t row
 template <KvType kType, int kQ>
 void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* p, int64_t stride,
                    float* out, int64_t ostride) {
-  const int64_t bytes = values.format.bytes(), groups = values.format.width / kQuantGroup;
+  const int64_t bytes = values.format.bytes();
+  const int64_t groups = (values.format.width + kQuantGroup - 1) / kQuantGroup;
   const int64_t blocks = (rows + 15) / 16;
   const uint8_t* first = values.data + t0 * bytes;
   // Row group scales, [groups][blocks * 16] (zero past the tile), and the weights
@@ -715,9 +741,9 @@ void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* 
   // Groups two at a time (a pair's int4 bytes are expanded together).
   for (int64_t g0 = 0; g0 < groups; g0 += 2) {
     if (g0 + 1 < groups) {
-      ValuesGroups<kType, kQ, 2>(numbers0, bytes, rows, g0, groups, blocks, wq.data(), wsum.data(), unit.data(), out, ostride);
+      ValuesGroups<kType, kQ, 2>(numbers0, bytes, rows, g0, values.format.width, groups, blocks, wq.data(), wsum.data(), unit.data(), out, ostride);
     } else {
-      ValuesGroups<kType, kQ, 1>(numbers0, bytes, rows, g0, groups, blocks, wq.data(), wsum.data(), unit.data(), out, ostride);
+      ValuesGroups<kType, kQ, 1>(numbers0, bytes, rows, g0, values.format.width, groups, blocks, wq.data(), wsum.data(), unit.data(), out, ostride);
     }
   }
 }
@@ -791,8 +817,8 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   const bool fused_keys = !rebuild && qb.n <= kMaxFusedQueries && FusedFormat(keys.format, L);
   const bool fused_values = qb.n <= kMaxFusedQueries && FusedFormat(values.format, L);
   const auto integer = [](KvType t) { return t == KvType::kInt8 || t == KvType::kInt4; };
-  const bool int_keys = kIntegerPath && fused_keys && integer(keys.format.type);
-  const bool int_values = kIntegerPath && fused_values && integer(values.format.type);
+  const bool int_keys = kIntegerPath && !rebuild && qb.n <= kMaxFusedQueries && integer(keys.format.type);
+  const bool int_values = kIntegerPath && qb.n <= kMaxFusedQueries && integer(values.format.type);
 #if HWY_TARGET == HWY_AVX3_DL
   thread_local IntQueries iq;
   if (int_keys) QuantizeQueries(keys.format.type, s.queries.data(), qb.n, kpad, kw, iq);
@@ -818,9 +844,18 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
 #if HWY_TARGET == HWY_AVX3_DL
       const int64_t blocks = rows / 16;
       ScoresInt(nq, keys.format.type, keys, t0, blocks, iq, scale, s.scores.data(), sstride);
-      if (rows > 16 * blocks) {
-        ScoresFused(nq, keys, t0 + 16 * blocks, rows - 16 * blocks, s.queries.data(), kpad, scale,
-                    s.scores.data() + 16 * blocks, sstride);
+      // The tile's last rows short of 16: the fused float path, or (short groups) decoded first.
+      const int64_t done = 16 * blocks;
+      if (rows > done && fused_keys) {
+        ScoresFused(nq, keys, t0 + done, rows - done, s.queries.data(), kpad, scale,
+                    s.scores.data() + done, sstride);
+      } else if (rows > done) {
+        for (int64_t r = done; r < rows; ++r)
+          DecodeRow(keys.format, keys.data + (t0 + r) * kbytes, nullptr, s.keys.data() + r * kpad, kpad);
+        const KvRows tile{reinterpret_cast<const uint8_t*>(s.keys.data()),
+                          RowFormat::uniform(KvType::kF32, kpad), nullptr};
+        ScoresFused(nq, tile, done, rows - done, s.queries.data(), kpad, scale,
+                    s.scores.data() + done, sstride);
       }
 #endif
     } else if (fused_keys) {
@@ -957,7 +992,7 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
 int64_t LaneCount() { return static_cast<int64_t>(hn::Lanes(DF())); }
 
 bool IntegerKeys(const RowFormat& keys, int64_t n_queries) {
-  return kIntegerPath && n_queries <= kMaxFusedQueries && FusedFormat(keys, LaneCount()) &&
+  return kIntegerPath && n_queries <= kMaxFusedQueries &&
          (keys.type == KvType::kInt8 || keys.type == KvType::kInt4);
 }
 

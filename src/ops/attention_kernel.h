@@ -63,7 +63,7 @@ void merge_partial(AttentionPartial& into, const AttentionPartial& other);
 void finish_partial(const AttentionPartial& partial, float* out, int64_t out_stride);
 
 // Whether attend_range scores `n_queries` queries against such keys with integer dot products
-// (x86 AVX-512 VNNI; int8/int4 rows whose width is a multiple of 32, decode-sized query
+// (x86 AVX-512 VNNI; int8/int4 rows of any width, decode-sized query
 // blocks): each query is then rounded per group of 32 numbers with round_query_group first.
 bool integer_key_path(const RowFormat& keys, int64_t n_queries);
 // Rounds x[0, kQuantGroup) to q8 * step with q8 in [-127, 127], step = max |x| / 127; returns
