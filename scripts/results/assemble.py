@@ -5,7 +5,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARTS = ["summary.md", "reference.md", "eigen.md", "stief.md", "stief_variants.md",
-         "stief_variants_rest.md", "kvquant.md", "zeroshot.md"]
+         "stief_variants_rest.md", "kvquant.md", "kvquant_decode.md", "zeroshot.md"]
 
 
 def main():
@@ -13,7 +13,7 @@ def main():
            "Every table below is written by a committed script from eigenkv's own `--json` output "
            "(the command, machine and date are under each table); the prose in the first section "
            "is our reading of them. Regenerate with `python3 scripts/results/reference_check.py`, "
-           "`python3 scripts/results/eigen_results.py`, `stief_results.py`, `kvquant_results.py`, "
+           "`python3 scripts/results/eigen_results.py`, `stief_results.py`, `kvquant_results.py`, `kvquant_decode_results.py`, "
            "`zeroshot_results.py`, then this script.", ""]
     for part in PARTS:
         path = os.path.join(ROOT, "docs", "results", part)

@@ -6,8 +6,7 @@ valid_a.txt, evaluate at ctx 256 on its second half (60 windows); KLD against th
 with a float32 cache. Byte fractions are against the uncompressed f16 cache, scales included.
 
 1. Every model in ../shared/models: PPL with f16, int8 and int4 caches (the int8 bar: within 0.5 %
-   of f16), scored by prefill and also token by token through the decode kernels
-   (`perplexity --decode`: integer dot products on AVX-512 VNNI).
+   of f16).
 2. tinystories-c4-gqa (head_dim 64): at target fractions of the f16 cache's bytes, the full cache
    at int8/int4 (fixed points), low-rank (Eigen, post-RoPE keys, KV-budget allotment) stored as
    f16 / int8 / int4 with the rank chosen to fill the bytes, and the water-filled eigenbasis cache
@@ -88,25 +87,6 @@ def main():
             name, info["head_dim"], r16["ppl"], r8["ppl"], r8["ppl"] / r16["ppl"], r8["kld_mean"],
             r4["ppl"], r4["ppl"] / r16["ppl"], r4["kld_mean"]))
     print("int8 table after %.0f s" % (time.time() - started), file=sys.stderr)
-
-    lines.append("")
-    lines.append("### The decode path\n")
-    lines.append("The same texts fed one token at a time (`perplexity --decode`), as generation "
-                 "runs: decoding reads int8/int4 caches with integer dot products on AVX-512 VNNI "
-                 "machines (queries rounded to int8 per group of 32, softmax weights to 15 bits), "
-                 "while a prefill scores with float arithmetic. KLD against the same model with a "
-                 "float32 cache, also decoded.\n")
-    lines.append("| model | PPL f16 | PPL int8 | int8 / f16 | KLD int8 | PPL int4 | int4 / f16 | KLD int4 |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rel in MODELS:
-        path = os.path.join(SHARED, rel)
-        if not os.path.exists(path):
-            continue
-        r16, r8, r4 = (ppl(path, path, evalp, c, decode=True) for c in ("f16", "int8", "int4"))
-        lines.append("| %s | %.4f | %.4f | %.4f | %.5f | %.4f | %.4f | %.5f |" % (
-            name, r16["ppl"], r8["ppl"], r8["ppl"] / r16["ppl"], r8["kld_mean"],
-            r4["ppl"], r4["ppl"] / r16["ppl"], r4["kld_mean"]))
-    print("decode table after %.0f s" % (time.time() - started), file=sys.stderr)
 
     base = os.path.join(SHARED, "models/tinystories-c4-gqa.gguf")
     f16_bytes = run(["info", "-m", base, "--json"])["kv_bytes_per_token"] // 2  # f32 -> f16
