@@ -660,8 +660,10 @@ HWY_INLINE void ValuesGroups(const uint8_t* numbers0, int64_t bytes, int64_t row
     const int64_t half = (m + 1) / 2;
     const bool reorder = kType == KvType::kInt4 && m < kQuantGroup;
     alignas(64) int32_t order[kQuantGroup];
-    for (int64_t d = 0; d < kQuantGroup; ++d)
-      order[d] = static_cast<int32_t>(d < half ? d : 16 + d - half);
+    if (reorder) {
+      for (int64_t d = 0; d < kQuantGroup; ++d)
+        order[d] = static_cast<int32_t>(d < half ? d : 16 + d - half);
+    }
     const __mmask16 keep0 = static_cast<__mmask16>(m >= 16 ? 0xFFFFu : (1u << m) - 1);
     const __mmask16 keep1 = static_cast<__mmask16>(m >= 32 ? 0xFFFFu : m <= 16 ? 0u : (1u << (m - 16)) - 1);
     for (int i = 0; i < kQ; ++i) {
@@ -768,6 +770,12 @@ void ValuesInt(int nq, KvType type, const KvRows& values, int64_t t0, int64_t ro
 constexpr bool kIntegerPath = false;
 #endif  // HWY_TARGET == HWY_AVX3_DL
 
+// Whether blocks of n_queries read rows of this format on the integer path.
+bool IntegerRows(const RowFormat& f, int64_t n_queries) {
+  return kIntegerPath && n_queries <= kMaxFusedQueries &&
+         (f.type == KvType::kInt8 || f.type == KvType::kInt4);
+}
+
 void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* rebuild,
                  const KvRows& values, float scale, int64_t begin, int64_t end,
                  AttentionPartial& part) {
@@ -816,9 +824,8 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
 
   const bool fused_keys = !rebuild && qb.n <= kMaxFusedQueries && FusedFormat(keys.format, L);
   const bool fused_values = qb.n <= kMaxFusedQueries && FusedFormat(values.format, L);
-  const auto integer = [](KvType t) { return t == KvType::kInt8 || t == KvType::kInt4; };
-  const bool int_keys = kIntegerPath && !rebuild && qb.n <= kMaxFusedQueries && integer(keys.format.type);
-  const bool int_values = kIntegerPath && qb.n <= kMaxFusedQueries && integer(values.format.type);
+  const bool int_keys = !rebuild && IntegerRows(keys.format, qb.n);
+  const bool int_values = IntegerRows(values.format, qb.n);
 #if HWY_TARGET == HWY_AVX3_DL
   thread_local IntQueries iq;
   if (int_keys) QuantizeQueries(keys.format.type, s.queries.data(), qb.n, kpad, kw, iq);
@@ -991,10 +998,7 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
 
 int64_t LaneCount() { return static_cast<int64_t>(hn::Lanes(DF())); }
 
-bool IntegerKeys(const RowFormat& keys, int64_t n_queries) {
-  return kIntegerPath && n_queries <= kMaxFusedQueries &&
-         (keys.type == KvType::kInt8 || keys.type == KvType::kInt4);
-}
+bool IntegerKeys(const RowFormat& keys, int64_t n_queries) { return IntegerRows(keys, n_queries); }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace eigenkv::ops
