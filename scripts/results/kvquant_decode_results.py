@@ -11,17 +11,14 @@ KLD against the same model with a float32 cache, also decoded.
   python3 scripts/results/kvquant_decode_results.py [--out docs/results/kvquant_decode.md]
 """
 import argparse
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from eigen_results import split_valid_a  # noqa: E402
-from kvquant_results import MODELS, ROOT, SHARED, ppl, run  # noqa: E402
+from kvquant_results import MODELS, ROOT, SHARED, finish, ppl  # noqa: E402
 
 
 def main():
@@ -50,16 +47,7 @@ def main():
             r4["ppl"], r4["ppl"] / r16["ppl"], r4["kld_mean"]))
         print("%s after %.0f s" % (name, time.time() - started), file=sys.stderr)
     lines.append("")
-    lines.append("Made by `python3 scripts/results/kvquant_decode_results.py` on %s, commit %s, %s "
-                 "(%d cores), in %.0f s." % (
-                     datetime.date.today().isoformat(),
-                     subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                    capture_output=True, text=True).stdout.strip(),
-                     platform.processor() or platform.machine(), os.cpu_count(),
-                     time.time() - started))
-    open(a.out, "w").write("\n".join(lines) + "\n")
-    print("wrote %s" % a.out, file=sys.stderr)
-
+    finish(lines, "kvquant_decode_results.py", started, a.out)
 
 if __name__ == "__main__":
     main()

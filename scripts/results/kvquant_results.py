@@ -60,6 +60,19 @@ def ppl(model, base, text, cache=None, decode=False):
     return run(args)
 
 
+def finish(lines, script, started, out):
+    """Adds the line saying how `lines` were made (script, date, commit, machine, time) and
+    writes them to `out`."""
+    lines.append("Made by `python3 scripts/results/%s` on %s, commit %s, %s (%d cores), in %.0f s."
+                 % (script, datetime.date.today().isoformat(),
+                    subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                   capture_output=True, text=True).stdout.strip(),
+                    platform.processor() or platform.machine(), os.cpu_count(),
+                    time.time() - started))
+    open(out, "w").write("\n".join(lines) + "\n")
+    print("wrote %s" % out, file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "results", "kvquant.md"))
@@ -127,15 +140,7 @@ def main():
             label, r["kv_bytes_per_token"], r["kv_bytes_per_token"] / f16_bytes, r["ppl"],
             r["kld_mean"], 100 * r["top1_agree"]))
     lines.append("")
-    lines.append("Made by `python3 scripts/results/kvquant_results.py` on %s, commit %s, %s (%d "
-                 "cores), in %.0f s." % (
-                     datetime.date.today().isoformat(),
-                     subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                    capture_output=True, text=True).stdout.strip(),
-                     platform.processor() or platform.machine(), os.cpu_count(),
-                     time.time() - started))
-    open(a.out, "w").write("\n".join(lines) + "\n")
-    print("wrote %s" % a.out, file=sys.stderr)
+    finish(lines, "kvquant_results.py", started, a.out)
 
 
 if __name__ == "__main__":
