@@ -5,6 +5,9 @@
 // The file is what llama.cpp's converter writes for that shape: the same llama.* keys and tensor
 // names and shapes, with the Llama SentencePiece vocabulary copied from a vocabulary-only GGUF,
 // so that eigenkv and llama.cpp both load it. Matrices are N(0, 0.02) numbers, norms are 1.
+// --type names a tensor type (f16, q4_0, q6_k, ...: every 2-D tensor gets it) or, where
+// ops/quant_mix.h is built, a llama-quantize mix (q4_0, q8_0, q4_k_m, ...: output.weight in
+// Q6_K and so on, as llama-quantize would choose); --pure gives every 2-D tensor the mix's base.
 // Each row of each tensor draws from its own xoshiro256** stream seeded from the seed, the
 // tensor's name and the row, so the file is the same for a seed whatever the thread count.
 // Tensors are made while the file is written, one at a time (GgufWriter::add_tensor_generated),
@@ -19,6 +22,7 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <numbers>
 #include <optional>
@@ -29,6 +33,13 @@
 #include "io/gguf_writer.h"
 #include "io/tensor_type.h"
 #include "ops/dequant.h"
+// llama-quantize's mixes (output.weight in Q6_K, Q4_K_M's Q6_K layers), where this tree has them.
+#if __has_include("ops/quant_mix.h")
+#include "ops/quant_mix.h"
+#define EIGENKV_HAVE_QUANT_MIX 1
+#else
+#define EIGENKV_HAVE_QUANT_MIX 0
+#endif
 #include "util/error.h"
 #include "util/progress.h"
 #include "util/threads.h"
@@ -263,6 +274,7 @@ struct Options {
   std::string vocab = EIGENKV_DEFAULT_VOCAB;
   uint64_t seed = 1234;
   int64_t layers = 0;  // 0: the shape's own count
+  bool pure = false;
   int threads = 0;
 };
 
@@ -275,17 +287,64 @@ const Shape& find_shape(const std::string& name) {
   fail("unknown shape '", name, "' (known: ", known, ")");
 }
 
-io::TensorType find_type(const std::string& name) {
+// How the matrices are stored: one type for all, or a llama-quantize mix choosing per tensor.
+// 1-D tensors (the norms) are F32 in every plan, as llama.cpp writes them.
+struct TypePlan {
+  std::string label;  // "q4_0", "Q4_K_M mix"
+  io::TensorType main_type;
+  int64_t file_type;
+  std::function<io::TensorType(const std::string& name, const std::vector<int64_t>& shape)> type;
+};
+
+TypePlan plan_types(const std::string& name, bool pure, const Shape& s, int64_t n_layers) {
+#if EIGENKV_HAVE_QUANT_MIX
+  if (const auto mix = ops::quant_mix_from_name(name)) {
+    const io::TensorType base = ops::mix_base_type(*mix);
+    if (!pure) {
+      ops::QuantModelInfo info;
+      info.architecture = "llama";
+      info.n_layers = n_layers;
+      info.n_heads = s.n_heads;
+      info.n_kv_heads = s.n_kv_heads;
+      info.has_output = !s.tied_embeddings;
+      const auto mix_name = std::string(ops::quant_mix_name(*mix));
+      auto type = [mix = *mix, info, mix_name](const std::string& tensor,
+                                              const std::vector<int64_t>& shape) {
+        const ops::TensorChoice c =
+            ops::choose_tensor_type(mix, tensor, shape, io::TensorType::kF32, info);
+        if (!c.note.empty()) std::fprintf(stderr, "note: %s: %s\n", tensor.c_str(), c.note.c_str());
+        EKV_CHECK(ops::can_quantize(c.type), "the ", mix_name, " mix gives ", tensor, " type ",
+                  io::tensor_type_info(c.type).name, ", which this build cannot write");
+        return c.type;
+      };
+      return {mix_name + " mix", base, ops::mix_file_type(*mix), type};
+    }
+    return {lower(std::string(io::tensor_type_info(base).name)), base, file_type_of(base),
+            [base](const std::string&, const std::vector<int64_t>& shape) {
+              return shape.size() == 1 ? io::TensorType::kF32 : base;
+            }};
+  }
+#endif
   const auto types = writable_types();
-  if (auto it = types.find(lower(name)); it != types.end()) return it->second;
-  std::string known;
-  for (const auto& [n, t] : types) known += (known.empty() ? "" : ", ") + n;
-  fail("tensor type '", name, "' cannot be written (this build writes: ", known, ")");
+  const auto it = types.find(lower(name));
+  if (it == types.end()) {
+    std::string known;
+    for (const auto& [n, t] : types) known += (known.empty() ? "" : ", ") + n;
+#if EIGENKV_HAVE_QUANT_MIX
+    known += "; mixes: " + ops::quant_mix_names();
+#endif
+    fail("tensor type '", name, "' cannot be written (this build writes: ", known, ")");
+  }
+  const io::TensorType t = it->second;
+  return {it->first, t, file_type_of(t),
+          [t](const std::string&, const std::vector<int64_t>& shape) {
+            return shape.size() == 1 ? io::TensorType::kF32 : t;
+          }};
 }
 
 // The llama.* keys llama.cpp's converter writes for a Llama model, and general.*.
-void set_model_metadata(io::GgufWriter& w, const Shape& s, int64_t n_layers,
-                        io::TensorType type, uint64_t seed) {
+void set_model_metadata(io::GgufWriter& w, const Shape& s, int64_t n_layers, int64_t file_type,
+                        uint64_t seed) {
   using VT = io::GgufValueType;
   std::string name = s.display_name + " shape, " + kWarning;
   if (n_layers != s.n_layers) {
@@ -298,7 +357,7 @@ void set_model_metadata(io::GgufWriter& w, const Shape& s, int64_t n_layers,
                cat(kWarning, ": every matrix is N(0, 0.02) noise and every norm 1 (seed ", seed,
                    "), written by eigenkv-shape-model in the shape of ", s.display_name,
                    "; its outputs are meaningless."));
-  w.set_int("general.file_type", file_type_of(type));
+  w.set_int("general.file_type", file_type);
   w.set_int("general.quantization_version", kQuantizationVersion);
   w.set_int("llama.vocab_size", s.n_vocab);
   w.set_int("llama.context_length", s.n_ctx);
@@ -344,13 +403,13 @@ int64_t copy_vocabulary(io::GgufWriter& w, const std::string& path, int64_t n_vo
 
 int run(const Options& o) {
   const Shape& s = find_shape(o.shape);
-  const io::TensorType type = find_type(o.type);
   EKV_CHECK(o.layers >= 0, "--layers must be positive");
   const int64_t n_layers = o.layers > 0 ? o.layers : s.n_layers;
+  const TypePlan plan = plan_types(o.type, o.pure, s, n_layers);
   const int threads = set_thread_count(o.threads);
 
   io::GgufWriter w;
-  set_model_metadata(w, s, n_layers, type, o.seed);
+  set_model_metadata(w, s, n_layers, plan.file_type, o.seed);
   const int64_t n_tokens = copy_vocabulary(w, o.vocab, s.n_vocab);
 
   int64_t n_tensors = 0, made = 0, numbers = 0;
@@ -358,7 +417,7 @@ int run(const Options& o) {
   std::optional<Progress> progress;  // made once the tensors are counted
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
     const bool vector = shape.size() == 1;
-    const io::TensorType t = vector ? io::TensorType::kF32 : type;
+    const io::TensorType t = plan.type(name, shape);
     const int64_t rows = vector ? 1 : shape[0];
     const int64_t cols = shape.back();
     const uint64_t seed = tensor_seed(o.seed, name);
@@ -406,8 +465,7 @@ int run(const Options& o) {
   for (const auto& [name, count] : type_counts) {
     types += cat(types.empty() ? "" : ", ", name, " x", count);
   }
-  std::printf("type:     %s (tensors: %s)\n", std::string(io::tensor_type_info(type).name).c_str(),
-              types.c_str());
+  std::printf("type:     %s (tensors: %s)\n", plan.label.c_str(), types.c_str());
   std::printf("tensors:  %lld (%.3f G numbers), seed %llu, %d threads\n",
               static_cast<long long>(n_tensors), static_cast<double>(numbers) / 1e9,
               static_cast<unsigned long long>(o.seed), threads);
@@ -438,10 +496,15 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes()) shape_names.push_back(s.name);
   app.add_option("--shape", o.shape, "Model shape")->check(CLI::IsMember(shape_names))
       ->capture_default_str();
-  app.add_option("--type", o.type,
-                 "Type of every matrix (1-D tensors are f32): f32, f16, bf16, q8_0, q4_0, ... "
-                 "any type this build quantizes to")
-      ->capture_default_str();
+  std::string type_help =
+      "Type of the matrices (1-D tensors are f32): f32, f16, bf16, q8_0, q4_0, ... any type this "
+      "build quantizes to";
+#if EIGENKV_HAVE_QUANT_MIX
+  type_help += "; or a llama-quantize mix: " + eigenkv::ops::quant_mix_names() +
+               " (so q8_0, q4_0, ... name the mix: output.weight in Q6_K)";
+#endif
+  app.add_option("--type", o.type, type_help)->capture_default_str();
+  app.add_flag("--pure", o.pure, "With a mix name: give every matrix the mix's base type");
   app.add_option("-o,--output", o.output, "GGUF file to write")->required();
   app.add_option("--seed", o.seed, "Random seed")->capture_default_str();
   app.add_option("--layers", o.layers, "Write only this many layers (quick tests)")
