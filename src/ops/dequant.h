@@ -8,8 +8,14 @@
 // more. Each output is therefore its exact value rounded at most once, by the final addition of
 // the min, so neither the grouping of the products nor a compiler fusing that multiply-add into
 // an FMA can change it.
-// Quantization follows llama.cpp's reference quantizers, so a file eigenkv writes holds the
-// blocks llama-quantize writes for the same numbers. Inputs to quantize must be finite.
+// Quantization follows llama.cpp's reference quantizers (quantize_row_*_ref, what llama-quantize
+// runs when it is given no importance matrix), computing their float32 expressions in the same
+// order with every product rounded before it is added (no FMA contraction), so a file eigenkv
+// writes holds the blocks llama-quantize writes for the same numbers. Checked against files
+// llama-quantize made (tests/dequant_test.cc): Q8_0, Q4_0, Q6_K and Q4_K byte for byte on every
+// block. Q4_1, Q5_0, Q5_1, Q2_K, Q3_K and Q5_K follow the same reference code (Q5_K shares
+// Q4_K's search) but no llama-quantize output of those types was at hand to compare with.
+// Inputs to quantize must be finite.
 //
 // `count` is the number of elements and must be a whole number of the type's blocks; buffers
 // may have any alignment.
@@ -31,11 +37,16 @@ void dequantize(io::TensorType type, const uint8_t* src, float* dst, int64_t cou
 // dequantize() split into block-aligned chunks over the OpenMP threads; for whole tensors.
 void dequantize_parallel(io::TensorType type, const uint8_t* src, float* dst, int64_t count);
 
-// True for the types eigenkv writes: F32, F16, BF16, Q8_0, Q4_0.
+// True for the types eigenkv writes: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
+// Q4_K, Q5_K, Q6_K.
 bool can_quantize(io::TensorType type);
 
 // Converts `count` float32 numbers at `src` into `type` at `dst`, which must hold
-// io::tensor_bytes(type, count) bytes. Throws like dequantize().
+// io::tensor_bytes(type, count) bytes. Throws like dequantize(). Every block is encoded on its
+// own, so quantizing a tensor in pieces gives the same bytes as quantizing it whole.
 void quantize(io::TensorType type, const float* src, uint8_t* dst, int64_t count);
+
+// quantize() split into block-aligned chunks over the OpenMP threads; the same bytes.
+void quantize_parallel(io::TensorType type, const float* src, uint8_t* dst, int64_t count);
 
 }  // namespace eigenkv::ops
