@@ -39,6 +39,7 @@ void register_bench(CLI::App& app);
 void register_calibrate(CLI::App& app);
 void register_compare(CLI::App& app);
 void register_quantize_cache(CLI::App& app);
+void register_quantize(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_serve(CLI::App& app);
 
