@@ -4,6 +4,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "ops/dequant.h"
@@ -19,6 +21,17 @@ constexpr size_t kParallelBytes = size_t{1} << 16;
 constexpr int64_t kRowAlign = 16;
 // Float32 numbers of one dequantized prefill tile (256 KiB: a Zen 3 core's L2 holds two).
 constexpr int64_t kTileNumbers = int64_t{1} << 16;
+// Stored bytes of one weight tile of the integer prefill path.
+constexpr size_t kTileBytes = size_t{96} << 10;
+
+// EIGENKV_PREFILL=sgemm forces the dequantize-and-SGEMM path for block types (for measuring).
+bool prefill_uses_integer_kernels() {
+  static const bool integer = [] {
+    const char* v = std::getenv("EIGENKV_PREFILL");
+    return !(v && std::string(v) == "sgemm");
+  }();
+  return integer;
+}
 
 int threads_for(size_t bytes) {
   return bytes < kParallelBytes || omp_in_parallel() ? 1 : omp_get_max_threads();
@@ -52,9 +65,46 @@ void sgemm(const float* x, int64_t n_tokens, int64_t n_in, const float* w, int64
               static_cast<int>(n_in), 0.0f, y, static_cast<int>(ldy));
 }
 
+bool is_float_type(io::TensorType type) {
+  return type == io::TensorType::kF32 || type == io::TensorType::kF16 ||
+         type == io::TensorType::kBF16;
+}
+
+// Block types: the activations are rounded to 8-bit blocks once, then each thread takes tiles of
+// weight rows small enough to stay in its L2 and runs every block of kDecodeRows tokens over
+// them with the integer dot kernels (each weight block loaded once per token block).
+void prefill_integer(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
+  const size_t act_bytes = act_row_bytes(w.type, w.cols);
+  std::vector<uint8_t> act(act_bytes * static_cast<size_t>(n_tokens));
+  const int threads = threads_for(w.row_bytes * static_cast<size_t>(w.rows));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += kDecodeRows) {
+    const int64_t n = std::min(kDecodeRows, n_tokens - t0);
+    prepare_act(w.type, x + t0 * w.cols, n, w.cols, act.data() + static_cast<size_t>(t0) * act_bytes);
+  }
+  const int64_t tile = std::max<int64_t>(
+      kRowAlign, static_cast<int64_t>(kTileBytes / std::max<size_t>(1, w.row_bytes)) / kRowAlign *
+                     kRowAlign);
+  const int64_t n_tiles = (w.rows + tile - 1) / tile;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    const int64_t r0 = t * tile, r1 = std::min(w.rows, r0 + tile);
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kDecodeRows) {
+      const int64_t n = std::min(kDecodeRows, n_tokens - t0);
+      dot_rows(w.type, w.data, w.row_bytes, w.cols,
+               act.data() + static_cast<size_t>(t0) * act_bytes, n, r0, r1, y + t0 * w.rows,
+               w.rows);
+    }
+  }
+}
+
 void prefill_product(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
   if (w.type == io::TensorType::kF32) {
     sgemm(x, n_tokens, w.cols, reinterpret_cast<const float*>(w.data), w.rows, y, w.rows);
+    return;
+  }
+  if (!is_float_type(w.type) && prefill_uses_integer_kernels()) {
+    prefill_integer(x, n_tokens, w, y);
     return;
   }
   const int64_t tile = std::max<int64_t>(kRowAlign, kTileNumbers / w.cols / kRowAlign * kRowAlign);
