@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -529,6 +530,139 @@ TEST(GgufWriter, BadAlignmentFailsBeforeAnythingIsWritten) {
   expect_error([&] { w.write(file.path()); }, {file.path(), "uint32"});
   EXPECT_FALSE(fs::exists(file.path()));
   EXPECT_TRUE(file.temporaries().empty());
+}
+
+// ---- Generated tensors --------------------------------------------------------------------
+
+TEST(GgufWriter, GeneratedTensorsRoundTripBesideBorrowedOnes) {
+  ScratchFile file("writer_generated.gguf");
+  const std::vector<float> norm(8, 1.0f);
+  const auto q8 = random_bytes(3 * 34, 6);
+  std::vector<std::string> calls;
+  GgufWriter w;
+  w.set_string("general.architecture", "llama");
+  w.add_f32_tensor("norm", {8}, norm.data());
+  // A generated F32 matrix: element i is i / 4.
+  w.add_tensor_generated("gen.f32", TensorType::kF32, {3, 5}, [&](uint8_t* out) {
+    calls.push_back("gen.f32");
+    for (int i = 0; i < 15; ++i) {
+      const float x = static_cast<float>(i) / 4.0f;
+      std::memcpy(out + 4 * i, &x, 4);
+    }
+  });
+  w.add_tensor("q8", TensorType::kQ8_0, {3, 32}, q8.data(), q8.size());
+  // A generated Q8_0 tensor that writes only its first byte: the rest arrive zeroed.
+  w.add_tensor_generated("gen.q8", TensorType::kQ8_0, {2, 64}, [&](uint8_t* out) {
+    calls.push_back("gen.q8");
+    out[0] = 0x5a;
+  });
+  w.write(file.path());
+  EXPECT_EQ(calls, (std::vector<std::string>{"gen.f32", "gen.q8"}));
+
+  GgufFile g(file.path());
+  ASSERT_EQ(g.tensors().size(), 4u);
+  const std::vector<std::string> order = {"norm", "gen.f32", "q8", "gen.q8"};
+  for (size_t i = 0; i < order.size(); ++i) EXPECT_EQ(g.tensors()[i].name, order[i]);
+  const TensorView& f = g.tensor("gen.f32");
+  EXPECT_EQ(f.type, TensorType::kF32);
+  EXPECT_EQ(f.shape, (std::vector<int64_t>{3, 5}));
+  ASSERT_EQ(f.nbytes, 60u);
+  for (int i = 0; i < 15; ++i) {
+    float x;
+    std::memcpy(&x, f.data + 4 * i, 4);
+    EXPECT_EQ(x, static_cast<float>(i) / 4.0f) << i;
+  }
+  EXPECT_EQ(std::memcmp(g.tensor("q8").data, q8.data(), q8.size()), 0);
+  const TensorView& q = g.tensor("gen.q8");
+  EXPECT_EQ(q.type, TensorType::kQ8_0);
+  ASSERT_EQ(q.nbytes, 4u * 34);
+  EXPECT_EQ(q.data[0], 0x5a);
+  EXPECT_TRUE(std::all_of(q.data + 1, q.data + q.nbytes, [](uint8_t b) { return b == 0; }));
+  EXPECT_EQ(std::memcmp(g.tensor("norm").data, norm.data(), 32), 0);
+
+  // Each write() makes the tensors again, and the same fill gives the same file.
+  const std::string first = read_bytes(file.path());
+  w.write(file.path());
+  EXPECT_EQ(calls.size(), 4u);
+  EXPECT_EQ(read_bytes(file.path()), first);
+  EXPECT_TRUE(file.temporaries().empty());
+}
+
+// A tensor is made only once the ones before it are on disk, so at most one is in memory.
+TEST(GgufWriter, GeneratedTensorsAreMadeOneAtATimeAfterThePreviousIsWritten) {
+  ScratchFile file("writer_streamed.gguf");
+  constexpr int kTensors = 4;
+  constexpr int64_t kRows = 64, kCols = 256;  // 64 KiB of F32 each, a multiple of the alignment
+  const size_t tensor_bytes = kRows * kCols * 4;
+  GgufWriter w;
+  std::vector<uintmax_t> temp_size_at_fill;
+  for (int k = 0; k < kTensors; ++k) {
+    w.add_tensor_generated(cat("t", k), TensorType::kF32, {kRows, kCols}, [&, k](uint8_t* out) {
+      const auto temps = file.temporaries();
+      temp_size_at_fill.push_back(temps.size() == 1 ? fs::file_size(temps[0]) : 0);
+      std::memset(out, k + 1, tensor_bytes);
+    });
+  }
+  w.write(file.path());
+  ASSERT_EQ(temp_size_at_fill.size(), size_t{kTensors});
+  GgufFile g(file.path());
+  // The tensors need no padding, so the header and directory take what they do not.
+  const size_t data_start = fs::file_size(file.path()) - kTensors * tensor_bytes;
+  for (int k = 0; k < kTensors; ++k) {
+    SCOPED_TRACE(k);
+    // The temporary held the header and exactly the k tensors before this one.
+    EXPECT_EQ(temp_size_at_fill[k], data_start + k * tensor_bytes);
+    const TensorView& t = g.tensor(cat("t", k));
+    EXPECT_TRUE(std::all_of(t.data, t.data + t.nbytes, [&](uint8_t b) { return b == k + 1; }));
+  }
+}
+
+TEST(GgufWriter, FillThatThrowsFailsTheWriteAndKeepsThePreviousFile) {
+  ScratchFile file("writer_fill_throws.gguf");
+  const std::vector<float> small(8, 1.0f);
+  GgufWriter first;
+  first.add_f32_tensor("small", {8}, small.data());
+  first.write(file.path());
+  const std::string before = read_bytes(file.path());
+
+  GgufWriter w;
+  w.add_tensor_generated("fine", TensorType::kF32, {1024}, [](uint8_t*) {});
+  w.add_tensor_generated("broken", TensorType::kF16, {2, 8},
+                         [](uint8_t*) { fail("the generator ran out of numbers"); });
+  expect_error([&] { w.write(file.path()); }, {"ran out of numbers"});
+  EXPECT_EQ(read_bytes(file.path()), before);
+  EXPECT_TRUE(file.temporaries().empty());
+}
+
+TEST(GgufWriter, RejectsBadGeneratedTensorsNamingThem) {
+  const std::vector<float> data(4, 1.0f);
+  const auto noop = [](uint8_t*) {};
+  GgufWriter w;
+  w.add_f32_tensor("taken", {4}, data.data());
+  w.add_tensor_generated("made", TensorType::kQ8_0, {1, 32}, noop);
+  expect_error([&] { w.add_tensor_generated("taken", TensorType::kF32, {4}, noop); },
+               {"'taken'", "twice"});
+  expect_error([&] { w.add_f32_tensor("made", {4}, data.data()); }, {"'made'", "twice"});
+  expect_error([&] { w.add_tensor_generated("", TensorType::kF32, {4}, noop); }, {"name"});
+  expect_error([&] { w.add_tensor_generated("rows", TensorType::kQ4_0, {2, 16}, noop); },
+               {"'rows'", "block size 32"});
+  expect_error([&] { w.add_tensor_generated("zero", TensorType::kF32, {4, 0}, noop); },
+               {"'zero'", "[4, 0]"});
+  expect_error([&] { w.add_tensor_generated("scalar", TensorType::kF32, {}, noop); },
+               {"'scalar'", "[]"});
+  expect_error(
+      [&] {
+        w.add_tensor_generated("type", static_cast<TensorType>(99), {4}, noop);
+      },
+      {"'type'", "99"});
+  expect_error([&] { w.add_tensor_generated("empty", TensorType::kF32, {4}, nullptr); },
+               {"'empty'", "no fill"});
+
+  ScratchFile file("writer_generated_rejected.gguf");
+  w.write(file.path());
+  GgufFile g(file.path());
+  ASSERT_EQ(g.tensors().size(), 2u);
+  EXPECT_EQ(g.tensors()[1].name, "made");
 }
 
 // ---- Alignment -----------------------------------------------------------------------------

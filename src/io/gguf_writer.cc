@@ -337,8 +337,8 @@ void GgufWriter::remove(const std::string& key) {
   std::erase_if(metadata_, [&](const auto& kv) { return kv.first == key; });
 }
 
-void GgufWriter::add_tensor(const std::string& name, TensorType type, std::vector<int64_t> shape,
-                            const void* data, size_t nbytes) {
+size_t GgufWriter::check_tensor(const std::string& name, TensorType type,
+                                const std::vector<int64_t>& shape) const {
   EKV_CHECK(!name.empty(), "GGUF writer: a tensor needs a name");
   EKV_CHECK(name.size() <= kMaxTensorNameBytes, "GGUF writer: tensor '", name, "' has a name of ",
             name.size(), " bytes; GGUF readers take at most ", kMaxTensorNameBytes);
@@ -359,13 +359,27 @@ void GgufWriter::add_tensor(const std::string& name, TensorType type, std::vecto
   EKV_CHECK(shape.back() % info->block_size == 0, "GGUF writer: tensor '", name, "' of type ",
             info->name, " has rows of ", shape.back(),
             " numbers, not a multiple of the block size ", info->block_size);
-  const size_t expected = tensor_bytes(type, numel);
-  EKV_CHECK(nbytes == expected, "GGUF writer: tensor '", name, "' of type ", info->name,
-            " and shape ", shape_string(shape), " takes ", expected, " bytes, but ", nbytes,
-            " were given");
+  return tensor_bytes(type, numel);
+}
+
+void GgufWriter::add_tensor(const std::string& name, TensorType type, std::vector<int64_t> shape,
+                            const void* data, size_t nbytes) {
+  const size_t expected = check_tensor(name, type, shape);
+  EKV_CHECK(nbytes == expected, "GGUF writer: tensor '", name, "' of type ",
+            tensor_type_info(type).name, " and shape ", shape_string(shape), " takes ", expected,
+            " bytes, but ", nbytes, " were given");
   EKV_CHECK(data, "GGUF writer: tensor '", name, "' has no data");
   tensor_names_.insert(name);
-  tensors_.push_back({name, type, std::move(shape), static_cast<const uint8_t*>(data), nbytes});
+  tensors_.push_back(
+      {name, type, std::move(shape), static_cast<const uint8_t*>(data), nbytes, nullptr});
+}
+
+void GgufWriter::add_tensor_generated(const std::string& name, TensorType type,
+                                      std::vector<int64_t> shape, TensorFill fill) {
+  const size_t nbytes = check_tensor(name, type, shape);
+  EKV_CHECK(fill, "GGUF writer: tensor '", name, "' has no fill function");
+  tensor_names_.insert(name);
+  tensors_.push_back({name, type, std::move(shape), nullptr, nbytes, std::move(fill)});
 }
 
 void GgufWriter::add_f32_tensor(const std::string& name, std::vector<int64_t> shape,
@@ -418,7 +432,14 @@ void GgufWriter::write(const std::string& path) const {
   TempFile file(path);
   file.write(header.bytes().data(), header.bytes().size());
   for (const auto& t : tensors_) {
-    file.write(t.data, t.nbytes);
+    if (t.fill) {
+      // One generated tensor in memory at a time: made, written, freed.
+      std::vector<uint8_t> bytes(t.nbytes, 0);
+      t.fill(bytes.data());
+      file.write(bytes.data(), t.nbytes);
+    } else {
+      file.write(t.data, t.nbytes);
+    }
     file.write(zeros.data(), align_up(t.nbytes, alignment) - t.nbytes);
   }
   file.commit();

@@ -53,6 +53,17 @@ class GgufWriter {
   // add_tensor for F32 numbers, as many as the shape holds (also borrowed).
   void add_f32_tensor(const std::string& name, std::vector<int64_t> shape, const float* data);
 
+  // Fills `out`, the tensor's io::tensor_bytes(type, numel) bytes (zeroed beforehand).
+  using TensorFill = std::function<void(uint8_t* out)>;
+  // Adds a tensor whose bytes are made when the file is written: write() allocates a buffer of
+  // the tensor's size, calls fill on it, writes it and frees it before the next tensor, so a file
+  // of generated tensors needs memory for only its largest one, never for all of them. fill runs
+  // once per write() call, in the order the tensors were added; an exception from it fails that
+  // write() like an I/O error (nothing is left behind). Checks the name, type and shape as
+  // add_tensor does; throws Error naming the tensor when fill is empty.
+  void add_tensor_generated(const std::string& name, TensorType type, std::vector<int64_t> shape,
+                            TensorFill fill);
+
   // Writes the file: to `path + ".tmp.<pid>"`, fsync, then rename over `path`. On any error the
   // temporary is removed, `path` is left as it was, and Error names `path`. Tensor data is
   // aligned to general.alignment (a uint32 power of two) when that key is set, else to 32.
@@ -63,11 +74,15 @@ class GgufWriter {
     std::string name;
     TensorType type;
     std::vector<int64_t> shape;  // outer dimension first
-    const uint8_t* data;
+    const uint8_t* data;  // borrowed bytes, or null when `fill` makes them
     size_t nbytes;
+    TensorFill fill;
   };
 
   void set(const std::string& key, GgufValue value);
+  // Checks a tensor add_tensor or add_tensor_generated is given; returns the bytes it takes.
+  size_t check_tensor(const std::string& name, TensorType type,
+                      const std::vector<int64_t>& shape) const;
 
   std::vector<std::pair<std::string, GgufValue>> metadata_;
   std::vector<Tensor> tensors_;
