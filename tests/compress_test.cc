@@ -140,7 +140,7 @@ std::unique_ptr<model::Model> synthetic_model(int64_t n_heads, int64_t n_kv, boo
     m.cols = cols;
     m.data.resize(static_cast<size_t>(rows * cols));
     for (float& v : m.data) v = normal(rng);
-    return m;
+    return model::Weight::from_float(std::move(m));
   };
   auto ones = [&](int64_t n) { return std::vector<float>(static_cast<size_t>(n), 1.0f); };
   model::ModelWeights w;

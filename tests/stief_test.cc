@@ -56,7 +56,7 @@ std::unique_ptr<model::Model> random_model(int64_t n_heads, int64_t n_kv, int64_
     m.rows = rows;
     m.cols = cols;
     for (int64_t i = 0; i < rows * cols; ++i) m.data.push_back(normal(rng));
-    return m;
+    return model::Weight::from_float(std::move(m));
   };
   auto gains = [&](int64_t n) {
     std::vector<float> v;

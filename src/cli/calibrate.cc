@@ -32,6 +32,7 @@ struct CalibrateFlags {
   int64_t ctx = 256;
   int64_t error_windows = 8;
   std::string profile_json;
+  std::string fold_type;
   bool json = false;
   // StiefAttention
   int64_t epochs = 10;
@@ -256,7 +257,7 @@ void run_stief(const CalibrateFlags& flags) {
     model->set_weights(original);
     compress::apply_stief(*model, r, options);
     const std::string path = output_for(f.out, budget);
-    model::save_gguf(*model, path);
+    save_model(*model, path, f.fold_type);
     const int64_t bytes = model->kv_bytes_per_token();
     outputs.push_back({{"output", path},
                        {"kv_budget", budget},
@@ -305,7 +306,7 @@ void run(const CalibrateFlags& f) {
   const std::vector<int32_t> ids = model->tokenizer().encode(text, true);
   const int64_t full_bytes = model->kv_bytes_per_token();
   compress::CalibrationResult r = compress::calibrate_eigen(*model, ids, options);
-  model::save_gguf(*model, f.out);
+  save_model(*model, f.out, f.fold_type);
   if (!f.profile_json.empty()) {
     std::ofstream(f.profile_json) << profile_json(r).dump(1) << "\n";
   }
@@ -348,6 +349,7 @@ void register_calibrate(CLI::App& app) {
   add_model_flags(cmd, flags->model);
   cmd->add_option("-f,--file", flags->file, "calibration text")->required();
   cmd->add_option("-o,--output", flags->out, "compressed model to write (.gguf)")->required();
+  add_fold_type_flag(cmd, flags->fold_type);
   cmd->add_option("--method", flags->method, "eigen (Eigen Attention) or stief (StiefAttention)")
       ->capture_default_str();
   cmd->add_option("--threshold", flags->threshold,

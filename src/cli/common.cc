@@ -1,8 +1,10 @@
 #include "cli/common.h"
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
+#include "model/save.h"
 #include "util/error.h"
 #include "util/threads.h"
 
@@ -50,6 +52,21 @@ std::string read_text_file(const std::string& path) {
 std::string prompt_text(const std::string& prompt, const std::string& file) {
   EKV_CHECK(prompt.empty() || file.empty(), "give the text with -p or -f, not both");
   return file.empty() ? prompt : read_text_file(file);
+}
+
+void add_fold_type_flag(CLI::App* app, std::string& fold_type) {
+  app->add_option("--fold-type", fold_type,
+                  "type of the folded attention weights: f32, f16, bf16, q8_0, q4_0, ... "
+                  "(default: f32 for a float32 model, else f16); every other tensor keeps its "
+                  "stored type");
+}
+
+void save_model(const model::Model& model, const std::string& path, const std::string& fold_type) {
+  model::SaveOptions options;
+  if (!fold_type.empty()) options.fold_type = model::fold_type_from_name(fold_type);
+  for (const std::string& note : model::save_gguf(model, path, options)) {
+    std::fprintf(stderr, "eigenkv: note: %s\n", note.c_str());
+  }
 }
 
 }  // namespace eigenkv::cli

@@ -25,6 +25,11 @@ kv::CacheTypes cache_types(const ModelFlags& flags, const model::Model& model);
 // Sets the thread count, loads the model and sets its cache types; prints nothing.
 std::unique_ptr<model::Model> load_model(const ModelFlags& flags);
 
+// --fold-type: the type of folded attention weights in a written model ("" = auto).
+void add_fold_type_flag(CLI::App* app, std::string& fold_type);
+// Writes the model with that fold type; prints the type fallbacks, if any, to stderr.
+void save_model(const model::Model& model, const std::string& path, const std::string& fold_type);
+
 // The whole file; throws Error naming the file when it cannot be read or is empty.
 std::string read_text_file(const std::string& path);
 // The text given by -p or read from -f (exactly one of them may be set; both empty gives "").

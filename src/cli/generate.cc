@@ -113,7 +113,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("-n,--n-predict", flags->n_tokens, "tokens to generate")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--ctx", flags->ctx, "context size (default: the model's)")
+  cmd->add_option("--ctx", flags->ctx, "KV cache capacity in tokens (default: prompt + -n, at most the model's context)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--temp", flags->temperature, "temperature; 0 = greedy")
       ->check(CLI::NonNegativeNumber)

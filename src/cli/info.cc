@@ -35,7 +35,8 @@ void run(const InfoFlags& f) {
                       {"tensor_types", model->stored_types()},
                       {"bos_id", model->tokenizer().bos_id()},
                       {"eos_id", model->tokenizer().eos_id()},
-                      {"weight_bytes_f32", model->weights().decode_bytes_read()},
+                      {"weight_bytes", model->weights().stored_bytes()},
+                      {"weight_bytes_per_token", model->weights().decode_bytes_read()},
                       {"kv_bytes_per_token", kv},
                       {"kv_bytes_per_token_full", kv_full},
                       {"kv_ratio", static_cast<double>(kv) / kv_full},
@@ -74,6 +75,9 @@ void run(const InfoFlags& f) {
     types += (types.empty() ? "" : ", ") + name + " x" + std::to_string(count);
   }
   std::printf("tensor types:   %s\n", types.c_str());
+  std::printf("weights:        %.1f MiB held as stored, %.1f MiB read per decoded token\n",
+              model->weights().stored_bytes() / 1048576.0,
+              model->weights().decode_bytes_read() / 1048576.0);
   if (model->is_compressed()) {
     const auto meta = nlohmann::json::parse(model->compression_json());
     std::printf(

@@ -20,6 +20,7 @@ struct QuantizeCacheFlags {
   int64_t tokens = 16384;
   int64_t ctx = 256;
   bool json = false;
+  std::string fold_type;
 };
 
 void run(const QuantizeCacheFlags& f) {
@@ -47,7 +48,7 @@ void run(const QuantizeCacheFlags& f) {
                                {"calibration_tokens", r.tokens},
                                {"layers", layers}};
   model->set_compression_json(report.dump());
-  model::save_gguf(*model, f.out);
+  save_model(*model, f.out, f.fold_type);
   if (f.json) {
     std::printf("%s\n", report["cache_allotment"].dump().c_str());
     return;
@@ -76,6 +77,7 @@ void register_quantize_cache(CLI::App& app) {
   add_model_flags(cmd, flags->model);
   cmd->add_option("-f,--file", flags->file, "calibration text")->required();
   cmd->add_option("-o,--output", flags->out, "output .gguf")->required();
+  add_fold_type_flag(cmd, flags->fold_type);
   cmd->add_option("--budget", flags->budget,
                   "KV bytes per token as a fraction of the uncompressed f16 cache, (0, 1]")
       ->capture_default_str();

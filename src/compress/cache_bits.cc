@@ -63,11 +63,13 @@ LayerWeights truncate_layer(const LayerWeights& L, int64_t rk, int64_t rv) {
   EKV_CHECK(rk >= 1 && rk <= L.key_rank && rv >= 1 && rv <= L.value_rank, "cannot cut ranks ",
             L.key_rank, "/", L.value_rank, " to ", rk, "/", rv);
   LayerWeights out = L;
-  out.wv = keep_rows(L.wv, L.value_rank, rv);
-  out.wo = keep_cols(L.wo, L.value_rank, rv);
+  using model::Weight;
+  out.wv = Weight::from_float(keep_rows(L.wv.to_float(), L.value_rank, rv));
+  out.wo = Weight::from_float(keep_cols(L.wo.to_float(), L.value_rank, rv));
   if (L.key_mode == model::KeyMode::kPre || L.key_mode == model::KeyMode::kNoRope)
-    out.wk = keep_rows(L.wk, L.key_rank, rk);
-  if (L.key_mode == model::KeyMode::kNoRope) out.wq = keep_rows(L.wq, L.key_rank, rk);
+    out.wk = Weight::from_float(keep_rows(L.wk.to_float(), L.key_rank, rk));
+  if (L.key_mode == model::KeyMode::kNoRope)
+    out.wq = Weight::from_float(keep_rows(L.wq.to_float(), L.key_rank, rk));
   for (Matrix& u : out.key_basis) u = keep_cols(u, u.cols, rk);
   out.key_rank = rk;
   out.value_rank = rv;

@@ -74,26 +74,32 @@ model::LayerWeights fold_layer(const model::LayerWeights& full, const model::Mod
   L.value_rank = value_rank;
   L.key_basis.clear();
   // Values: cache U_V^T v; W_o^h takes U_V so the output is formed from rank space directly.
-  L.wv = project_heads(full.wv, value_bases, nkv, dh, value_rank, 1);
-  L.wo = make(c.d_model, nh * value_rank);
+  // The folded matrices are computed in float64 from float32 copies of the stored ones.
+  L.wv = model::Weight::from_float(
+      project_heads(full.wv.to_float(), value_bases, nkv, dh, value_rank, 1));
+  const Matrix full_wo = full.wo.to_float();
+  Matrix wo = make(c.d_model, nh * value_rank);
   for (int64_t h = 0; h < nh; ++h) {
     const Eigen::MatrixXd u = value_bases[h / g].leftCols(value_rank);
     Eigen::MatrixXd wo_h(c.d_model, dh);
     for (int64_t r = 0; r < c.d_model; ++r) {
-      for (int64_t i = 0; i < dh; ++i) wo_h(r, i) = full.wo.row(r)[h * dh + i];
+      for (int64_t i = 0; i < dh; ++i) wo_h(r, i) = full_wo.row(r)[h * dh + i];
     }
     const Eigen::MatrixXd folded = wo_h * u;  // [d_model, r_V]
     for (int64_t r = 0; r < c.d_model; ++r) {
       for (int64_t i = 0; i < value_rank; ++i) {
-        L.wo.data[r * L.wo.cols + h * value_rank + i] = static_cast<float>(folded(r, i));
+        wo.data[r * wo.cols + h * value_rank + i] = static_cast<float>(folded(r, i));
       }
     }
   }
+  L.wo = model::Weight::from_float(std::move(wo));
   if (mode == model::KeyMode::kPre || mode == model::KeyMode::kNoRope) {
-    L.wk = project_heads(full.wk, key_bases, nkv, dh, key_rank, 1);
+    L.wk = model::Weight::from_float(
+        project_heads(full.wk.to_float(), key_bases, nkv, dh, key_rank, 1));
   }
   if (mode == model::KeyMode::kNoRope) {
-    L.wq = project_heads(full.wq, key_bases, nh, dh, key_rank, g);
+    L.wq = model::Weight::from_float(
+        project_heads(full.wq.to_float(), key_bases, nh, dh, key_rank, g));
   }
   if (mode == model::KeyMode::kPre || mode == model::KeyMode::kPost) {
     for (int64_t j = 0; j < nkv; ++j) {

@@ -15,6 +15,8 @@ MatrixXd to_double(const model::Matrix& m) {
   return Eigen::Map<const RowMajorF>(m.data.data(), m.rows, m.cols).cast<double>();
 }
 
+MatrixXd to_double(const model::Weight& w) { return to_double(w.to_float()); }
+
 Eigen::RowVectorXd to_double(const std::vector<float>& v) {
   return Eigen::Map<const Eigen::RowVectorXf>(v.data(), static_cast<int64_t>(v.size()))
       .cast<double>();

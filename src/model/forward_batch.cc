@@ -53,8 +53,8 @@ void Model::forward_batch(std::span<BatchSequence> batch) const {
   std::vector<float> x(static_cast<size_t>(rows * d));  // [rows, d_model] residual streams
   for (size_t i = 0; i < batch.size(); ++i) {
     for (size_t t = 0; t < batch[i].tokens.size(); ++t) {
-      std::memcpy(x.data() + (first_row[i] + static_cast<int64_t>(t)) * d,
-                  weights_.token_embedding.row(batch[i].tokens[t]), sizeof(float) * d);
+      weights_.token_embedding.row_to_float(batch[i].tokens[t],
+                                            x.data() + (first_row[i] + static_cast<int64_t>(t)) * d);
     }
   }
   std::vector<float> x_norm(static_cast<size_t>(rows * d));  // [rows, d_model]
@@ -78,7 +78,7 @@ void Model::forward_batch(std::span<BatchSequence> batch) const {
                       first_row[i + 1] - r0, *batch[i].cache, l, heads_out.data() + r0 * ow,
                       nullptr);
     }
-    ops::matmul_transposed(heads_out.data(), rows, ow, L.wo.data.data(), d, delta.data());
+    ops::matmul(heads_out.data(), rows, L.wo.view(), delta.data());
     for (int64_t k = 0; k < rows * d; ++k) x[k] += delta[k];
     ops::rms_norm(x.data(), L.ffn_norm.data(), rows, d, config_.norm_eps, x_norm.data());
     ffn_block(L, x_norm.data(), rows, delta.data());
@@ -104,7 +104,7 @@ void Model::forward_batch(std::span<BatchSequence> batch) const {
                 x_norm.data());
   const int64_t nv = config_.n_vocab;
   std::vector<float> logits(static_cast<size_t>(n_out * nv));  // [n_out, n_vocab]
-  ops::matmul_transposed(x_norm.data(), n_out, d, weights_.output.data.data(), nv, logits.data());
+  ops::matmul(x_norm.data(), n_out, weights_.output.view(), logits.data());
   int64_t at = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t n = batch[i].all_logits ? static_cast<int64_t>(batch[i].tokens.size()) : 1;

@@ -1,5 +1,7 @@
 #include "model/generate.h"
 
+#include <algorithm>
+
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -9,8 +11,12 @@ namespace eigenkv::model {
 GenerateResult generate(const Model& model, const std::vector<int32_t>& prompt,
                         const GenerateOptions& options,
                         const std::function<bool(int32_t)>& on_token) {
-  const int64_t ctx = options.ctx > 0 ? options.ctx : model.config().n_ctx_train;
   const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+  // The cache holds what this run needs, not the model's whole context (a 128k-context model
+  // would otherwise allocate gigabytes for a short reply).
+  const int64_t ctx = options.ctx > 0 ? options.ctx
+                                      : std::min(model.config().n_ctx_train,
+                                                 n_prompt + std::max<int64_t>(options.max_tokens, 0) + 1);
   EKV_CHECK(n_prompt > 0, "the prompt is empty (no tokens to start from)");
   EKV_CHECK(options.max_tokens >= 0, "the number of tokens to generate must be >= 0, found ",
             options.max_tokens);

@@ -13,7 +13,7 @@ namespace eigenkv::model {
 
 struct GenerateOptions {
   int64_t max_tokens = 128;
-  int64_t ctx = 0;  // KV capacity; 0: the model's training context
+  int64_t ctx = 0;  // KV capacity; 0: prompt + max_tokens, at most the training context
   SamplerOptions sampler;
   bool stop_at_eos = true;
 };

@@ -12,34 +12,39 @@
 #include "model/save.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/memory.h"
 
 namespace eigenkv::model {
 namespace {
 
 namespace fs = std::filesystem;
 
+// The weights borrow the mapped file's bytes, so the file stays mapped as long as any weight does.
 class GgufSource : public TensorSource {
  public:
-  explicit GgufSource(const io::GgufFile& file) : file_(file) {}
+  explicit GgufSource(std::shared_ptr<const io::GgufFile> file) : file_(std::move(file)) {}
   const io::TensorView* find(const std::string& name) const override {
-    return file_.find_tensor(name);
+    return file_->find_tensor(name);
   }
-  std::string label() const override { return file_.path(); }
+  std::string label() const override { return file_->path(); }
+  std::shared_ptr<const void> owner() const override { return file_; }
 
  private:
-  const io::GgufFile& file_;
+  std::shared_ptr<const io::GgufFile> file_;
 };
 
 class SafetensorsSource : public TensorSource {
  public:
-  explicit SafetensorsSource(const io::SafetensorsModel& model) : model_(model) {}
+  explicit SafetensorsSource(std::shared_ptr<const io::SafetensorsModel> model)
+      : model_(std::move(model)) {}
   const io::TensorView* find(const std::string& name) const override {
-    return model_.find_tensor(name);
+    return model_->find_tensor(name);
   }
-  std::string label() const override { return model_.dir(); }
+  std::string label() const override { return model_->dir(); }
+  std::shared_ptr<const void> owner() const override { return model_; }
 
  private:
-  const io::SafetensorsModel& model_;
+  std::shared_ptr<const io::SafetensorsModel> model_;
 };
 
 template <typename Range>
@@ -148,15 +153,20 @@ bool is_gguf_file(const std::string& path) {
 }
 
 std::unique_ptr<Model> load_gguf(const std::string& path) {
-  io::GgufFile file(path);
+  auto mapped = std::make_shared<const io::GgufFile>(path);
+  const io::GgufFile& file = *mapped;
+  int64_t tensor_bytes = 0;
+  for (const io::TensorView& t : file.tensors()) tensor_bytes += static_cast<int64_t>(t.nbytes);
+  check_fits_in_memory(tensor_bytes, path + ": the weights");
+  const GgufSource source(mapped);
   ModelConfig config = config_from_gguf(file);
   const bool compressed = file.has("eigenkv.version");
   std::vector<LayerSpec> specs;
   if (compressed) specs = read_compression(file, config);
-  ModelWeights weights = load_gguf_weights(GgufSource(file), config, specs);
+  ModelWeights weights = load_gguf_weights(source, config, specs);
   EKV_CHECK(compressed || !file.has("eigenkv.cache.key_bits8"), path,
             ": a cache allotment without eigenkv.version (not a compressed model)");
-  if (compressed) read_cache_allotment(file, GgufSource(file), config, weights);
+  if (compressed) read_cache_allotment(file, source, config, weights);
   auto tokenizer = gguf_tokenizer(file);
   EKV_CHECK(static_cast<int64_t>(tokenizer->vocab_size()) <= config.n_vocab, path,
             ": the tokenizer has ", tokenizer->vocab_size(), " tokens but the model only ",
@@ -194,8 +204,9 @@ std::unique_ptr<Model> load_hf(const std::string& dir) {
   nlohmann::json config_json = read_json(config_path);
   EKV_CHECK(config_json.is_object(), config_path.string(), ": expected a JSON object");
   ModelConfig config = config_from_hf(config_json, config_path.string());
-  io::SafetensorsModel tensors(dir);
-  ModelWeights weights = load_hf_weights(SafetensorsSource(tensors), config);
+  auto mapped = std::make_shared<const io::SafetensorsModel>(dir);
+  const io::SafetensorsModel& tensors = *mapped;
+  ModelWeights weights = load_hf_weights(SafetensorsSource(mapped), config);
   const fs::path tokenizer_path = root / "tokenizer.json";
   EKV_CHECK(fs::exists(tokenizer_path), dir, ": no tokenizer.json");
   auto tokenizer = tok::tokenizer_from_json(tokenizer_path.string());

@@ -10,6 +10,7 @@
 #include "ops/matmul.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/threads.h"
 
 namespace eigenkv::model {
@@ -44,6 +45,15 @@ std::vector<kv::LayerShape> Model::cache_shape() const {
     shape.push_back(std::move(s));
   }
   return shape;
+}
+
+kv::KvCache Model::new_cache(int64_t capacity, kv::CacheTypes types) const {
+  const int64_t cache_bytes = kv::cache_bytes_per_token(cache_shape(), types) * capacity;
+  check_fits_in_memory(weights_.stored_bytes() + cache_bytes,
+                       cat("the weights (", format_bytes(weights_.stored_bytes()), ") and a ",
+                           capacity, "-token KV cache (", format_bytes(cache_bytes), ")"));
+  rope_.reserve(capacity);
+  return kv::KvCache(cache_shape(), capacity, types);
 }
 
 bool Model::has_cache_allotment() const {
@@ -177,11 +187,9 @@ void Model::attend_cached(const LayerWeights& L, const float* qs, int64_t sw, in
 
 void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_tokens, float* q,
                         float* k, float* v) const {
-  const int64_t d = config_.d_model, dh = config_.head_dim;
-  const int64_t nh = config_.n_heads, nkv = config_.n_kv_heads;
-  ops::matmul_transposed(x_norm, n_tokens, d, L.wq.data.data(), nh * L.query_width(dh), q);
-  ops::matmul_transposed(x_norm, n_tokens, d, L.wk.data.data(), nkv * L.key_proj_width(dh), k);
-  ops::matmul_transposed(x_norm, n_tokens, d, L.wv.data.data(), nkv * L.value_rank, v);
+  ops::matmul(x_norm, n_tokens, L.wq.view(), q);
+  ops::matmul(x_norm, n_tokens, L.wk.view(), k);
+  ops::matmul(x_norm, n_tokens, L.wv.view(), v);
 }
 
 void Model::attend_sequence(int64_t layer, const LayerWeights& L, float* q_in, float* k_in,
@@ -249,7 +257,7 @@ void Model::attend_sequence(int64_t layer, const LayerWeights& L, float* q_in, f
 void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x_norm,
                             int64_t n_tokens, kv::KvCache& cache, int64_t cl, float* attn_out,
                             ForwardTap* tap) const {
-  const int64_t d = config_.d_model, dh = config_.head_dim;
+  const int64_t dh = config_.head_dim;
   const int64_t nh = config_.n_heads, nkv = config_.n_kv_heads, rv = L.value_rank;
   std::vector<float> q(static_cast<size_t>(n_tokens * nh * L.query_width(dh)));  // [T, n_heads, q_width]
   std::vector<float> k(static_cast<size_t>(n_tokens * nkv * L.key_proj_width(dh)));  // [T, n_kv, k_width]
@@ -258,18 +266,18 @@ void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x
   std::vector<float> heads_out(static_cast<size_t>(n_tokens * nh * rv));  // [T, n_heads, r_V]
   attend_sequence(layer, L, q.data(), k.data(), v.data(), n_tokens, cache, cl, heads_out.data(),
                   tap);
-  ops::matmul_transposed(heads_out.data(), n_tokens, nh * rv, L.wo.data.data(), d, attn_out);
+  ops::matmul(heads_out.data(), n_tokens, L.wo.view(), attn_out);
 }
 
 void Model::ffn_block(const LayerWeights& L, const float* x_norm, int64_t n_tokens,
                       float* ffn_out) const {
-  const int64_t d = config_.d_model, f = config_.d_ffn;
+  const int64_t f = config_.d_ffn;
   std::vector<float> gate(static_cast<size_t>(n_tokens * f));  // [T, d_ffn]
   std::vector<float> up(static_cast<size_t>(n_tokens * f));    // [T, d_ffn]
-  ops::matmul_transposed(x_norm, n_tokens, d, L.w_gate.data.data(), f, gate.data());
-  ops::matmul_transposed(x_norm, n_tokens, d, L.w_up.data.data(), f, up.data());
+  ops::matmul(x_norm, n_tokens, L.w_gate.view(), gate.data());
+  ops::matmul(x_norm, n_tokens, L.w_up.view(), up.data());
   ops::swiglu(gate.data(), up.data(), n_tokens * f);
-  ops::matmul_transposed(gate.data(), n_tokens, f, L.w_down.data.data(), d, ffn_out);
+  ops::matmul(gate.data(), n_tokens, L.w_down.view(), ffn_out);
 }
 
 void Model::layer_forward(int64_t layer, const LayerWeights& L, float* x, int64_t n,
@@ -302,7 +310,7 @@ void Model::forward(std::span<const int32_t> tokens, kv::KvCache& cache, float* 
     const int32_t id = tokens[t];
     EKV_CHECK(id >= 0 && id < config_.n_vocab, "token id ", id, " is outside the vocabulary of ",
               config_.n_vocab);
-    std::memcpy(x.data() + t * d, weights_.token_embedding.row(id), sizeof(float) * d);
+    weights_.token_embedding.row_to_float(id, x.data() + t * d);
   }
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     layer_forward(l, weights_.layers[l], x.data(), n, cache, l, tap);
@@ -313,8 +321,7 @@ void Model::forward(std::span<const int32_t> tokens, kv::KvCache& cache, float* 
   std::vector<float> x_norm(static_cast<size_t>(rows * d));
   ops::rms_norm(x.data() + first * d, weights_.output_norm.data(), rows, d, config_.norm_eps,
                 x_norm.data());
-  ops::matmul_transposed(x_norm.data(), rows, d, weights_.output.data.data(), config_.n_vocab,
-                         logits);
+  ops::matmul(x_norm.data(), rows, weights_.output.view(), logits);
 }
 
 }  // namespace eigenkv::model

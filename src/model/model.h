@@ -73,10 +73,8 @@ class Model {
   bool has_cache_allotment() const;
   // A cache for `capacity` positions (the RoPE angles of all of them are made ahead).
   kv::KvCache new_cache(int64_t capacity) const { return new_cache(capacity, cache_types_); }
-  kv::KvCache new_cache(int64_t capacity, kv::CacheTypes types) const {
-    rope_.reserve(capacity);
-    return kv::KvCache(cache_shape(), capacity, types);
-  }
+  // Throws Error, before allocating, when the weights and the cache cannot fit in memory.
+  kv::KvCache new_cache(int64_t capacity, kv::CacheTypes types) const;
   // Bytes per token of a cache of the current types.
   int64_t kv_bytes_per_token() const { return kv::cache_bytes_per_token(cache_shape(), cache_types_); }
 

@@ -5,6 +5,7 @@
 
 #include "io/gguf.h"
 #include "io/gguf_writer.h"
+#include "ops/dequant.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -39,9 +40,66 @@ void write_config_metadata(const Model& model, io::GgufWriter& w) {
   }
 }
 
+// The bytes a weight is written with: its stored bytes, or a computed weight in the fold type.
+class WeightWriter {
+ public:
+  WeightWriter(io::GgufWriter& writer, const SaveOptions& options)
+      : writer_(writer), options_(options) {}
+
+  void add(const std::string& name, const Weight& m, const Weight& reference) {
+    if (!m.computed) {
+      writer_.add_tensor(name, m.type, {m.rows, m.cols}, m.bytes, m.nbytes());
+      return;
+    }
+    io::TensorType type = options_.fold_type.value_or(
+        reference.type == io::TensorType::kF32 ? io::TensorType::kF32 : io::TensorType::kF16);
+    const int64_t block = io::tensor_type_info(type).block_size;
+    if (m.cols % block != 0) {
+      notes_.push_back(name + ": rows of " + std::to_string(m.cols) + " are not whole blocks of " +
+                       std::to_string(block) + " for " +
+                       io::tensor_type_name(static_cast<uint32_t>(type)) + "; written as f16");
+      type = io::TensorType::kF16;
+    }
+    if (type == io::TensorType::kF32) {
+      writer_.add_tensor(name, type, {m.rows, m.cols}, m.bytes, m.nbytes());
+      return;
+    }
+    std::vector<uint8_t>& out = buffers_.emplace_back(io::tensor_bytes(type, m.rows * m.cols));
+    const float* x = reinterpret_cast<const float*>(m.bytes);
+    const size_t row_out = io::tensor_bytes(type, m.cols);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < m.rows; ++r) {
+      ops::quantize(type, x + r * m.cols, out.data() + static_cast<size_t>(r) * row_out, m.cols);
+    }
+    writer_.add_tensor(name, type, {m.rows, m.cols}, out.data(), out.size());
+  }
+
+  std::vector<std::string> take_notes() { return std::move(notes_); }
+
+ private:
+  io::GgufWriter& writer_;
+  const SaveOptions& options_;
+  std::vector<std::vector<uint8_t>> buffers_;  // converted bytes, borrowed by the writer
+  std::vector<std::string> notes_;
+};
+
 }  // namespace
 
-void save_gguf(const Model& model, const std::string& path) {
+io::TensorType fold_type_from_name(const std::string& name) {
+  for (uint32_t raw = 0; raw < 64; ++raw) {
+    const auto info = io::tensor_type_info(raw);
+    if (!info) continue;
+    std::string lower(info->name);
+    for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    std::string given = name;
+    for (char& ch : given) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (lower == given && ops::can_quantize(info->type)) return info->type;
+  }
+  fail("fold type '", name, "' is not one eigenkv writes (f32, f16, bf16, q8_0, q4_0, ...)");
+}
+
+std::vector<std::string> save_gguf(const Model& model, const std::string& path,
+                                   const SaveOptions& options) {
   const ModelConfig& c = model.config();
   const ModelWeights& weights = model.weights();
   io::GgufWriter w;
@@ -49,10 +107,9 @@ void save_gguf(const Model& model, const std::string& path) {
   const bool from_gguf = !std::filesystem::is_directory(model.path(), ec);
   if (from_gguf) {
     io::GgufFile source(model.path());
-    // Tensors are written in float32 whatever the source stored: its file type no longer holds.
-    w.copy_metadata(source, [](const std::string& key) {
-      return key.rfind("eigenkv.", 0) == 0 || key == "general.file_type";
-    });
+    // Unchanged tensors keep their stored type, so the source's file type still describes it.
+    w.copy_metadata(source,
+                    [](const std::string& key) { return key.rfind("eigenkv.", 0) == 0; });
   } else {
     write_config_metadata(model, w);
   }
@@ -60,11 +117,10 @@ void save_gguf(const Model& model, const std::string& path) {
     fail(model.path(), ": saving a model with Hugging Face rope_scaling to GGUF is not supported");
   }
   const int64_t d = c.d_model;
-  w.add_f32_tensor("token_embd.weight", {c.n_vocab, d}, weights.token_embedding.data.data());
+  WeightWriter weight_writer(w, options);
+  weight_writer.add("token_embd.weight", weights.token_embedding, weights.token_embedding);
   w.add_f32_tensor("output_norm.weight", {d}, weights.output_norm.data());
-  if (!c.tied_embeddings) {
-    w.add_f32_tensor("output.weight", {c.n_vocab, d}, weights.output.data.data());
-  }
+  if (!c.tied_embeddings) weight_writer.add("output.weight", weights.output, weights.output);
   if (!weights.rope_freq_factors.empty()) {
     w.add_f32_tensor("rope_freqs.weight", {static_cast<int64_t>(weights.rope_freq_factors.size())},
                      weights.rope_freq_factors.data());
@@ -74,8 +130,8 @@ void save_gguf(const Model& model, const std::string& path) {
   std::vector<double> key_ranks, value_ranks, key_bits8, value_bits8;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = weights.layers[l];
-    auto add = [&](const char* pattern, const Matrix& m) {
-      w.add_f32_tensor(layer_name(pattern, l), {m.rows, m.cols}, m.data.data());
+    auto add = [&](const char* pattern, const Weight& m) {
+      weight_writer.add(layer_name(pattern, l), m, L.w_gate);
     };
     w.add_f32_tensor(layer_name("blk.{}.attn_norm.weight", l), {d}, L.attn_norm.data());
     add("blk.{}.attn_q.weight", L.wq);
@@ -120,6 +176,7 @@ void save_gguf(const Model& model, const std::string& path) {
     w.set_string("eigenkv.report", model.compression_json());
   }
   w.write(path);
+  return weight_writer.take_notes();
 }
 
 }  // namespace eigenkv::model

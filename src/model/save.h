@@ -1,9 +1,13 @@
-// Writes a model, compressed or not, as one GGUF file (DESIGN.md §4): its tensors in float32 with
-// any bases folded in (rank-shaped attention weights), the source's metadata and tokenizer, and
-// eigenkv.* keys describing the compression. The write is atomic (temporary file, then rename).
+// Writes a model, compressed or not, as one GGUF file (DESIGN.md §4): every weight the
+// compression did not change in its stored type, byte for byte; the folded (rank-shaped)
+// attention weights in the fold type; bases, norms and cache scales in float32; the source's
+// metadata and tokenizer, and eigenkv.* keys describing the compression. The write is atomic
+// (temporary file, then rename).
 #pragma once
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 
@@ -14,6 +18,18 @@ inline constexpr int64_t kCompressedFormatVersion = 1;
 // standard tokenizer.huggingface.json).
 inline constexpr const char* kEmbeddedTokenizerConfigKey = "tokenizer.huggingface.tokenizer_config";
 
-void save_gguf(const Model& model, const std::string& path);
+struct SaveOptions {
+  // The type of folded attention weights. Unset: float32 when the source layer's weights are
+  // float32, else f16. A quantized type whose blocks do not divide a folded row falls back to f16
+  // (and `notes` says so).
+  std::optional<io::TensorType> fold_type;
+};
+
+// Parses a fold type name: f32, f16, bf16 or a quantized type eigenkv writes (q8_0, q4_0, ...).
+io::TensorType fold_type_from_name(const std::string& name);
+
+// Returns notes on type fallbacks (empty when none).
+std::vector<std::string> save_gguf(const Model& model, const std::string& path,
+                                   const SaveOptions& options = {});
 
 }  // namespace eigenkv::model

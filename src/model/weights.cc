@@ -1,8 +1,11 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <cstring>
+#include <set>
 
 #include "ops/dequant.h"
+#include "ops/qdot.h"
 #include "util/error.h"
 
 namespace eigenkv::model {
@@ -36,18 +39,20 @@ std::vector<float> to_float(const TensorSource& source, const io::TensorView& t)
 
 // Hugging Face stores each head's q/k rows as [first halves; second halves] for its rotate-half
 // RoPE; reorder them to interleaved pairs so the adjacent-pair kernel applies: row 2i of a head
-// takes HF row i, row 2i+1 takes HF row i + head_dim/2.
-void interleave_rotary_rows(Matrix& m, int64_t n_heads, int64_t head_dim) {
-  std::vector<float> head(static_cast<size_t>(head_dim * m.cols));
+// takes HF row i, row 2i+1 takes HF row i + head_dim/2. Whole rows move, so this works on the
+// stored bytes of any type; the result owns its bytes (the source's order cannot be used).
+Weight interleave_rotary_rows(const Weight& m, int64_t n_heads, int64_t head_dim) {
+  const size_t rb = m.row_bytes();
+  std::vector<uint8_t> out(m.nbytes());
   const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < n_heads; ++h) {
-    float* base = m.data.data() + h * head_dim * m.cols;
-    std::copy(base, base + head_dim * m.cols, head.begin());
     for (int64_t i = 0; i < half; ++i) {
-      std::copy_n(head.data() + i * m.cols, m.cols, base + (2 * i) * m.cols);
-      std::copy_n(head.data() + (i + half) * m.cols, m.cols, base + (2 * i + 1) * m.cols);
+      const int64_t base = h * head_dim;
+      std::memcpy(out.data() + (base + 2 * i) * rb, m.row_data(base + i), rb);
+      std::memcpy(out.data() + (base + 2 * i + 1) * rb, m.row_data(base + i + half), rb);
     }
   }
+  return Weight::from_bytes(m.type, m.rows, m.cols, std::move(out));
 }
 
 struct TensorNames {
@@ -60,10 +65,10 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
                         const std::vector<LayerSpec>& specs) {
   ModelWeights w;
   const int64_t d = c.d_model;
-  w.token_embedding = load_matrix(source, n.embedding, c.n_vocab, d);
+  w.token_embedding = load_weight(source, n.embedding, c.n_vocab, d);
   w.output_norm = load_vector(source, n.output_norm, d);
   if (source.find(n.output)) {
-    w.output = load_matrix(source, n.output, c.n_vocab, d);
+    w.output = load_weight(source, n.output, c.n_vocab, d);
   } else if (c.tied_embeddings) {
     w.output = w.token_embedding;
   } else {
@@ -81,10 +86,10 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
       L.value_rank = specs[l].value_rank;
     }
     const int64_t hd = c.head_dim;
-    L.wq = load_matrix(source, layer_name(n.wq, l), c.n_heads * L.query_width(hd), d);
-    L.wk = load_matrix(source, layer_name(n.wk, l), c.n_kv_heads * L.key_proj_width(hd), d);
-    L.wv = load_matrix(source, layer_name(n.wv, l), c.n_kv_heads * L.value_rank, d);
-    L.wo = load_matrix(source, layer_name(n.wo, l), d, c.n_heads * L.value_rank);
+    L.wq = load_weight(source, layer_name(n.wq, l), c.n_heads * L.query_width(hd), d);
+    L.wk = load_weight(source, layer_name(n.wk, l), c.n_kv_heads * L.key_proj_width(hd), d);
+    L.wv = load_weight(source, layer_name(n.wv, l), c.n_kv_heads * L.value_rank, d);
+    L.wo = load_weight(source, layer_name(n.wo, l), d, c.n_heads * L.value_rank);
     if (L.key_mode == KeyMode::kPre || L.key_mode == KeyMode::kPost) {
       Matrix all = load_matrix(source, layer_name(n.key_basis, l), c.n_kv_heads * hd, L.key_rank);
       for (int64_t j = 0; j < c.n_kv_heads; ++j) {
@@ -96,9 +101,9 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
       }
     }
     L.ffn_norm = load_vector(source, layer_name(n.ffn_norm, l), d);
-    L.w_gate = load_matrix(source, layer_name(n.w_gate, l), c.d_ffn, d);
-    L.w_up = load_matrix(source, layer_name(n.w_up, l), c.d_ffn, d);
-    L.w_down = load_matrix(source, layer_name(n.w_down, l), d, c.d_ffn);
+    L.w_gate = load_weight(source, layer_name(n.w_gate, l), c.d_ffn, d);
+    L.w_up = load_weight(source, layer_name(n.w_up, l), c.d_ffn, d);
+    L.w_down = load_weight(source, layer_name(n.w_down, l), d, c.d_ffn);
   }
   return w;
 }
@@ -130,6 +135,69 @@ KeyMode key_mode_from_name(const std::string& name) {
     if (name == key_mode_name(m)) return m;
   }
   fail("unknown key mode '", name, "' (expected full, norope, pre or post)");
+}
+
+size_t Weight::row_bytes() const { return io::tensor_bytes(type, cols); }
+
+void Weight::row_to_float(int64_t r, float* out) const {
+  ops::dequantize(type, row_data(r), out, cols);
+}
+
+Matrix Weight::to_float() const {
+  Matrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.data.resize(static_cast<size_t>(rows * cols));
+  ops::dequantize_parallel(type, bytes, m.data.data(), rows * cols);
+  return m;
+}
+
+Weight Weight::from_float(Matrix m) {
+  auto data = std::make_shared<std::vector<float>>(std::move(m.data));
+  Weight w;
+  w.type = io::TensorType::kF32;
+  w.rows = m.rows;
+  w.cols = m.cols;
+  w.bytes = reinterpret_cast<const uint8_t*>(data->data());
+  w.owner = std::move(data);
+  w.computed = true;
+  return w;
+}
+
+Weight Weight::from_bytes(io::TensorType type, int64_t rows, int64_t cols,
+                          std::vector<uint8_t> data) {
+  Weight w;
+  w.type = type;
+  w.rows = rows;
+  w.cols = cols;
+  EKV_CHECK(data.size() == w.nbytes(), "weight of ", rows, "x", cols, " ",
+            io::tensor_type_name(static_cast<uint32_t>(type)), " needs ", w.nbytes(),
+            " bytes, given ", data.size());
+  auto owned = std::make_shared<std::vector<uint8_t>>(std::move(data));
+  w.bytes = owned->data();
+  w.owner = std::move(owned);
+  return w;
+}
+
+Weight load_weight(const TensorSource& source, const std::string& name, int64_t rows,
+                   int64_t cols) {
+  const io::TensorView& t = require(source, name);
+  check_shape(source, t, {rows, cols});
+  if (!ops::can_dot(t.type) || !ops::can_dequantize(t.type)) {
+    fail(source.label(), ": tensor '", name, "' has type ",
+         io::tensor_type_name(static_cast<uint32_t>(t.type)),
+         " which eigenkv cannot run (it runs f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, "
+         "q3_K, q4_K, q5_K and q6_K)");
+  }
+  Weight w;
+  w.type = t.type;
+  w.rows = rows;
+  w.cols = cols;
+  EKV_CHECK(t.nbytes == w.nbytes(), source.label(), ": tensor '", name, "' holds ", t.nbytes,
+            " bytes, its shape and type need ", w.nbytes());
+  w.bytes = t.data;
+  w.owner = source.owner();
+  return w;
 }
 
 Matrix load_matrix(const TensorSource& source, const std::string& name, int64_t rows,
@@ -182,23 +250,37 @@ ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& conf
                 ""};
   ModelWeights w = load_named(source, config, n, {});
   for (LayerWeights& L : w.layers) {
-    interleave_rotary_rows(L.wq, config.n_heads, config.head_dim);
-    interleave_rotary_rows(L.wk, config.n_kv_heads, config.head_dim);
+    L.wq = interleave_rotary_rows(L.wq, config.n_heads, config.head_dim);
+    L.wk = interleave_rotary_rows(L.wk, config.n_kv_heads, config.head_dim);
   }
   return w;
 }
 
 int64_t ModelWeights::decode_bytes_read() const {
-  int64_t numbers =
-      token_embedding.cols + static_cast<int64_t>(output_norm.size()) + output.rows * output.cols;
+  int64_t bytes = static_cast<int64_t>(token_embedding.row_bytes() + output.nbytes());
+  int64_t floats = static_cast<int64_t>(output_norm.size());
   for (const LayerWeights& L : layers) {
-    for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
-      numbers += m->rows * m->cols;
+    for (const Weight* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
+      bytes += static_cast<int64_t>(m->nbytes());
     }
-    for (const Matrix& u : L.key_basis) numbers += u.rows * u.cols;
-    numbers += static_cast<int64_t>(L.attn_norm.size() + L.ffn_norm.size());
+    for (const Matrix& u : L.key_basis) floats += u.rows * u.cols;
+    floats += static_cast<int64_t>(L.attn_norm.size() + L.ffn_norm.size());
   }
-  return numbers * static_cast<int64_t>(sizeof(float));
+  return bytes + floats * static_cast<int64_t>(sizeof(float));
+}
+
+int64_t ModelWeights::stored_bytes() const {
+  std::set<const uint8_t*> seen;
+  int64_t bytes = 0;
+  auto add = [&](const Weight& m) {
+    if (!m.empty() && seen.insert(m.bytes).second) bytes += static_cast<int64_t>(m.nbytes());
+  };
+  add(token_embedding);
+  add(output);
+  for (const LayerWeights& L : layers) {
+    for (const Weight* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) add(*m);
+  }
+  return bytes;
 }
 
 }  // namespace eigenkv::model

@@ -1,17 +1,22 @@
-// The weights of a Llama-family model in float32, whatever their stored type, in one canonical
-// layout: matrices [out, in] with rows contiguous, and q/k rows of every head in the adjacent-pair
-// RoPE layout (GGUF's). Loaders for GGUF and Hugging Face directories fill it.
+// The weights of a Llama-family model in one canonical layout: matrices [out, in] with rows
+// contiguous, and q/k rows of every head in the adjacent-pair RoPE layout (GGUF's). The large
+// matrices stay in their stored type where they lie in the mapped file (Weight); only small
+// vectors (norms, bases, cache scales) are float32. Loaders for GGUF and Hugging Face directories
+// fill it.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "io/tensor_view.h"
 #include "model/config.h"
+#include "ops/matmul.h"
 
 namespace eigenkv::model {
 
+// A float32 matrix that eigenkv computes (bases, folded weights before they are stored).
 struct Matrix {
   int64_t rows = 0;
   int64_t cols = 0;
@@ -19,6 +24,37 @@ struct Matrix {
 
   const float* row(int64_t r) const { return data.data() + r * cols; }
   bool empty() const { return data.empty(); }
+};
+
+// A weight matrix [rows, cols] in its stored type (F32, F16, BF16 or one of llama.cpp's block
+// types), rows contiguous and each a whole number of blocks. The bytes are usually borrowed from
+// the mapped model file, which `owner` keeps alive; copies share them. A weight that eigenkv
+// made (folding) owns its bytes through the same pointer.
+struct Weight {
+  io::TensorType type = io::TensorType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const uint8_t* bytes = nullptr;
+  std::shared_ptr<const void> owner;
+  // True for a matrix eigenkv computed (a folded attention weight, F32): saving stores it in the
+  // fold type; every other weight is saved as it is stored, byte for byte.
+  bool computed = false;
+
+  bool empty() const { return rows == 0; }
+  size_t row_bytes() const;
+  size_t nbytes() const { return row_bytes() * static_cast<size_t>(rows); }
+  const uint8_t* row_data(int64_t r) const { return bytes + static_cast<size_t>(r) * row_bytes(); }
+  ops::WeightView view() const { return {type, rows, cols, bytes, row_bytes()}; }
+  // Dequantizes row r (cols numbers) into out.
+  void row_to_float(int64_t r, float* out) const;
+  // The whole matrix in float32 (for compression's float64 maths, one layer at a time).
+  Matrix to_float() const;
+
+  // An F32 weight owning m's numbers.
+  static Weight from_float(Matrix m);
+  // A weight of `type` owning `data` (rows * row bytes).
+  static Weight from_bytes(io::TensorType type, int64_t rows, int64_t cols,
+                           std::vector<uint8_t> data);
 };
 
 // How a layer's keys are stored and scored (DESIGN.md §2). kFull: d_h numbers per key, the
@@ -34,14 +70,14 @@ KeyMode key_mode_from_name(const std::string& name);  // throws Error for an unk
 
 struct LayerWeights {
   std::vector<float> attn_norm;  // [d_model]
-  Matrix wq;  // [n_heads * q_width, d_model]; q_width = r_K in kNoRope mode, else d_h
-  Matrix wk;  // [n_kv_heads * k_width, d_model]; k_width = r_K in kPre/kNoRope mode, else d_h
-  Matrix wv;  // [n_kv_heads * r_V, d_model]   (r_V = d_h when uncompressed)
-  Matrix wo;  // [d_model, n_heads * r_V]      (U_V folded in)
+  Weight wq;  // [n_heads * q_width, d_model]; q_width = r_K in kNoRope mode, else d_h
+  Weight wk;  // [n_kv_heads * k_width, d_model]; k_width = r_K in kPre/kNoRope mode, else d_h
+  Weight wv;  // [n_kv_heads * r_V, d_model]   (r_V = d_h when uncompressed)
+  Weight wo;  // [d_model, n_heads * r_V]      (U_V folded in)
   std::vector<float> ffn_norm;  // [d_model]
-  Matrix w_gate;                // [d_ffn, d_model]
-  Matrix w_up;                  // [d_ffn, d_model]
-  Matrix w_down;                // [d_model, d_ffn]
+  Weight w_gate;                // [d_ffn, d_model]
+  Weight w_up;                  // [d_ffn, d_model]
+  Weight w_down;                // [d_model, d_ffn]
 
   KeyMode key_mode = KeyMode::kFull;
   int64_t key_rank = 0;    // r_K: numbers cached per KV head and token for keys
@@ -66,14 +102,16 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  Matrix token_embedding;  // [n_vocab, d_model]
+  Weight token_embedding;  // [n_vocab, d_model]
   std::vector<LayerWeights> layers;
   std::vector<float> output_norm;        // [d_model]
-  Matrix output;                         // [n_vocab, d_model]; a copy of token_embedding when tied
+  Weight output;  // [n_vocab, d_model]; when tied, the same bytes as token_embedding
   std::vector<float> rope_freq_factors;  // GGUF rope_freqs: divides the RoPE frequencies, or empty
 
-  // Bytes of weights one decode step reads (every matrix once; embeddings: one row).
+  // Bytes of weights one decode step reads, as stored (every matrix once; embeddings: one row).
   int64_t decode_bytes_read() const;
+  // Bytes of every weight held, each shared buffer counted once.
+  int64_t stored_bytes() const;
 };
 
 // A per-layer tensor name: the "{}" in `pattern` replaced by the layer number.
@@ -92,6 +130,8 @@ class TensorSource {
   virtual ~TensorSource() = default;
   virtual const io::TensorView* find(const std::string& name) const = 0;
   virtual std::string label() const = 0;
+  // What keeps the tensors' bytes alive (the mapped files); weights hold it.
+  virtual std::shared_ptr<const void> owner() const = 0;
 };
 
 // The attention shape of one layer of a compressed model, as its file records it.
@@ -107,6 +147,9 @@ ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& co
                                const std::vector<LayerSpec>& layers = {});
 ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& config);
 
+// A stored matrix as it lies in the source, checking its shape (outer dimension first) and that
+// eigenkv can multiply by its type.
+Weight load_weight(const TensorSource& source, const std::string& name, int64_t rows, int64_t cols);
 // Converts a stored tensor to float32, checking its shape (outer dimension first).
 Matrix load_matrix(const TensorSource& source, const std::string& name, int64_t rows, int64_t cols);
 std::vector<float> load_vector(const TensorSource& source, const std::string& name, int64_t n);

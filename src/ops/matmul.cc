@@ -1,14 +1,159 @@
 #include "ops/matmul.h"
 
 #include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "ops/dequant.h"
+#include "ops/qdot.h"
+#include "util/error.h"
 
 namespace eigenkv::ops {
+namespace {
+
+// Weight bytes below which a product is not worth splitting across threads.
+constexpr size_t kParallelBytes = size_t{1} << 16;
+// Rows a thread's share of a decode product is rounded to, so shares start on cache lines.
+constexpr int64_t kRowAlign = 16;
+// Float32 numbers of one dequantized prefill tile (256 KiB: a Zen 3 core's L2 holds two).
+constexpr int64_t kTileNumbers = int64_t{1} << 16;
+// Stored bytes of one weight tile of the integer prefill path.
+constexpr size_t kTileBytes = size_t{96} << 10;
+
+// EIGENKV_PREFILL=sgemm forces the dequantize-and-SGEMM path for block types (for measuring).
+bool prefill_uses_integer_kernels() {
+  static const bool integer = [] {
+    const char* v = std::getenv("EIGENKV_PREFILL");
+    return !(v && std::string(v) == "sgemm");
+  }();
+  return integer;
+}
+
+int threads_for(size_t bytes) {
+  return bytes < kParallelBytes || omp_in_parallel() ? 1 : omp_get_max_threads();
+}
+
+void decode_product(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
+  std::vector<uint8_t> act(act_row_bytes(w.type, w.cols) * static_cast<size_t>(n_tokens));
+  prepare_act(w.type, x, n_tokens, w.cols, act.data());
+  const int threads = threads_for(w.row_bytes * static_cast<size_t>(w.rows));
+  if (threads == 1) {
+    dot_rows(w.type, w.data, w.row_bytes, w.cols, act.data(), n_tokens, 0, w.rows, y, w.rows);
+    return;
+  }
+  // Contiguous shares of rows, one per thread: each thread streams its own part of the weights.
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t n = omp_get_num_threads(), i = omp_get_thread_num();
+    const int64_t per = (w.rows + n - 1) / n;
+    const int64_t share = (per + kRowAlign - 1) / kRowAlign * kRowAlign;
+    const int64_t r0 = std::min(w.rows, i * share), r1 = std::min(w.rows, r0 + share);
+    if (r0 < r1) {
+      dot_rows(w.type, w.data, w.row_bytes, w.cols, act.data(), n_tokens, r0, r1, y, w.rows);
+    }
+  }
+}
+
+void sgemm(const float* x, int64_t n_tokens, int64_t n_in, const float* w, int64_t n_out,
+           float* y, int64_t ldy) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n_tokens),
+              static_cast<int>(n_out), static_cast<int>(n_in), 1.0f, x, static_cast<int>(n_in), w,
+              static_cast<int>(n_in), 0.0f, y, static_cast<int>(ldy));
+}
+
+bool is_float_type(io::TensorType type) {
+  return type == io::TensorType::kF32 || type == io::TensorType::kF16 ||
+         type == io::TensorType::kBF16;
+}
+
+// Block types: the activations are rounded to 8-bit blocks once, then each thread takes tiles of
+// weight rows small enough to stay in its L2 and runs every block of kDecodeRows tokens over
+// them with the integer dot kernels (each weight block loaded once per token block).
+void prefill_integer(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
+  const size_t act_bytes = act_row_bytes(w.type, w.cols);
+  std::vector<uint8_t> act(act_bytes * static_cast<size_t>(n_tokens));
+  const int threads = threads_for(w.row_bytes * static_cast<size_t>(w.rows));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += kDecodeRows) {
+    const int64_t n = std::min(kDecodeRows, n_tokens - t0);
+    prepare_act(w.type, x + t0 * w.cols, n, w.cols, act.data() + static_cast<size_t>(t0) * act_bytes);
+  }
+  const int64_t tile = std::max<int64_t>(
+      kRowAlign, static_cast<int64_t>(kTileBytes / std::max<size_t>(1, w.row_bytes)) / kRowAlign *
+                     kRowAlign);
+  const int64_t n_tiles = (w.rows + tile - 1) / tile;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    const int64_t r0 = t * tile, r1 = std::min(w.rows, r0 + tile);
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kDecodeRows) {
+      const int64_t n = std::min(kDecodeRows, n_tokens - t0);
+      dot_rows(w.type, w.data, w.row_bytes, w.cols,
+               act.data() + static_cast<size_t>(t0) * act_bytes, n, r0, r1, y + t0 * w.rows,
+               w.rows);
+    }
+  }
+}
+
+void prefill_product(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
+  if (w.type == io::TensorType::kF32) {
+    sgemm(x, n_tokens, w.cols, reinterpret_cast<const float*>(w.data), w.rows, y, w.rows);
+    return;
+  }
+  if (!is_float_type(w.type) && prefill_uses_integer_kernels()) {
+    prefill_integer(x, n_tokens, w, y);
+    return;
+  }
+  const int64_t tile = std::max<int64_t>(kRowAlign, kTileNumbers / w.cols / kRowAlign * kRowAlign);
+  const int64_t n_tiles = (w.rows + tile - 1) / tile;
+  const int threads = threads_for(w.row_bytes * static_cast<size_t>(w.rows));
+  // Inside the parallel region OpenBLAS (its OpenMP build) runs each SGEMM on the calling thread.
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> buffer(static_cast<size_t>(tile * w.cols));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t r0 = t * tile, rows = std::min(tile, w.rows - r0);
+      dequantize(w.type, w.data + static_cast<size_t>(r0) * w.row_bytes, buffer.data(),
+                 rows * w.cols);
+      sgemm(x, n_tokens, w.cols, buffer.data(), rows, y + r0, w.rows);
+    }
+  }
+}
+
+}  // namespace
 
 float dot(const float* a, const float* b, int64_t n) {
   float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
   return acc;
+}
+
+void matmul(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
+  EKV_CHECK(can_dot(w.type), "matmul: weight type ",
+            io::tensor_type_name(static_cast<uint32_t>(w.type)), " is not supported");
+  if (n_tokens <= 0 || w.rows == 0) return;
+  if (n_tokens <= kDecodeRows) {
+    decode_product(x, n_tokens, w, y);
+  } else {
+    prefill_product(x, n_tokens, w, y);
+  }
+}
+
+void matmul_reference(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t o = 0; o < w.rows; ++o) {
+    dequantize(w.type, w.data + static_cast<size_t>(o) * w.row_bytes, row.data(), w.cols);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      double acc = 0.0;
+      for (int64_t i = 0; i < w.cols; ++i) acc += double{x[t * w.cols + i]} * row[i];
+      y[t * w.rows + o] = static_cast<float>(acc);
+    }
+  }
 }
 
 void matmul_transposed(const float* x, int64_t n_tokens, int64_t n_in, const float* w,
@@ -19,9 +164,7 @@ void matmul_transposed(const float* x, int64_t n_tokens, int64_t n_in, const flo
     for (int64_t o = 0; o < n_out; ++o) y[o] = dot(x, w + o * n_in, n_in);
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n_tokens),
-              static_cast<int>(n_out), static_cast<int>(n_in), 1.0f, x, static_cast<int>(n_in), w,
-              static_cast<int>(n_in), 0.0f, y, static_cast<int>(n_out));
+  sgemm(x, n_tokens, n_in, w, n_out, y, n_out);
 }
 
 void matmul_transposed_reference(const float* x, int64_t n_tokens, int64_t n_in, const float* w,

@@ -1,13 +1,37 @@
 // Dense products with weight matrices stored as [out, in] rows (the PyTorch and GGUF layout).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#include "io/tensor_type.h"
 
 namespace eigenkv::ops {
 
-// y[t, o] = sum_i x[t, i] * w[o, i]   (x: [n_tokens, n_in], w: [n_out, n_in], y: [n_tokens, n_out])
-// Several tokens go through OpenBLAS SGEMM; one token through a threaded matrix-vector kernel,
-// since decode is bound by reading w once.
+// A weight matrix [rows, cols] in its stored type: row r at data + r * row_bytes.
+struct WeightView {
+  io::TensorType type = io::TensorType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const uint8_t* data = nullptr;
+  size_t row_bytes = 0;
+};
+
+// y[t, o] = sum_i x[t, i] * w[o, i]   (x: [n_tokens, w.cols], y: [n_tokens, w.rows]) for a weight
+// of any type ops::can_dot takes. Up to kDecodeRows tokens (decode) run the type's dot-product
+// kernel straight off the stored blocks, with the activations rounded once to the 8-bit blocks
+// the kernel takes, and the threads splitting the weight rows so each row is read once. More
+// tokens (prefill) dequantize tiles of weight rows to float32 and multiply them with OpenBLAS
+// SGEMM, the tiles spread over the threads; F32 weights go to SGEMM whole.
+inline constexpr int64_t kDecodeRows = 8;
+void matmul(const float* x, int64_t n_tokens, const WeightView& w, float* y);
+
+// The same product from the dequantized weights in plain loops with double accumulation (and
+// float activations): the reference for tests.
+void matmul_reference(const float* x, int64_t n_tokens, const WeightView& w, float* y);
+
+// y[t, o] = sum_i x[t, i] * w[o, i]   (x: [n_tokens, n_in], w: [n_out, n_in] float32,
+// y: [n_tokens, n_out]).
 void matmul_transposed(const float* x, int64_t n_tokens, int64_t n_in, const float* w,
                        int64_t n_out, float* y);
 

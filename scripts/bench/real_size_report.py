@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""The real-size section of docs/BENCH.md: eigenkv beside llama.cpp on random-weight GGUF files of
+real models' shapes (made by build/tools/eigenkv-shape-model; RANDOM WEIGHTS, for speed and
+memory only), the same file and thread count, runs interleaved (eigenkv, llama.cpp, eigenkv, ...)
+and medians taken.
+
+  python3 scripts/bench/real_size_report.py --models DIR --llama-dir LLAMA_BIN_DIR \
+      [--threads 1,2] [--repeats 3] [--out docs/BENCH.md]
+
+Rows: prefill of 512 tokens (pp512) and decode of 32 tokens (tg32) in tokens/s, the ratio
+eigenkv / llama.cpp, eigenkv's weight bytes read per decoded token and their fraction of the copy
+bandwidth measured in the same run, and the peak RSS of a short greedy `generate` of each (with
+the bound the issue sets: file size + KV cache + 10 % + 100 MB).
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, "build", "eigenkv")
+BEGIN = "<!-- real-size: begin (scripts/bench/real_size_report.py) -->"
+END = "<!-- real-size: end -->"
+PROMPT = "Once upon a time"
+
+
+def cpu_line():
+    name, flags = "unknown CPU", set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name") and name == "unknown CPU":
+            name = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    feats = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni")
+             if f in flags]
+    return f"{name}, {os.cpu_count()} cores, {' '.join(feats)}"
+
+
+def eigenkv_bench(model, threads, n_prompt, n_gen):
+    out = subprocess.run([BIN, "bench", "-m", model, "-t", str(threads), "-p", str(n_prompt), "-n",
+                          str(n_gen), "-r", "1", "--json"], check=True, capture_output=True,
+                         text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    rows = {row["test"]: row for row in r["rows"]}
+    return {"pp": rows["pp"]["tokens_per_s"], "tg": rows["tg"]["tokens_per_s"],
+            "bytes": rows["tg"]["bytes_per_token"], "bw": rows["tg"]["bandwidth_fraction"]}
+
+
+def llama_bench(llama_dir, model, threads, n_prompt, n_gen):
+    out = subprocess.run([os.path.join(llama_dir, "llama-bench"), "-m", model, "-t", str(threads),
+                          "-p", str(n_prompt), "-n", str(n_gen), "-r", "1", "-o", "json"],
+                         check=True, capture_output=True, text=True).stdout
+    result = {}
+    for row in json.loads(out):
+        result["pp" if row.get("n_prompt", 0) > 0 else "tg"] = row["avg_ts"]
+    return result
+
+
+def peak_rss(cmd):
+    """Peak resident set of a command in bytes (GNU time's %M, KiB)."""
+    p = subprocess.run(["/usr/bin/time", "-f", "RSS %M"] + cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr[-500:]}")
+    return int(re.findall(r"RSS (\d+)", p.stderr)[-1]) * 1024
+
+
+def llama_generate_cmd(llama_dir, model, threads, n):
+    simple = os.path.join(llama_dir, "llama-simple")
+    if os.path.exists(simple):
+        return [simple, "-m", model, "-n", str(n), PROMPT]
+    return [os.path.join(llama_dir, "llama-cli"), "-m", model, "-n", str(n), "-t", str(threads),
+            "-p", PROMPT, "-no-cnv", "--temp", "0", "-c", "64"]
+
+
+def info(model):
+    out = subprocess.run([BIN, "info", "-m", model, "--json"], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", required=True, help="folder of random-weight GGUF files")
+    ap.add_argument("--llama-dir", required=True, help="llama.cpp's build/bin")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n-prompt", type=int, default=512)
+    ap.add_argument("--n-gen", type=int, default=32)
+    ap.add_argument("--only", default="", help="comma-separated file names to include")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCH.md"))
+    a = ap.parse_args()
+    files = sorted(f for f in os.listdir(a.models) if f.endswith(".gguf"))
+    if a.only:
+        files = [f for f in files if f in a.only.split(",")]
+    load = os.getloadavg()[0]
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    llama_commit = subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(a.llama_dir)),
+                                   "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True).stdout.strip() or "?"
+    lines = [BEGIN, "", "## Real-size models beside llama.cpp (random weights)", "",
+             f"Made by `python3 scripts/bench/real_size_report.py --models DIR --llama-dir DIR "
+             f"--threads {a.threads} --repeats {a.repeats}` on {datetime.date.today()}, eigenkv "
+             f"{commit}, llama.cpp {llama_commit} (built here from a fetched snapshot, "
+             f"`-DGGML_NATIVE=ON`), on {cpu_line()}. Load average at the start: {load:.1f}.", "",
+             "**The weights are random** (`build/tools/eigenkv-shape-model`: real shapes, "
+             "normal(0, 0.02) numbers): the files exist for speed and memory only; their text "
+             "means nothing. Each cell is the median of "
+             f"{a.repeats} interleaved runs (eigenkv, then llama.cpp, repeated) of the same file "
+             "and thread count; ratios are eigenkv / llama.cpp. Bytes/token: the weight and KV "
+             "bytes eigenkv reads per decoded token, as stored; of copy BW: those bytes times "
+             "tok/s over the copy bandwidth measured in the same run. RSS: peak resident set of "
+             f"a greedy `generate` of 16 tokens after \"{PROMPT}\" (llama.cpp: "
+             "llama-simple); bound: file + KV cache + 10 % + 100 MB.", "",
+             "| file | size | threads | pp512 eigenkv | pp512 llama.cpp | ratio | tg32 eigenkv | "
+             "tg32 llama.cpp | ratio | bytes/token | of copy BW | RSS eigenkv | RSS llama.cpp | "
+             "RSS bound |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for f in files:
+        path = os.path.join(a.models, f)
+        size = os.path.getsize(path)
+        meta = info(path)
+        for t in [int(x) for x in a.threads.split(",")]:
+            ours, theirs = [], []
+            for _ in range(a.repeats):
+                ours.append(eigenkv_bench(path, t, a.n_prompt, a.n_gen))
+                theirs.append(llama_bench(a.llama_dir, path, t, a.n_prompt, a.n_gen))
+            med = lambda rows, k: statistics.median(r[k] for r in rows)
+            rss_ours = peak_rss([BIN, "generate", "-m", path, "-n", "16", "--temp", "0", "-t",
+                                 str(t), "-p", PROMPT])
+            rss_theirs = peak_rss(llama_generate_cmd(a.llama_dir, path, t, 16))
+            kv = meta["kv_bytes_per_token"] * 64
+            bound = size + kv + 0.1 * size + 100e6
+            pp, tg = med(ours, "pp"), med(ours, "tg")
+            lpp, ltg = med(theirs, "pp"), med(theirs, "tg")
+            lines.append(
+                f"| {f} | {size / 1e9:.2f} GB | {t} | {pp:.1f} | {lpp:.1f} | {pp / lpp:.2f} | "
+                f"{tg:.2f} | {ltg:.2f} | {tg / ltg:.2f} | {med(ours, 'bytes') / 1e6:.0f} MB | "
+                f"{100 * med(ours, 'bw'):.0f} % | {rss_ours / 1e9:.2f} GB | "
+                f"{rss_theirs / 1e9:.2f} GB | {bound / 1e9:.2f} GB |")
+            print(lines[-1], flush=True)
+    lines += ["", END]
+    section = "\n".join(lines)
+    text = open(a.out).read() if os.path.exists(a.out) else "# eigenkv benchmarks\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    open(a.out, "w").write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
