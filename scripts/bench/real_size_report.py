@@ -20,6 +20,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "eigenkv")
@@ -76,6 +77,72 @@ def llama_generate_cmd(llama_dir, model, threads, n):
             "-p", PROMPT, "-no-cnv", "--temp", "0", "-c", "64"]
 
 
+def timed(cmd, env=None):
+    """(wall seconds, peak RSS bytes, stdout) of a command, through GNU time."""
+    t0 = time.time()
+    p = subprocess.run(["/usr/bin/time", "-f", "RSS %M"] + cmd, capture_output=True, text=True,
+                       env=env)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr[-800:]}")
+    return wall, int(re.findall(r"RSS (\d+)", p.stderr)[-1]) * 1024, p.stdout
+
+
+def serve_once(model, threads):
+    """Starts `eigenkv serve`, sends one completion, stops it: (tokens/s, peak RSS bytes)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import serve_client  # noqa: E402 (beside this script)
+    with serve_client.Server(BIN, model, "--parallel", "2", "--ctx", "512",
+                             threads=threads) as server:
+        t0 = time.time()
+        status, text = serve_client.post(server.url, "/v1/completions",
+                                         {"prompt": PROMPT, "max_tokens": 16, "temperature": 0})
+        wall = time.time() - t0
+        if status != 200:
+            raise RuntimeError(f"serve answered {status}: {text[:300]}")
+        tokens = json.loads(text)["usage"]["completion_tokens"]
+        rss = 0
+        for line in open(f"/proc/{server.proc.pid}/status"):
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) * 1024
+    return tokens / wall, rss
+
+
+def big_model_section(path, threads, calib_text):
+    """generate, perplexity, serve and calibrate run on one large file: RSS, speed, minutes."""
+    name = os.path.basename(path)
+    rows = []
+    wall, rss, out = timed([BIN, "generate", "-m", path, "-n", "32", "--temp", "0", "-t",
+                            str(threads), "-p", PROMPT, "--json"])
+    g = json.loads(out.strip().splitlines()[-1])
+    rows.append(("generate -n 32", f"{g['tokens_per_s']:.2f} tok/s decode", rss, wall))
+    wall, rss, out = timed([BIN, "perplexity", "-m", path, "-f", calib_text, "--ctx", "256",
+                            "--max-windows", "1", "-t", str(threads), "--json"])
+    ppl = json.loads(out.strip().splitlines()[-1])
+    rows.append(("perplexity --ctx 256, 1 window",
+                 f"{ppl['tokens_scored'] / ppl['seconds']:.1f} tok/s scored (PPL {ppl['ppl']:.0f}, "
+                 "random weights)", rss, wall))
+    tps, rss = serve_once(path, threads)
+    rows.append(("serve: one /v1/completions of 16 tokens", f"{tps:.2f} tok/s end to end", rss,
+                 None))
+    out_model = os.path.join(os.path.dirname(path), "calibrated-" + name)
+    wall, rss, out = timed([BIN, "calibrate", "-m", path, "-f", calib_text, "--kv-budget", "0.5",
+                            "--rope", "post", "--tokens", "2048", "-t", str(threads), "-o",
+                            out_model, "--json"])
+    c = json.loads(out.strip().splitlines()[-1])
+    ratio = os.path.getsize(out_model) / os.path.getsize(path)
+    rows.append(("calibrate --kv-budget 0.5 --rope post --tokens 2048",
+                 f"KV {c['kv_fraction']:.3f} of full, file {ratio:.3f} x source", rss, wall))
+    os.remove(out_model)
+    lines = ["", f"### {name}: the whole workflow ({threads} threads, random weights)", "",
+             f"File {os.path.getsize(path) / 1e9:.2f} GB.", "",
+             "| command | result | peak RSS | wall |", "|---|---|---:|---:|"]
+    for cmd, result, rss, wall in rows:
+        lines.append(f"| `{cmd}` | {result} | {rss / 1e9:.2f} GB | "
+                     f"{'' if wall is None else f'{wall / 60:.1f} min'} |")
+    return lines
+
+
 def info(model):
     out = subprocess.run([BIN, "info", "-m", model, "--json"], check=True, capture_output=True,
                          text=True).stdout
@@ -91,6 +158,11 @@ def main():
     ap.add_argument("--n-prompt", type=int, default=512)
     ap.add_argument("--n-gen", type=int, default=32)
     ap.add_argument("--only", default="", help="comma-separated file names to include")
+    ap.add_argument("--big", default="", help="a large file to run generate, perplexity, serve "
+                    "and calibrate on")
+    ap.add_argument("--big-threads", type=int, default=2)
+    ap.add_argument("--calib-text", default=os.path.join(os.path.dirname(ROOT), "shared", "data",
+                                                         "tinystories", "valid_a.txt"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCH.md"))
     a = ap.parse_args()
     files = sorted(f for f in os.listdir(a.models) if f.endswith(".gguf"))
@@ -143,6 +215,8 @@ def main():
                 f"{100 * med(ours, 'bw'):.0f} % | {rss_ours / 1e9:.2f} GB | "
                 f"{rss_theirs / 1e9:.2f} GB | {bound / 1e9:.2f} GB |")
             print(lines[-1], flush=True)
+    if a.big:
+        lines += big_model_section(a.big, a.big_threads, a.calib_text)
     lines += ["", END]
     section = "\n".join(lines)
     text = open(a.out).read() if os.path.exists(a.out) else "# eigenkv benchmarks\n"
