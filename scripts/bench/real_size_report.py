@@ -7,7 +7,8 @@ and medians taken.
   python3 scripts/bench/real_size_report.py --models DIR --llama-dir LLAMA_BIN_DIR \
       [--threads 1,2] [--repeats 3] [--out docs/BENCH.md]
 
-Rows: prefill of 512 tokens (pp512) and decode of 32 tokens (tg32) in tokens/s, the ratio
+Rows: prefill of --n-prompt tokens (pp, default 512) and decode of --n-gen tokens (tg, default
+32) in tokens/s, the ratio
 eigenkv / llama.cpp, eigenkv's weight bytes read per decoded token and their fraction of the copy
 bandwidth measured in the same run, and the peak RSS of a short greedy `generate` of each (with
 the bound the issue sets: file size + KV cache + 10 % + 100 MB).
@@ -176,7 +177,8 @@ def main():
                                   text=True).stdout.strip() or "?"
     lines = [BEGIN, "", "## Real-size models beside llama.cpp (random weights)", "",
              f"Made by `python3 scripts/bench/real_size_report.py --models DIR --llama-dir DIR "
-             f"--threads {a.threads} --repeats {a.repeats}` on {datetime.date.today()}, eigenkv "
+             f"--threads {a.threads} --repeats {a.repeats} --n-prompt {a.n_prompt} --n-gen "
+             f"{a.n_gen}{' --big ' + os.path.basename(a.big) if a.big else ''}` on {datetime.date.today()}, eigenkv "
              f"{commit}, llama.cpp {llama_commit} (built here from a fetched snapshot, "
              f"`-DGGML_NATIVE=ON`), on {cpu_line()}. Load average at the start: {load:.1f}.", "",
              "**The weights are random** (`build/tools/eigenkv-shape-model`: real shapes, "
@@ -188,9 +190,9 @@ def main():
              "tok/s over the copy bandwidth measured in the same run. RSS: peak resident set of "
              f"a greedy `generate` of 16 tokens after \"{PROMPT}\" (llama.cpp: "
              "llama-simple); bound: file + KV cache + 10 % + 100 MB.", "",
-             "| file | size | threads | pp512 eigenkv | pp512 llama.cpp | ratio | tg32 eigenkv | "
-             "tg32 llama.cpp | ratio | bytes/token | of copy BW | RSS eigenkv | RSS llama.cpp | "
-             "RSS bound |",
+             f"| file | size | threads | pp{a.n_prompt} eigenkv | pp{a.n_prompt} llama.cpp | ratio | "
+             f"tg{a.n_gen} eigenkv | tg{a.n_gen} llama.cpp | ratio | bytes/token | of copy BW | "
+             "RSS eigenkv | RSS llama.cpp | RSS bound |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for f in files:
         path = os.path.join(a.models, f)
