@@ -291,7 +291,6 @@ const Shape& find_shape(const std::string& name) {
 // 1-D tensors (the norms) are F32 in every plan, as llama.cpp writes them.
 struct TypePlan {
   std::string label;  // "q4_0", "Q4_K_M mix"
-  io::TensorType main_type;
   int64_t file_type;
   std::function<io::TensorType(const std::string& name, const std::vector<int64_t>& shape)> type;
 };
@@ -317,9 +316,9 @@ TypePlan plan_types(const std::string& name, bool pure, const Shape& s, int64_t 
                   io::tensor_type_info(c.type).name, ", which this build cannot write");
         return c.type;
       };
-      return {mix_name + " mix", base, ops::mix_file_type(*mix), type};
+      return {mix_name + " mix", ops::mix_file_type(*mix), type};
     }
-    return {lower(std::string(io::tensor_type_info(base).name)), base, file_type_of(base),
+    return {lower(std::string(io::tensor_type_info(base).name)), file_type_of(base),
             [base](const std::string&, const std::vector<int64_t>& shape) {
               return shape.size() == 1 ? io::TensorType::kF32 : base;
             }};
@@ -336,7 +335,7 @@ TypePlan plan_types(const std::string& name, bool pure, const Shape& s, int64_t 
     fail("tensor type '", name, "' cannot be written (this build writes: ", known, ")");
   }
   const io::TensorType t = it->second;
-  return {it->first, t, file_type_of(t),
+  return {it->first, file_type_of(t),
           [t](const std::string&, const std::vector<int64_t>& shape) {
             return shape.size() == 1 ? io::TensorType::kF32 : t;
           }};
