@@ -231,7 +231,8 @@ TEST(QdotTest, ManyActivationRowsAndEmptyRanges) {
   });
 }
 
-// The activation layout: float32 copies for float weights; for block types, the rounded numbers
+// The activation layout: float32 copies for float weights; for Q8_0 and the K-quants (natural
+// order; the nibble types interleave block pairs), the rounded numbers
 // times their block scale give back the activations to within half a scale.
 TEST(QdotTest, PreparedActivationsRoundTrip) {
   std::mt19937 rng(3);
@@ -239,7 +240,7 @@ TEST(QdotTest, PreparedActivationsRoundTrip) {
   const int64_t n = 512;
   std::vector<float> x(2 * n);
   for (auto& v : x) v = normal(rng);
-  for (TensorType type : {TensorType::kF16, TensorType::kQ4_0, TensorType::kQ6_K}) {
+  for (TensorType type : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ6_K}) {
     const size_t arb = act_row_bytes(type, n);
     std::vector<uint8_t> act(2 * arb);
     prepare_act(type, x.data(), 2, n, act.data());

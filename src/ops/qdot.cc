@@ -282,6 +282,28 @@ inline void unpack_q6_k(const uint8_t* b, BlockK& o) {
 inline const int8_t* act_q(const uint8_t* row) { return reinterpret_cast<const int8_t*>(row); }
 inline const uint8_t* act32_d(const uint8_t* row, int64_t n) { return row + n; }
 inline const uint8_t* act32_s(const uint8_t* row, int64_t n) { return row + n + 4 * (n / 32); }
+
+// Q4_0, Q4_1, Q5_0 and Q5_1 hold numbers j and j + 16 of a block in one byte, so their
+// activations are laid out to meet two blocks' nibbles in one 256-bit vector: blocks 2p and
+// 2p + 1 fill bytes [64p, 64p + 64) with numbers 0..15 of block 2p, 0..15 of 2p + 1, 16..31 of
+// 2p, 16..31 of 2p + 1. Their scales and sums go in groups of eight blocks in the order
+// 0, 2, 4, 6, 1, 3, 5, 7 in which the kernel's lane folding leaves the eight blocks' dots. An odd
+// last block and a last partial group keep the natural order.
+inline bool act32_paired(TensorType type) {
+  return type == TensorType::kQ4_0 || type == TensorType::kQ4_1 || type == TensorType::kQ5_0 ||
+         type == TensorType::kQ5_1;
+}
+// Byte of number l of block b among a row's nb blocks.
+inline int64_t act32_x_offset(bool paired, int64_t nb, int64_t b, int64_t l) {
+  if (!paired || b >= nb / 2 * 2) return 32 * b + l;
+  return 64 * (b / 2) + 32 * (l / 16) + 16 * (b % 2) + l % 16;
+}
+// Slot of block b's scale and sum.
+inline int64_t act32_slot(bool paired, int64_t nb, int64_t b) {
+  if (!paired || b >= nb / 8 * 8) return b;
+  const int64_t j = b % 8;
+  return b - j + (j % 2) * 4 + j / 2;
+}
 inline const uint8_t* actk_bsums(const uint8_t* row, int64_t n) { return row + n; }
 inline const uint8_t* actk_d(const uint8_t* row, int64_t n) { return row + n + 2 * (n / 16); }
 
@@ -341,8 +363,8 @@ float QuantizeBlock(const float* x, int64_t count, int8_t* q, int32_t* group_sum
   return amax / 127.0f;
 }
 
-void PrepareActRows(Family f, const float* x, int64_t n_x, int64_t n, size_t row_bytes,
-                    uint8_t* out) {
+void PrepareActRows(Family f, bool paired, const float* x, int64_t n_x, int64_t n,
+                    size_t row_bytes, uint8_t* out) {
   for (int64_t t = 0; t < n_x; ++t) {
     const float* xr = x + t * n;
     uint8_t* row = out + static_cast<size_t>(t) * row_bytes;
@@ -357,10 +379,14 @@ void PrepareActRows(Family f, const float* x, int64_t n_x, int64_t n, size_t row
       uint8_t* sp = row + n + 4 * nb;
       for (int64_t b = 0; b < nb; ++b) {
         int32_t sums[2];
-        const float d = QuantizeBlock(xr + 32 * b, 32, q + 32 * b, sums);
+        int8_t block[32];
+        const float d = QuantizeBlock(xr + 32 * b, 32, block, sums);
         const float s = d * static_cast<float>(sums[0] + sums[1]);
-        std::memcpy(dp + 4 * b, &d, 4);
-        std::memcpy(sp + 4 * b, &s, 4);
+        std::memcpy(q + act32_x_offset(paired, nb, b, 0), block, 16);
+        std::memcpy(q + act32_x_offset(paired, nb, b, 16), block + 16, 16);
+        const int64_t slot = act32_slot(paired, nb, b);
+        std::memcpy(dp + 4 * slot, &d, 4);
+        std::memcpy(sp + 4 * slot, &s, 4);
       }
       used = static_cast<size_t>(n + 8 * nb);
     } else {
@@ -493,7 +519,7 @@ HWY_INLINE int32_t DotBytes(const TQ* q, const int8_t* x, int64_t count) {
   return hn::GetLane(hn::SumOfLanes(d32, hn::Add(sum0, sum1)));
 }
 
-template <void (*kUnpack)(const uint8_t*, Block32&), size_t kBytes, bool kSigned>
+template <void (*kUnpack)(const uint8_t*, Block32&), size_t kBytes, bool kSigned, bool kPaired>
 struct Portable32 {
   template <int NX>
   static void Run(const Args& a, int64_t r0, int64_t r1) {
@@ -506,12 +532,20 @@ struct Portable32 {
       float acc[NX] = {};
       for (int64_t b = 0; b < nb; ++b) {
         kUnpack(wr + b * kBytes, blk);
+        const int64_t lo = act32_x_offset(kPaired, nb, b, 0);
+        const int64_t hi = act32_x_offset(kPaired, nb, b, 16);
+        const int64_t slot = act32_slot(kPaired, nb, b);
         for (int t = 0; t < NX; ++t) {
-          const int8_t* xq = act_q(xr[t]) + 32 * b;
-          const int32_t dot = kSigned ? DotBytes(reinterpret_cast<const int8_t*>(blk.q), xq, 32)
-                                      : DotBytes(blk.q, xq, 32);
-          const float dx = load_f32(act32_d(xr[t], a.n) + 4 * b);
-          const float sx = load_f32(act32_s(xr[t], a.n) + 4 * b);
+          const int8_t* xq = act_q(xr[t]);
+          int32_t dot;
+          if (kSigned) {
+            const auto* q = reinterpret_cast<const int8_t*>(blk.q);
+            dot = DotBytes(q, xq + lo, 16) + DotBytes(q + 16, xq + hi, 16);
+          } else {
+            dot = DotBytes(blk.q, xq + lo, 16) + DotBytes(blk.q + 16, xq + hi, 16);
+          }
+          const float dx = load_f32(act32_d(xr[t], a.n) + 4 * slot);
+          const float sx = load_f32(act32_s(xr[t], a.n) + 4 * slot);
           acc[t] += blk.d * dx * static_cast<float>(dot) + blk.c * sx;
         }
       }
@@ -568,6 +602,13 @@ HWY_INLINE float HSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+HWY_INLINE int32_t HSumI32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
 // Sums of four products of unsigned bytes u with signed bytes s per 32-bit lane. No pair sum can
 // saturate VPMADDUBSW here: u <= 128 where s is a full int8, u <= 63 elsewhere, |s| <= 127.
 HWY_INLINE __m256i DotU8S8(__m256i u, __m256i s) {
@@ -609,69 +650,208 @@ HWY_INLINE __m256i FifthBits(uint32_t qh) {
   return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
-// Block decoders for the 32-number types: the weights as bytes (unsigned, or int8 for kSigned),
-// with d and the coefficient c of the activation sum.
-struct DecQ4_0 {
-  static constexpr size_t kBytes = 18;
-  static constexpr bool kSigned = false;
-  static HWY_INLINE __m256i Load(const uint8_t* b, float& d, float& c) {
-    d = HalfX86(b);
-    c = -8.0f * d;
-    return Nibbles(b + 2);
-  }
-};
-struct DecQ4_1 {
-  static constexpr size_t kBytes = 20;
-  static constexpr bool kSigned = false;
-  static HWY_INLINE __m256i Load(const uint8_t* b, float& d, float& c) {
-    d = HalfX86(b);
-    c = HalfX86(b + 2);
-    return Nibbles(b + 4);
-  }
-};
-struct DecQ5_0 {
-  static constexpr size_t kBytes = 22;
-  static constexpr bool kSigned = false;
-  static HWY_INLINE __m256i Load(const uint8_t* b, float& d, float& c) {
-    d = HalfX86(b);
-    c = -16.0f * d;
-    return _mm256_or_si256(Nibbles(b + 6), FifthBits(load_u32(b + 2)));
-  }
-};
-struct DecQ5_1 {
-  static constexpr size_t kBytes = 24;
-  static constexpr bool kSigned = false;
-  static HWY_INLINE __m256i Load(const uint8_t* b, float& d, float& c) {
-    d = HalfX86(b);
-    c = HalfX86(b + 2);
-    return _mm256_or_si256(Nibbles(b + 8), FifthBits(load_u32(b + 4)));
-  }
-};
-struct DecQ8_0 {
+// The f16 at p + k * stride for k < 8, as floats, in the lane order lo_first..: lanes 0-3 hold
+// k = first, first + step, ..; lanes 4-7 the same from p + second * stride. The halves are packed
+// with integer instructions, which leaves the vector units to the dot products.
+HWY_INLINE __m256 EightHalves(const uint8_t* p, size_t stride, int first, int second, int step) {
+  const auto four = [&](const uint8_t* q) {
+    const size_t s = step * stride;
+    return static_cast<uint64_t>(load_u16(q)) | (static_cast<uint64_t>(load_u16(q + s)) << 16) |
+           (static_cast<uint64_t>(load_u16(q + 2 * s)) << 32) |
+           (static_cast<uint64_t>(load_u16(q + 3 * s)) << 48);
+  };
+  const uint64_t lo = four(p + first * stride), hi = four(p + second * stride);
+  return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo)));
+}
+
+// Lanes (per 128-bit half) [a0 + a2, c0 + c2, a1 + a3, c1 + c3] of the 32-bit lanes of a and c.
+HWY_INLINE __m256i Fold32(__m256i a, __m256i c) {
+  return _mm256_add_epi32(_mm256_unpacklo_epi32(a, c), _mm256_unpackhi_epi32(a, c));
+}
+// Lanes (per half) [a0 + a1, a2 + a3, c0 + c1, c2 + c3] as 64-bit pairs: [a01, c01] + [a23, c23].
+HWY_INLINE __m256i Fold64(__m256i a, __m256i c) {
+  return _mm256_add_epi32(_mm256_unpacklo_epi64(a, c), _mm256_unpackhi_epi64(a, c));
+}
+
+// ---- Q8_0: signed weights, activations in natural order ----
+
+// Eight blocks at a time: their integer dots are summed into the lanes of one vector (lane k =
+// block k), so that the scales are applied with one multiply-add per eight blocks and activation
+// row, from the activations' contiguous scales.
+struct FusedQ8_0 {
   static constexpr size_t kBytes = 34;
-  static constexpr bool kSigned = true;
-  static HWY_INLINE __m256i Load(const uint8_t* b, float& d, float& c) {
-    d = HalfX86(b);
-    c = 0.0f;
-    return Load256(b + 2);
+
+  static HWY_INLINE __m256i BlockDot(__m256i q, __m256i u, const uint8_t* x) {
+    return DotU8S8(u, _mm256_sign_epi8(Load256(x), q));
+  }
+
+  // sums[t] lane k = integer dot of block b + k with activation row t.
+  template <int NX>
+  static HWY_INLINE void Eight(const uint8_t* blocks, int64_t b, const uint8_t* const* xq,
+                               __m256i* sums) {
+    __m256i first[NX];
+    for (int quad = 0; quad < 2; ++quad) {
+      __m256i pair[2][NX];
+      for (int pr = 0; pr < 2; ++pr) {
+        const int k = 4 * quad + 2 * pr;
+        const __m256i q0 = Load256(blocks + k * kBytes + 2);
+        const __m256i q1 = Load256(blocks + (k + 1) * kBytes + 2);
+        const __m256i u0 = _mm256_abs_epi8(q0);
+        const __m256i u1 = _mm256_abs_epi8(q1);
+        for (int t = 0; t < NX; ++t) {
+          const uint8_t* x = xq[t] + 32 * (b + k);
+          pair[pr][t] = Fold32(BlockDot(q0, u0, x), BlockDot(q1, u1, x + 32));
+        }
+      }
+      for (int t = 0; t < NX; ++t) {
+        const __m256i four = Fold64(pair[0][t], pair[1][t]);  // halves: blocks 4quad + 0..3
+        if (quad == 0) {
+          first[t] = four;
+        } else {
+          sums[t] = _mm256_add_epi32(_mm256_permute2x128_si256(first[t], four, 0x20),
+                                     _mm256_permute2x128_si256(first[t], four, 0x31));
+        }
+      }
+    }
+  }
+
+  template <int NX>
+  static void Run(const Args& a, int64_t r0, int64_t r1) {
+    const int64_t nb = a.n / 32;
+    const uint8_t* xq[NX];
+    const uint8_t* xd[NX];
+    for (int t = 0; t < NX; ++t) {
+      const uint8_t* row = a.act + t * a.act_bytes;
+      xq[t] = row;
+      xd[t] = act32_d(row, a.n);
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* wr = a.w + r * a.row_bytes;
+      __m256 acc[NX];
+      for (int t = 0; t < NX; ++t) acc[t] = _mm256_setzero_ps();
+      int64_t b = 0;
+      for (; b + 8 <= nb; b += 8) {
+        const uint8_t* blocks = wr + b * kBytes;
+        __m256i sums[NX];
+        Eight<NX>(blocks, b, xq, sums);
+        const __m256 d = EightHalves(blocks, kBytes, 0, 4, 1);
+        for (int t = 0; t < NX; ++t) {
+          const __m256 dx = _mm256_loadu_ps(reinterpret_cast<const float*>(xd[t] + 4 * b));
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), _mm256_mul_ps(d, dx), acc[t]);
+        }
+      }
+      float tail[NX] = {};
+      for (; b < nb; ++b) {
+        const uint8_t* blk = wr + b * kBytes;
+        const __m256i q = Load256(blk + 2);
+        const __m256i u = _mm256_abs_epi8(q);
+        const float d = HalfX86(blk);
+        for (int t = 0; t < NX; ++t) {
+          const int32_t dot = HSumI32(BlockDot(q, u, xq[t] + 32 * b));
+          tail[t] += d * load_f32(xd[t] + 4 * b) * static_cast<float>(dot);
+        }
+      }
+      for (int t = 0; t < NX; ++t) a.y[t * a.y_stride + r] = HSum(acc[t]) + tail[t];
+    }
   }
 };
 
+// ---- Q4_0, Q4_1, Q5_0, Q5_1: unsigned nibbles (plus fifth bits), paired activations ----
+
+// Two blocks' 16 bytes of nibbles as [low nibbles of p0 | low of p1] and [high of p0 | high of p1]
+// (numbers 0..15 and 16..31 of each block).
+HWY_INLINE void PairNibbles(const uint8_t* p0, const uint8_t* p1, __m256i& lo, __m256i& hi) {
+  const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(Load128(p0)), Load128(p1), 1);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  lo = _mm256_and_si256(v, low4);
+  hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+}
+
+// Adds the fifth bits (0x10) of two blocks, bit j of qh0 / qh1 for number j, to PairNibbles'
+// vectors.
+HWY_INLINE void PairFifthBits(uint32_t qh0, uint32_t qh1, __m256i& lo, __m256i& hi) {
+  const __m256i v = _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_cvtsi32_si128(static_cast<int>(qh0))),
+      _mm_cvtsi32_si128(static_cast<int>(qh1)), 1);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  const __m256i five = _mm256_set1_epi8(0x10);
+  const auto spread = [&](int byte0) {
+    const __m256i idx = _mm256_set_epi64x(0x0101010101010101ll * (byte0 + 1),
+                                          0x0101010101010101ll * byte0,
+                                          0x0101010101010101ll * (byte0 + 1),
+                                          0x0101010101010101ll * byte0);
+    const __m256i bytes = _mm256_and_si256(_mm256_shuffle_epi8(v, idx), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, bit), five);
+  };
+  lo = _mm256_or_si256(lo, spread(0));
+  hi = _mm256_or_si256(hi, spread(2));
+}
+
+// Block layouts: quants at kQs, d the first f16, m the second (kMin); kOffset times d times the
+// activation sum s enters for the offset types, m times s for kMin.
+struct DecQ4_0 {
+  static constexpr size_t kBytes = 18, kQs = 2, kQh = 0;
+  static constexpr bool kMin = false, kFive = false;
+  static constexpr float kOffset = -8.0f;
+};
+struct DecQ4_1 {
+  static constexpr size_t kBytes = 20, kQs = 4, kQh = 0;
+  static constexpr bool kMin = true, kFive = false;
+  static constexpr float kOffset = 1.0f;
+};
+struct DecQ5_0 {
+  static constexpr size_t kBytes = 22, kQs = 6, kQh = 2;
+  static constexpr bool kMin = false, kFive = true;
+  static constexpr float kOffset = -16.0f;
+};
+struct DecQ5_1 {
+  static constexpr size_t kBytes = 24, kQs = 8, kQh = 4;
+  static constexpr bool kMin = true, kFive = true;
+  static constexpr float kOffset = 1.0f;
+};
+
 template <class B>
-struct Fused32 {
+struct FusedNibbles {
+  static HWY_INLINE void Pair(const uint8_t* blk, __m256i& lo, __m256i& hi) {
+    PairNibbles(blk + B::kQs, blk + B::kBytes + B::kQs, lo, hi);
+    if (B::kFive) PairFifthBits(load_u32(blk + B::kQh), load_u32(blk + B::kBytes + B::kQh), lo, hi);
+  }
+
+  // [block k: 4 lanes | block k + 1: 4 lanes] of partial dots with the pair's 64 activation bytes.
+  // The two VPMADDUBSW results add in 16 bits: each lane is at most 2 * 2 * 31 * 127.
+  static HWY_INLINE __m256i PairDot(__m256i lo, __m256i hi, const uint8_t* x) {
+#if EKV_QDOT_VNNI
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, Load256(x)), hi,
+                               Load256(x + 32));
+#else
+    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, Load256(x)),
+                                       _mm256_maddubs_epi16(hi, Load256(x + 32)));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+#endif
+  }
+
+  // sums[t] lanes = integer dots of blocks b + 0, 2, 4, 6, 1, 3, 5, 7 with activation row t.
   template <int NX>
-  static HWY_INLINE void Step(const uint8_t* wr, int64_t b, const uint8_t* const* xq,
-                              const uint8_t* const* xd, const uint8_t* const* xs, __m256* acc,
-                              float* corr) {
-    float d, c;
-    const __m256i q = B::Load(wr + b * B::kBytes, d, c);
-    const __m256i u = B::kSigned ? _mm256_abs_epi8(q) : q;
-    for (int t = 0; t < NX; ++t) {
-      __m256i x = Load256(xq[t] + 32 * b);
-      if (B::kSigned) x = _mm256_sign_epi8(x, q);
-      const __m256 p = _mm256_cvtepi32_ps(DotU8S8(u, x));
-      acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * load_f32(xd[t] + 4 * b)), acc[t]);
-      if (!B::kSigned) corr[t] += c * load_f32(xs[t] + 4 * b);
+  static HWY_INLINE void Eight(const uint8_t* blocks, int64_t b, const uint8_t* const* xq,
+                               __m256i* sums) {
+    __m256i first[NX];
+    for (int half = 0; half < 2; ++half) {
+      __m256i pair[2][NX];
+      for (int pr = 0; pr < 2; ++pr) {
+        const int k = 4 * half + 2 * pr;
+        __m256i lo, hi;
+        Pair(blocks + k * B::kBytes, lo, hi);
+        for (int t = 0; t < NX; ++t) pair[pr][t] = PairDot(lo, hi, xq[t] + 32 * (b + k));
+      }
+      // Halves: [blocks k, k + 2 of the first pair] then [k + 1, k + 3].
+      for (int t = 0; t < NX; ++t) {
+        const __m256i folded = Fold32(pair[0][t], pair[1][t]);
+        if (half == 0) {
+          first[t] = folded;
+        } else {
+          sums[t] = Fold64(first[t], folded);
+        }
+      }
     }
   }
 
@@ -687,31 +867,51 @@ struct Fused32 {
       xd[t] = act32_d(row, a.n);
       xs[t] = act32_s(row, a.n);
     }
-    // With one activation row, two blocks in flight hide the multiply-add latency.
-    constexpr int U = NX == 1 ? 2 : 1;
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* wr = a.w + r * a.row_bytes;
-      __m256 acc[U][NX];
-      float corr[U][NX];
-      for (int u = 0; u < U; ++u) {
-        for (int t = 0; t < NX; ++t) {
-          acc[u][t] = _mm256_setzero_ps();
-          corr[u][t] = 0.0f;
-        }
-      }
+      __m256 acc[NX], corr[NX];  // corr: sums of d * s (offset types) or m * s (kMin)
+      for (int t = 0; t < NX; ++t) acc[t] = corr[t] = _mm256_setzero_ps();
       int64_t b = 0;
-      for (; b + U <= nb; b += U) {
-        for (int u = 0; u < U; ++u) Step<NX>(wr, b + u, xq, xd, xs, acc[u], corr[u]);
-      }
-      for (; b < nb; ++b) Step<NX>(wr, b, xq, xd, xs, acc[0], corr[0]);
-      for (int t = 0; t < NX; ++t) {
-        __m256 s = acc[0][t];
-        float c = corr[0][t];
-        for (int u = 1; u < U; ++u) {
-          s = _mm256_add_ps(s, acc[u][t]);
-          c += corr[u][t];
+      for (; b + 8 <= nb; b += 8) {
+        const uint8_t* blocks = wr + b * B::kBytes;
+        __m256i sums[NX];
+        Eight<NX>(blocks, b, xq, sums);
+        const __m256 d = EightHalves(blocks, B::kBytes, 0, 1, 2);
+        const __m256 c = B::kMin ? EightHalves(blocks + 2, B::kBytes, 0, 1, 2) : d;
+        for (int t = 0; t < NX; ++t) {
+          const __m256 dx = _mm256_loadu_ps(reinterpret_cast<const float*>(xd[t] + 4 * b));
+          const __m256 sx = _mm256_loadu_ps(reinterpret_cast<const float*>(xs[t] + 4 * b));
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), _mm256_mul_ps(d, dx), acc[t]);
+          corr[t] = _mm256_fmadd_ps(c, sx, corr[t]);
         }
-        a.y[t * a.y_stride + r] = HSum(s) + c;
+      }
+      // The rest: pairs, then a last single block, in natural order.
+      float tail[NX] = {}, tail_corr[NX] = {};
+      const auto scalar = [&](const uint8_t* blk, int64_t k, int t, int32_t dot) {
+        const float d = HalfX86(blk);
+        tail[t] += d * load_f32(xd[t] + 4 * k) * static_cast<float>(dot);
+        tail_corr[t] += (B::kMin ? HalfX86(blk + 2) : d) * load_f32(xs[t] + 4 * k);
+      };
+      for (; b + 2 <= nb; b += 2) {
+        const uint8_t* blk = wr + b * B::kBytes;
+        __m256i lo, hi;
+        Pair(blk, lo, hi);
+        for (int t = 0; t < NX; ++t) {
+          const __m256i p = PairDot(lo, hi, xq[t] + 32 * b);
+          scalar(blk, b, t, HSumI32(_mm256_permute2x128_si256(p, p, 0x80)));  // low half
+          scalar(blk + B::kBytes, b + 1, t, HSumI32(_mm256_permute2x128_si256(p, p, 0x81)));
+        }
+      }
+      if (b < nb) {
+        const uint8_t* blk = wr + b * B::kBytes;
+        __m256i u = Nibbles(blk + B::kQs);
+        if (B::kFive) u = _mm256_or_si256(u, FifthBits(load_u32(blk + B::kQh)));
+        for (int t = 0; t < NX; ++t) scalar(blk, b, t, HSumI32(DotU8S8(u, Load256(xq[t] + 32 * b))));
+      }
+      for (int t = 0; t < NX; ++t) {
+        // kOffset is -8 or -16 (exact) or 1.
+        a.y[t * a.y_stride + r] =
+            HSum(acc[t]) + tail[t] + B::kOffset * (HSum(corr[t]) + tail_corr[t]);
       }
     }
   }
@@ -721,10 +921,6 @@ struct Fused32 {
 // groups; the 16-bit pair sums of VPMADDUBSW are scaled by one group's scale in the low half of
 // the vector and the other's in the high half.
 
-// Both halves of the vector: the 16-bit lane k of a 128-bit row of scales.
-HWY_INLINE __m256i ScaleLane(__m256i scales, int k) {
-  return _mm256_shuffle_epi8(scales, _mm256_set1_epi16(static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k))));
-}
 // Low half lane 2p, high half lane 2p + 1.
 HWY_INLINE __m256i ScalePair(__m256i scales, int p) {
   const __m128i lo = _mm_set1_epi16(static_cast<int16_t>(((4 * p + 1) << 8) | (4 * p)));
@@ -746,8 +942,8 @@ HWY_INLINE void KActPointers(const Args& a, KActRows* x) {
   }
 }
 
-// Scales and mins of Q4_K and Q5_K: 8 16-bit scales in both halves, and each min repeated for
-// its two groups of 16.
+// Scales and mins of Q4_K and Q5_K: the 8 scales as 16-bit lanes in both halves, and each min
+// repeated for its two groups of 16.
 HWY_INLINE void K4Scales(const uint8_t* packed, __m256i& scales, __m256i& mins) {
   const uint32_t w0 = load_u32(packed), w1 = load_u32(packed + 4), w2 = load_u32(packed + 8);
   const uint32_t sc_lo = w0 & 0x3F3F3F3Fu;
@@ -758,6 +954,12 @@ HWY_INLINE void K4Scales(const uint8_t* packed, __m256i& scales, __m256i& mins) 
   const __m128i mn8 = _mm_set_epi32(0, 0, static_cast<int>(mn_hi), static_cast<int>(mn_lo));
   scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8));
   mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+}
+
+// Both halves of the vector: the 16-bit lane k of a 128-bit row of scales.
+HWY_INLINE __m256i ScaleLane(__m256i scales, int k) {
+  return _mm256_shuffle_epi8(
+      scales, _mm256_set1_epi16(static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k))));
 }
 
 // Q4_K (kFive false) and Q5_K (kFive true).
@@ -777,8 +979,7 @@ struct FusedQ45K {
       for (int t = 0; t < NX; ++t) acc[t] = _mm256_setzero_ps();
       for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = wr + b * kBytes;
-        const float d = HalfX86(blk);
-        const float dmin = HalfX86(blk + 2);
+        const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(load_u32(blk))));
         __m256i scales, mins;
         K4Scales(blk + 4, scales, mins);
         const uint8_t* qs = blk + (kFive ? 48 : 16);
@@ -803,10 +1004,11 @@ struct FusedQ45K {
           }
         }
         for (int t = 0; t < NX; ++t) {
-          const float dx = load_f32(x[t].d + 4 * b);
+          const __m128 f = _mm_mul_ps(d_dmin, _mm_set1_ps(load_f32(x[t].d + 4 * b)));
           const __m256i m = _mm256_madd_epi16(Load256(x[t].bsums + 32 * b), mins);
-          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_set1_ps(d * dx), acc[t]);
-          acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * dx), acc[t]);
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_broadcastss_ps(f), acc[t]);
+          acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(m), _mm256_broadcastss_ps(_mm_movehdup_ps(f)),
+                                    acc[t]);
         }
       }
       for (int t = 0; t < NX; ++t) a.y[t * a.y_stride + r] = HSum(acc[t]);
@@ -990,22 +1192,22 @@ struct FusedQ3K {
   }
 };
 
-using KernelQ4_0 = Fused32<DecQ4_0>;
-using KernelQ4_1 = Fused32<DecQ4_1>;
-using KernelQ5_0 = Fused32<DecQ5_0>;
-using KernelQ5_1 = Fused32<DecQ5_1>;
-using KernelQ8_0 = Fused32<DecQ8_0>;
+using KernelQ4_0 = FusedNibbles<DecQ4_0>;
+using KernelQ4_1 = FusedNibbles<DecQ4_1>;
+using KernelQ5_0 = FusedNibbles<DecQ5_0>;
+using KernelQ5_1 = FusedNibbles<DecQ5_1>;
+using KernelQ8_0 = FusedQ8_0;
 using KernelQ2_K = FusedQ2K;
 using KernelQ3_K = FusedQ3K;
 using KernelQ4_K = FusedQ45K<false>;
 using KernelQ5_K = FusedQ45K<true>;
 using KernelQ6_K = FusedQ6K;
 #else
-using KernelQ4_0 = Portable32<unpack_q4_0, 18, false>;
-using KernelQ4_1 = Portable32<unpack_q4_1, 20, false>;
-using KernelQ5_0 = Portable32<unpack_q5_0, 22, false>;
-using KernelQ5_1 = Portable32<unpack_q5_1, 24, false>;
-using KernelQ8_0 = Portable32<unpack_q8_0, 34, true>;
+using KernelQ4_0 = Portable32<unpack_q4_0, 18, false, true>;
+using KernelQ4_1 = Portable32<unpack_q4_1, 20, false, true>;
+using KernelQ5_0 = Portable32<unpack_q5_0, 22, false, true>;
+using KernelQ5_1 = Portable32<unpack_q5_1, 24, false, true>;
+using KernelQ8_0 = Portable32<unpack_q8_0, 34, true, false>;
 using KernelQ2_K = PortableK<unpack_q2_k, 84>;
 using KernelQ3_K = PortableK<unpack_q3_k, 110>;
 using KernelQ4_K = PortableK<unpack_q4_k, 144>;
@@ -1123,7 +1325,8 @@ size_t act_row_bytes(TensorType weight_type, int64_t n) {
 
 void prepare_act(TensorType weight_type, const float* x, int64_t n_x, int64_t n, uint8_t* out) {
   const Family f = checked_family("prepare_act", weight_type, n);
-  HWY_DYNAMIC_DISPATCH(PrepareActRows)(f, x, n_x, n, act_bytes(f, n), out);
+  HWY_DYNAMIC_DISPATCH(PrepareActRows)(f, act32_paired(weight_type), x, n_x, n, act_bytes(f, n),
+                                       out);
 }
 
 void dot_rows(TensorType weight_type, const uint8_t* w, size_t row_bytes, int64_t n,
@@ -1158,6 +1361,7 @@ void dot_rows_reference(TensorType weight_type, const uint8_t* w, size_t row_byt
     default: break;
   }
   const bool q_signed = weight_type == TensorType::kQ8_0;
+  const bool paired = act32_paired(weight_type);
   Block32 b32;
   BlockK bk;
   for (int64_t t = 0; t < n_x; ++t) {
@@ -1169,15 +1373,17 @@ void dot_rows_reference(TensorType weight_type, const uint8_t* w, size_t row_byt
       if (f == Family::kFloat) {
         for (int64_t i = 0; i < n; ++i) sum += float_weight(weight_type, wr, i) * load_f32(xr + 4 * i);
       } else if (f == Family::kBlock32) {
-        for (int64_t b = 0; b < n / 32; ++b) {
+        const int64_t nb = n / 32;
+        for (int64_t b = 0; b < nb; ++b) {
           unpack32(wr + b * block_bytes, b32);
           int64_t dot = 0;
           for (int l = 0; l < 32; ++l) {
             const int wq = q_signed ? static_cast<int8_t>(b32.q[l]) : b32.q[l];
-            dot += wq * xq[32 * b + l];
+            dot += wq * xq[act32_x_offset(paired, nb, b, l)];
           }
-          const double dx = load_f32(act32_d(xr, n) + 4 * b);
-          const double sx = load_f32(act32_s(xr, n) + 4 * b);
+          const int64_t slot = act32_slot(paired, nb, b);
+          const double dx = load_f32(act32_d(xr, n) + 4 * slot);
+          const double sx = load_f32(act32_s(xr, n) + 4 * slot);
           sum += static_cast<double>(b32.d) * dx * static_cast<double>(dot) + b32.c * sx;
         }
       } else {
