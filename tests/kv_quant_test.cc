@@ -3,10 +3,12 @@
 // allotment (budget met in bytes, saved and reloaded, bad input).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "compress/cache_bits.h"
@@ -234,6 +236,203 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
   }
 }
 
+// The queries as the integer path takes them: rounded to int8 per group of 32 (a short last
+// group as if zero-padded) where integer_key_path holds, unchanged otherwise.
+std::vector<float> queries_as_scored(const std::vector<float>& q, int64_t n, int64_t width,
+                                     const RowFormat& keys) {
+  std::vector<float> qr = q;
+  if (!ops::integer_key_path(keys, n)) return qr;
+  int8_t q8[ops::kQuantGroup];
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t g0 = 0; g0 < width; g0 += ops::kQuantGroup) {
+      const int64_t m = std::min(ops::kQuantGroup, width - g0);
+      float group[ops::kQuantGroup] = {};
+      std::copy(q.begin() + i * width + g0, q.begin() + i * width + g0 + m, group);
+      const float step = ops::round_query_group(group, q8);
+      for (int64_t j = 0; j < m; ++j) qr[i * width + g0 + j] = q8[j] * step;
+    }
+  }
+  return qr;
+}
+
+// One KV head's cache of n rows encoded from given floats, with the rows it decodes to.
+struct TestCache {
+  RowFormat format;
+  std::vector<uint8_t> bytes;
+  std::vector<float> decoded;  // [n, width]
+  TestCache(const RowFormat& f, const std::vector<float>& x, int64_t n) : format(f) {
+    bytes.assign(static_cast<size_t>(n * f.bytes() + ops::kKvRowSlack), 0);
+    decoded.resize(static_cast<size_t>(n * f.width));
+    for (int64_t t = 0; t < n; ++t) {
+      ops::encode_row(f, x.data() + t * f.width, nullptr, bytes.data() + t * f.bytes());
+      ops::decode_row_reference(f, bytes.data() + t * f.bytes(), nullptr,
+                                decoded.data() + t * f.width);
+    }
+  }
+};
+
+// attend_range over `cuts` (key ranges, merged) against the double-precision reference over the
+// decoded rows with the queries as the kernel scores them, within the bound of
+// AttentionMatchesReferenceOnRandomShapes: 2e-5 relative, plus 1e-4 of the largest value where
+// the values are summed with 15-bit integer weights. Returns the largest error.
+double check_attention(const TestCache& k, const TestCache& v, const std::vector<float>& q,
+                       int64_t n_queries, const std::vector<int64_t>& limit,
+                       const std::vector<int64_t>& cuts, float scale, const std::string& what) {
+  const int64_t kw = k.format.width, vw = v.format.width;
+  ops::AttentionPartial total;
+  total.reset(n_queries, vw);
+  for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+    ops::AttentionPartial part;
+    part.reset(n_queries, vw);
+    ops::attend_range(ops::QueryBlock{q.data(), n_queries, kw, limit.data()},
+                      ops::KvRows{k.bytes.data(), k.format}, nullptr,
+                      ops::KvRows{v.bytes.data(), v.format}, scale, cuts[c], cuts[c + 1], part);
+    ops::merge_partial(total, part);
+  }
+  std::vector<float> out(static_cast<size_t>(n_queries * vw)), ref(static_cast<size_t>(vw));
+  ops::finish_partial(total, out.data(), vw);
+  const std::vector<float> qr = queries_as_scored(q, n_queries, kw, k.format);
+  float vmax = 0;
+  for (float x : v.decoded) vmax = std::max(vmax, std::abs(x));
+  const double value_slack = ops::integer_key_path(v.format, n_queries) ? 1e-4 * vmax : 0.0;
+  double worst = 0;
+  for (int64_t i = 0; i < n_queries; ++i) {
+    ops::attend_one_reference(qr.data() + i * kw, k.decoded.data(), kw, v.decoded.data(), vw,
+                              limit[i], scale, ref.data());
+    for (int64_t c = 0; c < vw; ++c) {
+      const double err = std::abs(double{out[i * vw + c]} - ref[c]);
+      worst = std::max(worst, err);
+      EXPECT_LE(err, 2e-5 * (1 + std::abs(ref[c])) + value_slack)
+          << what << " query " << i << " dim " << c << ": " << out[i * vw + c] << " vs " << ref[c];
+      if (err > 2e-5 * (1 + std::abs(ref[c])) + value_slack) return worst;  // one report a case
+    }
+  }
+  return worst;
+}
+
+// On an x86 CPU with AVX2 and no AVX-512 (this project's Zen 3 build machine, Haswell and later
+// Intel client parts) the dispatched target is AVX2 and int8/int4 rows take its integer path, for
+// decode-sized blocks only; AVX-512 CPUs run AVX3_DL's (VNNI) or, for plain AVX3, the float path.
+TEST(KvKernel, IntegerPathTargetFollowsTheCpu) {
+  const std::string target = ops::integer_attention_target();
+  const RowFormat i8 = RowFormat::uniform(KvType::kInt8, 64), i4 = RowFormat::uniform(KvType::kInt4, 40);
+  const bool any = target != "none";
+  EXPECT_EQ(ops::integer_key_path(i8, 1), any);
+  EXPECT_EQ(ops::integer_key_path(i4, 4), any);
+  EXPECT_FALSE(ops::integer_key_path(i8, 5));  // prefill-sized blocks: the tiled float path
+  EXPECT_FALSE(ops::integer_key_path(RowFormat::uniform(KvType::kF16, 64), 1));
+  EXPECT_FALSE(ops::integer_key_path(RowFormat::mixed(64, 16), 1));
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+  if (avx2 && !__builtin_cpu_supports("avx512f")) {
+    EXPECT_EQ(target, "AVX2");
+  } else if (__builtin_cpu_supports("avx512f")) {
+    EXPECT_TRUE(target == "AVX3_DL" || target == "none") << target;
+  } else {
+    EXPECT_EQ(target, "none");
+  }
+#else
+  EXPECT_EQ(target, "none");
+#endif
+}
+
+// The integer path really scores with rounded queries: a query number far below its group's step
+// is lost, which moves the output well beyond the bound away from the float answer, while the
+// answer with the rounded query is met to within it.
+TEST(KvKernel, IntegerPathScoresTheRoundedQuery) {
+  const RowFormat f = RowFormat::uniform(KvType::kInt8, 64);
+  if (!ops::integer_key_path(f, 1)) GTEST_SKIP() << "no integer path on this CPU";
+  const int64_t n = 100;
+  std::mt19937 rng(23);
+  std::vector<float> kx = random_vector(n * 64, rng), vx = random_vector(n * 64, rng);
+  for (int64_t t = 0; t < n; ++t) kx[t * 64 + 1] = 200.0f * std::sin(0.7f * t);  // a large key direction
+  std::vector<float> q(64, 0.0f);
+  q[0] = 1.0f;
+  q[1] = 0.003f;  // 0.38 steps of 1/127: rounds to 0
+  const TestCache k(f, kx, n), v(f, vx, n);
+  const std::vector<int64_t> limit = {n};
+  check_attention(k, v, q, 1, limit, {0, n}, 1.0f, "rounded query");
+  std::vector<float> out(64), exact(64);
+  ops::AttentionPartial part;
+  part.reset(1, 64);
+  ops::attend_range(ops::QueryBlock{q.data(), 1, 64, limit.data()}, ops::KvRows{k.bytes.data(), f},
+                    nullptr, ops::KvRows{v.bytes.data(), f}, 1.0f, 0, n, part);
+  ops::finish_partial(part, out.data(), 64);
+  ops::attend_one_reference(q.data(), k.decoded.data(), 64, v.decoded.data(), 64, n, 1.0f, exact.data());
+  double diff = 0;
+  for (int c = 0; c < 64; ++c) diff = std::max(diff, double{std::abs(out[c] - exact[c])});
+  EXPECT_GT(diff, 1e-2);
+}
+
+// The integer path over head widths / ranks with short last groups (17, 40, 100) and whole ones
+// (64), int8 and int4 keys and values (and each with a float partner), a GQA group of 4 queries
+// with their own limits, keys spanning several 64-row tiles and 8/16-row blocks with a ragged
+// tail, ranges cut off the block grid, and a 4096-key context.
+TEST(KvKernel, IntegerPathOddWidthsTilesAndLongContext) {
+  std::mt19937 rng(29);
+  struct Pair {
+    KvType key, value;
+  };
+  const std::vector<Pair> pairs = {{KvType::kInt8, KvType::kInt8}, {KvType::kInt4, KvType::kInt4},
+                                   {KvType::kInt8, KvType::kInt4}, {KvType::kInt4, KvType::kF16},
+                                   {KvType::kF16, KvType::kInt8}};
+  for (int64_t w : {17, 40, 64, 100}) {
+    for (const Pair& p : pairs) {
+      for (int64_t n : {5, 211, 4096}) {
+        if (n == 4096 && p.key != p.value) continue;
+        const RowFormat kf = RowFormat::uniform(p.key, w), vf = RowFormat::uniform(p.value, w);
+        const TestCache k(kf, random_vector(n * w, rng), n), v(vf, random_vector(n * w, rng, 2.0f), n);
+        const int64_t nq = 4;
+        const std::vector<float> q = random_vector(nq * w, rng);
+        std::vector<int64_t> limit(nq);
+        for (int64_t i = 0; i < nq; ++i) limit[i] = std::max<int64_t>(1, n - 3 * i);
+        std::vector<int64_t> cuts = {0, n};
+        if (n == 211) cuts = {0, 37, 150, 211};
+        if (n == 4096) cuts = {0, 1000, 4096};
+        // Scores of spread ~ sqrt(w) / 2: the softmax picks out a few keys even among 4096.
+        const std::string what = kf.describe() + "/" + vf.describe() + " width " +
+                                 std::to_string(w) + " keys " + std::to_string(n);
+        check_attention(k, v, q, nq, limit, cuts, 0.5f, what);
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+  }
+}
+
+// The integer sums at their limits: int8 keys and queries all at +-127 (pairs of products at
+// +-32258, the most VPMADDUBSW's int16 pairs meet on AVX2) and int4 keys at +-7 (nibbles 1 and 15)
+// against queries at +-127, with the signs aligned and opposed, and values at their extremes
+// under the largest weights.
+TEST(KvKernel, IntegerPathExtremeNumbersDoNotSaturate) {
+  for (KvType type : {KvType::kInt8, KvType::kInt4}) {
+    for (int64_t w : {64, 40}) {
+      const int64_t n = 150, nq = 4;
+      const RowFormat f = RowFormat::uniform(type, w);
+      std::vector<float> kx(static_cast<size_t>(n * w)), vx(kx.size());
+      for (int64_t t = 0; t < n; ++t) {
+        for (int64_t c = 0; c < w; ++c) {
+          const float sign = t % 3 == 0 ? 1.0f : t % 3 == 1 ? -1.0f : (c % 2 ? 1.0f : -1.0f);
+          kx[t * w + c] = sign;
+          vx[t * w + c] = (t + c) % 4 == 0 ? -3.0f : 3.0f;  // every value at its group's largest
+        }
+      }
+      std::vector<float> q(static_cast<size_t>(nq * w));
+      for (int64_t c = 0; c < w; ++c) {
+        q[c] = 0.01f;
+        q[w + c] = -0.01f;
+        q[2 * w + c] = c % 2 ? 0.01f : -0.01f;
+        q[3 * w + c] = c % 5 ? -0.01f : 0.01f;
+      }
+      const TestCache k(f, kx, n), v(f, vx, n);
+      const std::vector<int64_t> limit(nq, n);
+      check_attention(k, v, q, nq, limit, {0, n}, 3.0f,
+                      f.describe() + " width " + std::to_string(w) + " at the limits");
+    }
+  }
+}
+
 // kPre: rows of r numbers are rebuilt with U^T and rotated with their own positions.
 TEST(KvKernel, KeyRebuildMatchesExplicitRebuild) {
   std::mt19937 rng(17);
@@ -314,8 +513,8 @@ TEST(KvCacheModel, Int8PerplexityWithinHalfAPercentOfF16) {
   EXPECT_GT(i4, i8);  // 4 bits lose something measurable on 8-wide heads
 }
 
-// Decode (one token at a time) runs the decode kernels, which on AVX-512 VNNI machines score
-// int8/int4 caches with integer dot products (queries rounded to int8): the bar holds there too,
+// Decode (one token at a time) runs the decode kernels, which on AVX-512 VNNI and AVX2 machines
+// score int8/int4 caches with integer dot products (queries rounded to int8): the bar holds there too,
 // and with f16 the decode path equals the prefill path.
 TEST(KvCacheModel, Int8DecodePathPerplexityOnHeadDim64) {
   const std::string rel = "models/tinystories-c4-gqa.gguf";

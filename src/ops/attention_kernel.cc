@@ -18,6 +18,11 @@
 #include "ops/half.h"
 #include "util/error.h"
 
+// The targets with an integer path (evaluated at each use, so per target).
+#ifndef EIGENKV_INTEGER_ATTENTION
+#define EIGENKV_INTEGER_ATTENTION (HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX2)
+#endif
+
 HWY_BEFORE_NAMESPACE();
 namespace eigenkv::ops {
 namespace HWY_NAMESPACE {
@@ -433,10 +438,11 @@ void ValuesFused(int nq, const KvRows& values, int64_t t0, int64_t rows, const f
 // instruction with no horizontal sums. Values: the softmax weights of a tile times each row's group
 // scale are rounded to 15-bit integers (relative to the tile's largest), and VPDPWSSD adds the
 // products of two rows per instruction into 32-bit sums, turned back into floats once per tile.
-// Highway 1.0.3 has no int8 dot products, so this target-specific code uses raw intrinsics; every
-// other target keeps the float path above.
+// Highway 1.0.3 has no int8 dot products, so this target-specific code uses raw intrinsics; AVX2
+// has its own version below, and every other target keeps the float path above.
 #if HWY_TARGET == HWY_AVX3_DL
 constexpr bool kIntegerPath = true;
+constexpr int64_t kIntBlock = 16;  // key rows scored per transposed block
 
 // Column c of 16 rows of 16 dwords ends in x[c] (lane r = row r).
 HWY_INLINE void Transpose16(__m512i* x) {
@@ -766,9 +772,363 @@ void ValuesInt(int nq, KvType type, const KvRows& values, int64_t t0, int64_t ro
     default: return IntValues<4>(type, values, t0, rows, p, stride, out, ostride);
   }
 }
+#elif HWY_TARGET == HWY_AVX2
+// ---- Integer path on AVX2 (Highway's AVX2 target: Haswell and later, Zen): the same numbers as
+// the AVX-512 VNNI path above (queries rounded to int8 per group with round_query_group, softmax
+// weights times the rows' group scales rounded to 15 bits per tile and group), so that both give
+// the same scores and sums up to float summation order. AVX2 has neither VPDPBUSD nor VPDPWSSD:
+//
+// Scores use VPMADDUBSW (_mm256_maddubs_epi16: unsigned byte times signed byte, adjacent pairs
+// added into int16 with saturation) and VPMADDWD with ones (pairs of int16 into int32). Blocks of
+// 8 key rows are transposed per group of 32 so that one vector holds one 4-byte column of all 8
+// rows (lane r = row r), and each column meets the query's 4 bytes broadcast. The pairwise int16
+// sum must never saturate:
+// - int8 keys k in [-127, 127] (encode_row clamps there; -128 never occurs), queries q in
+//   [-127, 127]. Offsetting k by 128 to unsigned, as VPDPBUSD does, would allow pairs up to
+//   2 * 255 * 127 = 64770 > 32767. Instead the unsigned operand is |q| and the signed one
+//   sign(q) * k (_mm256_sign_epi8, zero where q is zero): each product is at most 127 * 127 =
+//   16129 in magnitude, a pair at most 32258 < 32767 (even a stray -128 byte could only reach
+//   2 * 127 * 128 = 32512). Every pair sum goes straight to int32 through VPMADDWD with ones;
+//   two of them could exceed int16, so none are added in int16.
+// - int4 keys: the stored nibbles n = k + 8 in [0, 15] (masked to 4 bits, so any byte gives such
+//   a number) are the unsigned operand and q the signed one: a product is at most 15 * 127 = 1905,
+//   a pair at most 3810, and the 8 columns of a group, added in int16, at most 8 * 3810 = 30480 <
+//   32767; VPMADDWD with ones then takes the group's sum to int32 once, and 8 * sum(q) is
+//   subtracted, as on the VNNI path.
+// Bytes past a short last group (and past a row: rows carry slack) meet zero query bytes.
+// Values: the weights w in [0, 32767] (int16) of rows r and r + 1 meet the rows' numbers widened
+// to int16 (int8: [-127, 127], int4 nibbles [0, 15]) through VPMADDWD: a pair is at most
+// 2 * 32767 * 127 < 2^23 and a tile's 64 rows at most 64 * 32767 * 127 < 2^28, far inside int32.
+constexpr bool kIntegerPath = true;
+constexpr int64_t kIntBlock = 8;  // key rows scored per transposed block
+
+// Column c of 8 rows of 8 dwords ends in x[c] (lane r = row r).
+HWY_INLINE void Transpose8(__m256i* x) {
+  __m256i t[8], u[8];
+  for (int b = 0; b < 8; b += 4) {
+    t[b + 0] = _mm256_unpacklo_epi32(x[b + 0], x[b + 1]);
+    t[b + 1] = _mm256_unpackhi_epi32(x[b + 0], x[b + 1]);
+    t[b + 2] = _mm256_unpacklo_epi32(x[b + 2], x[b + 3]);
+    t[b + 3] = _mm256_unpackhi_epi32(x[b + 2], x[b + 3]);
+    u[b + 0] = _mm256_unpacklo_epi64(t[b + 0], t[b + 2]);  // 128-bit lane k: rows b..b+3 of column 4k
+    u[b + 1] = _mm256_unpackhi_epi64(t[b + 0], t[b + 2]);  // column 4k + 1
+    u[b + 2] = _mm256_unpacklo_epi64(t[b + 1], t[b + 3]);  // column 4k + 2
+    u[b + 3] = _mm256_unpackhi_epi64(t[b + 1], t[b + 3]);  // column 4k + 3
+  }
+  for (int j = 0; j < 4; ++j) {
+    x[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+    x[4 + j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+  }
+}
+
+// The float16 scales of group g of rows [0, n) as floats out[r], zero from n up to a multiple
+// of 8.
+HWY_INLINE void GroupScales(const uint8_t* first_row, int64_t bytes, int64_t n, int64_t g,
+                            float* out) {
+  alignas(32) uint16_t raw[kAttentionTile];
+  const int64_t padded = (n + 7) / 8 * 8;
+  for (int64_t r = 0; r < n; ++r) std::memcpy(raw + r, first_row + r * bytes + 2 * g, 2);
+  for (int64_t r = n; r < padded; ++r) raw[r] = 0;
+  for (int64_t r = 0; r < padded; r += 8)
+    _mm256_storeu_ps(out + r, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw + r))));
+}
+
+// The 32 numbers of group g of a row as bytes: int8 as stored (signed); int4 as the stored
+// nibbles q + 8 in the order [low nibbles: 16][high nibbles: 16], which for a group of m numbers
+// puts number j at ChunkPosition below. Reads 32 (int8) or 16 (int4) bytes whatever m is.
+template <KvType kType>
+HWY_INLINE __m256i GroupBytes(const uint8_t* numbers, int64_t g) {
+  if constexpr (kType == KvType::kInt8) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(numbers + 32 * g));
+  } else {
+    const __m256i b = _mm256_broadcastsi128_si256(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(numbers + 16 * g)));
+    return _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 0, 4, 4)),
+                            _mm256_set1_epi8(0x0F));
+  }
+}
+
+// Where number j of a group of m numbers sits in GroupBytes' order.
+inline int64_t ChunkPosition(KvType type, int64_t j, int64_t m) {
+  if (type == KvType::kInt8) return j;
+  const int64_t half = (m + 1) / 2;
+  return j >= half ? 16 + j - half : j;
+}
+
+// Queries rounded to int8 in GroupBytes' order, per query and group: the signed bytes, their
+// magnitudes (int8 keys: the unsigned operand), the group scales, the int4 offset corrections
+// (8 times the sum of the group's query bytes), and per group the columns holding any number.
+struct IntQueries {
+  int64_t groups = 0;
+  std::vector<int8_t> bytes;        // [n][groups][32]
+  std::vector<uint8_t> magnitude;   // [n][groups][32]
+  std::vector<float> scale;         // [n][groups]
+  std::vector<int32_t> offset;      // [n][groups]
+  std::vector<uint8_t> columns;     // [groups]: bit d set where column d holds a number
+};
+
+// The queries in `q` are replaced by their rounded values, so that rows scored by the float
+// path (a tile's last rows short of 8) see the same queries.
+void QuantizeQueries(KvType type, float* q, int64_t n, int64_t qstride, int64_t width,
+                     IntQueries& iq) {
+  iq.groups = (width + kQuantGroup - 1) / kQuantGroup;
+  iq.bytes.assign(static_cast<size_t>(n * iq.groups * kQuantGroup), 0);
+  iq.magnitude.assign(iq.bytes.size(), 0);
+  iq.scale.assign(static_cast<size_t>(n * iq.groups), 0.0f);
+  iq.offset.assign(static_cast<size_t>(n * iq.groups), 0);
+  iq.columns.assign(static_cast<size_t>(iq.groups), 0);
+  for (int64_t g = 0; g < iq.groups; ++g) {
+    const int64_t m = std::min(kQuantGroup, width - g * kQuantGroup);
+    for (int64_t j = 0; j < m; ++j) iq.columns[g] |= static_cast<uint8_t>(1u << (ChunkPosition(type, j, m) / 4));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t g = 0; g < iq.groups; ++g) {
+      // A short last group is rounded as if zero-padded; its missing numbers meet zero bytes.
+      const int64_t m = std::min(kQuantGroup, width - g * kQuantGroup);
+      float* x = q + i * qstride + g * kQuantGroup;
+      float padded[kQuantGroup] = {};
+      std::copy(x, x + m, padded);
+      int8_t q8[kQuantGroup];
+      const float step = round_query_group(padded, q8);
+      iq.scale[i * iq.groups + g] = step;
+      int32_t sum = 0;
+      int8_t* out = iq.bytes.data() + (i * iq.groups + g) * kQuantGroup;
+      uint8_t* mag = iq.magnitude.data() + (i * iq.groups + g) * kQuantGroup;
+      for (int64_t j = 0; j < m; ++j) {
+        x[j] = static_cast<float>(q8[j]) * step;
+        const int64_t pos = ChunkPosition(type, j, m);
+        out[pos] = q8[j];
+        mag[pos] = static_cast<uint8_t>(q8[j] < 0 ? -q8[j] : q8[j]);
+        sum += q8[j];
+      }
+      iq.offset[i * iq.groups + g] = type == KvType::kInt4 ? 8 * sum : 0;
+    }
+  }
+}
+
+HWY_INLINE __m256i Broadcast4(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// sc[i * stride + r] = scale * q_i . key(t0 + r) for r < 8 * blocks.
+template <KvType kType, int kQ>
+void IntScores8(const KvRows& keys, int64_t t0, int64_t blocks, const IntQueries& iq, float scale,
+                float* sc, int64_t stride) {
+  const int64_t bytes = keys.format.bytes(), groups = iq.groups;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* first = keys.data + (t0 + 8 * b) * bytes;
+    __m256 score[kQ];
+    for (int i = 0; i < kQ; ++i) score[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256i x[8];
+      for (int r = 0; r < 8; ++r) x[r] = GroupBytes<kType>(first + r * bytes + 2 * groups, g);
+      Transpose8(x);
+      alignas(32) float ks[8];
+      GroupScales(first, bytes, 8, g, ks);
+      const __m256 kscale = _mm256_load_ps(ks);
+      const unsigned columns = iq.columns[g];
+      for (int i = 0; i < kQ; ++i) {
+        const int8_t* qb = iq.bytes.data() + (i * groups + g) * kQuantGroup;
+        __m256i acc;
+        if constexpr (kType == KvType::kInt8) {
+          const uint8_t* qm = iq.magnitude.data() + (i * groups + g) * kQuantGroup;
+          acc = _mm256_setzero_si256();
+          for (int d = 0; d < 8; ++d) {
+            if (!(columns >> d & 1)) continue;
+            // |q| (unsigned) times sign(q) * k (signed): pairs within +-32258, see above.
+            const __m256i pairs = _mm256_maddubs_epi16(Broadcast4(qm + 4 * d),
+                                                       _mm256_sign_epi8(x[d], Broadcast4(qb + 4 * d)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+          }
+        } else {
+          // Nibbles (unsigned) times q (signed): the group's 8 columns within +-30480 in int16.
+          __m256i sum16 = _mm256_setzero_si256();
+          for (int d = 0; d < 8; ++d) {
+            if (!(columns >> d & 1)) continue;
+            sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(x[d], Broadcast4(qb + 4 * d)));
+          }
+          acc = _mm256_sub_epi32(_mm256_madd_epi16(sum16, ones),
+                                 _mm256_set1_epi32(iq.offset[i * groups + g]));
+        }
+        const float qs = iq.scale[i * groups + g];
+        score[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(kscale, _mm256_set1_ps(qs * scale)),
+                                   score[i]);
+      }
+    }
+    for (int i = 0; i < kQ; ++i) _mm256_storeu_ps(sc + i * stride + 8 * b, score[i]);
+  }
+}
+
+template <int kQ>
+void IntScores(KvType type, const KvRows& keys, int64_t t0, int64_t blocks, const IntQueries& iq,
+               float scale, float* sc, int64_t stride) {
+  if (type == KvType::kInt8) return IntScores8<KvType::kInt8, kQ>(keys, t0, blocks, iq, scale, sc, stride);
+  return IntScores8<KvType::kInt4, kQ>(keys, t0, blocks, iq, scale, sc, stride);
+}
+
+void ScoresInt(int nq, KvType type, const KvRows& keys, int64_t t0, int64_t blocks,
+               const IntQueries& iq, float scale, float* sc, int64_t stride) {
+  switch (nq) {
+    case 1: return IntScores<1>(type, keys, t0, blocks, iq, scale, sc, stride);
+    case 2: return IntScores<2>(type, keys, t0, blocks, iq, scale, sc, stride);
+    case 3: return IntScores<3>(type, keys, t0, blocks, iq, scale, sc, stride);
+    default: return IntScores<4>(type, keys, t0, blocks, iq, scale, sc, stride);
+  }
+}
+
+// Half h of group g of a row as 16 int16 numbers: int8 numbers 16h..16h+15; int4 the low (h = 0)
+// or high (h = 1) nibbles of the group's bytes, q + 8.
+template <KvType kType>
+HWY_INLINE __m256i HalfWords(const uint8_t* numbers, int64_t g, int h) {
+  if constexpr (kType == KvType::kInt8) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(numbers + 32 * g + 16 * h)));
+  } else {
+    const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(numbers + 16 * g)));
+    return h == 0 ? _mm256_and_si256(w, _mm256_set1_epi16(0x0F)) : _mm256_srli_epi16(w, 4);
+  }
+}
+
+// out[0, n) += a[0, n) * u for n <= 8.
+HWY_INLINE void AddScaled(float* out, __m256 a, __m256 u, int64_t n) {
+  if (n >= 8) {
+    _mm256_storeu_ps(out, _mm256_fmadd_ps(a, u, _mm256_loadu_ps(out)));
+  } else if (n > 0) {
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(out, keep, _mm256_fmadd_ps(a, u, _mm256_maskload_ps(out, keep)));
+  }
+}
+
+// The weighted sum over `rows` value rows of half h of group g, added to the outputs: wq holds
+// the weights in units of unit[g], [kQ][groups][padded].
+template <KvType kType, int kQ>
+HWY_INLINE void ValuesHalf(const uint8_t* numbers0, int64_t bytes, int64_t rows, int64_t g, int h,
+                           int64_t width, int64_t groups, int64_t padded, const int16_t* wq,
+                           const int32_t* wsum, const float* unit, float* out, int64_t ostride) {
+  // The numbers this half holds: [base, base + count) of the group.
+  const int64_t m = std::min(kQuantGroup, width - g * kQuantGroup);
+  int64_t base, count;
+  if constexpr (kType == KvType::kInt8) {
+    base = 16 * h;
+    count = std::clamp<int64_t>(m - 16 * h, 0, 16);
+  } else {
+    const int64_t half = (m + 1) / 2;
+    base = h == 0 ? 0 : half;
+    count = h == 0 ? half : m - half;
+  }
+  if (count <= 0) return;
+  // Lanes of acc[i][0]: numbers 0-3 (low 128 bits) and 8-11 (high) of the half; acc[i][1]: 4-7
+  // and 12-15.
+  __m256i acc[kQ][2];
+  for (int i = 0; i < kQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+  for (int64_t r = 0; r < rows; r += 2) {
+    const __m256i a = HalfWords<kType>(numbers0 + r * bytes, g, h);
+    const __m256i b = r + 1 < rows ? HalfWords<kType>(numbers0 + (r + 1) * bytes, g, h)
+                                   : _mm256_setzero_si256();
+    const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);
+    for (int i = 0; i < kQ; ++i) {
+      const __m256i w = Broadcast4(wq + (i * groups + g) * padded + r);  // w_r, w_r+1
+      acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(lo, w));
+      acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(hi, w));
+    }
+  }
+  const __m256 u = _mm256_set1_ps(unit[g]);
+  for (int i = 0; i < kQ; ++i) {
+    __m256i lo = acc[i][0], hi = acc[i][1];
+    if constexpr (kType == KvType::kInt4) {  // the nibbles are q + 8
+      const __m256i off = _mm256_set1_epi32(8 * wsum[i * groups + g]);
+      lo = _mm256_sub_epi32(lo, off);
+      hi = _mm256_sub_epi32(hi, off);
+    }
+    const __m256 fl = _mm256_cvtepi32_ps(lo), fh = _mm256_cvtepi32_ps(hi);
+    float* o = out + i * ostride + g * kQuantGroup + base;
+    AddScaled(o, _mm256_permute2f128_ps(fl, fh, 0x20), u, count);      // numbers 0-7
+    AddScaled(o + 8, _mm256_permute2f128_ps(fl, fh, 0x31), u, count - 8);  // 8-15
+  }
+}
+
+// out_i += sum over r < rows of p[i * stride + r] * value(t0 + r), p zero past each query's rows.
+template <KvType kType, int kQ>
+void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* p, int64_t stride,
+                   float* out, int64_t ostride) {
+  const int64_t bytes = values.format.bytes(), width = values.format.width;
+  const int64_t groups = (width + kQuantGroup - 1) / kQuantGroup;
+  const int64_t padded = (rows + 7) / 8 * 8;
+  const uint8_t* first = values.data + t0 * bytes;
+  // Row group scales [groups][padded] (zero past the tile), and the weights w = p * scale
+  // rounded to int16 against each group's largest: [kQ][groups][padded].
+  thread_local std::vector<float> vs, unit;
+  thread_local std::vector<int16_t> wq;
+  thread_local std::vector<int32_t> wsum;  // int4: the sum of a query's weights per group
+  if (vs.size() < static_cast<size_t>(groups * padded)) vs.resize(groups * padded);
+  if (wq.size() < static_cast<size_t>(kQ * groups * padded)) wq.resize(kQ * groups * padded);
+  if (wsum.size() < static_cast<size_t>(kQ * groups)) wsum.resize(kQ * groups);
+  if (unit.size() < static_cast<size_t>(groups)) unit.resize(groups);
+  // Weights p <= 1 (the online softmax subtracts a running max), so w = p * scale fits 15 bits
+  // against a group's largest row scale: one unit per group and tile, shared by the queries.
+  for (int64_t g = 0; g < groups; ++g) {
+    float* s = vs.data() + g * padded;
+    GroupScales(first, bytes, rows, g, s);
+    __m256 mx = _mm256_setzero_ps();
+    for (int64_t r = 0; r < padded; r += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + r));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, mx);
+    const float smax = *std::max_element(lanes, lanes + 8);
+    unit[g] = smax / 32767.0f;
+    const __m256 inv = _mm256_set1_ps(smax > 0 ? 32767.0f / smax : 0.0f);
+    for (int64_t r = 0; r < padded; r += 8) _mm256_storeu_ps(s + r, _mm256_mul_ps(_mm256_loadu_ps(s + r), inv));
+  }
+  for (int i = 0; i < kQ; ++i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256i sum = _mm256_setzero_si256();
+      int16_t* w16 = wq.data() + (i * groups + g) * padded;
+      for (int64_t r = 0; r < padded; r += 8) {
+        const __m256 w = _mm256_mul_ps(_mm256_loadu_ps(p + i * stride + r),
+                                       _mm256_loadu_ps(vs.data() + g * padded + r));
+        const __m256i w32 = _mm256_cvtps_epi32(w);
+        sum = _mm256_add_epi32(sum, w32);
+        // Saturating pack (per 128-bit lane), then the two lanes' low halves together.
+        const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(w32, w32), 0x08);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(w16 + r), _mm256_castsi256_si128(packed));
+      }
+      alignas(32) int32_t lanes[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
+      int32_t total = 0;
+      for (int32_t v : lanes) total += v;
+      wsum[i * groups + g] = total;
+    }
+  }
+  const uint8_t* numbers0 = first + 2 * groups;
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int h = 0; h < 2; ++h) {
+      ValuesHalf<kType, kQ>(numbers0, bytes, rows, g, h, width, groups, padded, wq.data(),
+                            wsum.data(), unit.data(), out, ostride);
+    }
+  }
+}
+
+template <int kQ>
+void IntValues(KvType type, const KvRows& values, int64_t t0, int64_t rows, const float* p,
+               int64_t stride, float* out, int64_t ostride) {
+  if (type == KvType::kInt8) return IntValuesTile<KvType::kInt8, kQ>(values, t0, rows, p, stride, out, ostride);
+  return IntValuesTile<KvType::kInt4, kQ>(values, t0, rows, p, stride, out, ostride);
+}
+
+void ValuesInt(int nq, KvType type, const KvRows& values, int64_t t0, int64_t rows, const float* p,
+               int64_t stride, float* out, int64_t ostride) {
+  switch (nq) {
+    case 1: return IntValues<1>(type, values, t0, rows, p, stride, out, ostride);
+    case 2: return IntValues<2>(type, values, t0, rows, p, stride, out, ostride);
+    case 3: return IntValues<3>(type, values, t0, rows, p, stride, out, ostride);
+    default: return IntValues<4>(type, values, t0, rows, p, stride, out, ostride);
+  }
+}
 #else
 constexpr bool kIntegerPath = false;
-#endif  // HWY_TARGET == HWY_AVX3_DL
+#endif  // HWY_TARGET == HWY_AVX3_DL, HWY_AVX2
 
 // Whether blocks of n_queries read rows of this format on the integer path.
 bool IntegerRows(const RowFormat& f, int64_t n_queries) {
@@ -826,7 +1186,7 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   const bool fused_values = qb.n <= kMaxFusedQueries && FusedFormat(values.format, L);
   const bool int_keys = !rebuild && IntegerRows(keys.format, qb.n);
   const bool int_values = IntegerRows(values.format, qb.n);
-#if HWY_TARGET == HWY_AVX3_DL
+#if EIGENKV_INTEGER_ATTENTION
   thread_local IntQueries iq;
   if (int_keys) QuantizeQueries(keys.format.type, s.queries.data(), qb.n, kpad, kw, iq);
 #endif
@@ -848,11 +1208,12 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
     }
     // 1. Scores of every query against the tile's keys.
     if (int_keys) {
-#if HWY_TARGET == HWY_AVX3_DL
-      const int64_t blocks = rows / 16;
+#if EIGENKV_INTEGER_ATTENTION
+      const int64_t blocks = rows / kIntBlock;
       ScoresInt(nq, keys.format.type, keys, t0, blocks, iq, scale, s.scores.data(), sstride);
-      // The tile's last rows short of 16: the fused float path, or (short groups) decoded first.
-      const int64_t done = 16 * blocks;
+      // The tile's last rows short of a block: the fused float path, or (short groups) decoded
+      // first.
+      const int64_t done = kIntBlock * blocks;
       if (rows > done && fused_keys) {
         ScoresFused(nq, keys, t0 + done, rows - done, s.queries.data(), kpad, scale,
                     s.scores.data() + done, sstride);
@@ -953,7 +1314,7 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
     if (rows_used == 0) continue;
     // 3. Weighted sum of the values (weights past a query's limit are 0).
     if (int_values) {
-#if HWY_TARGET == HWY_AVX3_DL
+#if EIGENKV_INTEGER_ATTENTION
       ValuesInt(nq, values.format.type, values, t0, rows_used, s.scores.data(), sstride,
                 part.out.data(), vpad);
 #endif
@@ -1000,6 +1361,8 @@ int64_t LaneCount() { return static_cast<int64_t>(hn::Lanes(DF())); }
 
 bool IntegerKeys(const RowFormat& keys, int64_t n_queries) { return IntegerRows(keys, n_queries); }
 
+const char* IntegerTarget() { return kIntegerPath ? hwy::TargetName(HWY_TARGET) : "none"; }
+
 }  // namespace HWY_NAMESPACE
 }  // namespace eigenkv::ops
 HWY_AFTER_NAMESPACE();
@@ -1011,10 +1374,13 @@ HWY_EXPORT(AttendRange);
 HWY_EXPORT(DecodeRows);
 HWY_EXPORT(LaneCount);
 HWY_EXPORT(IntegerKeys);
+HWY_EXPORT(IntegerTarget);
 
 bool integer_key_path(const RowFormat& keys, int64_t n_queries) {
   return HWY_DYNAMIC_DISPATCH(IntegerKeys)(keys, n_queries);
 }
+
+const char* integer_attention_target() { return HWY_DYNAMIC_DISPATCH(IntegerTarget)(); }
 
 float round_query_group(const float* x, int8_t* q8) {
   float amax = 0;

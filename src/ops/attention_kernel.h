@@ -63,9 +63,14 @@ void merge_partial(AttentionPartial& into, const AttentionPartial& other);
 void finish_partial(const AttentionPartial& partial, float* out, int64_t out_stride);
 
 // Whether attend_range scores `n_queries` queries against such keys with integer dot products
-// (x86 AVX-512 VNNI; int8/int4 rows of any width, decode-sized query
-// blocks): each query is then rounded per group of 32 numbers with round_query_group first.
+// (x86 AVX-512 VNNI or AVX2; int8/int4 rows of any width, decode-sized query blocks): each query
+// is then rounded per group of 32 numbers with round_query_group first. Values of such rows are
+// then summed with integer weights too.
 bool integer_key_path(const RowFormat& keys, int64_t n_queries);
+// The SIMD target whose integer path attend_range runs on this CPU, in Highway's names: "AVX3_DL"
+// (AVX-512 VNNI) or "AVX2"; "none" where the chosen target has none (int8/int4 rows then take
+// the float path).
+const char* integer_attention_target();
 // Rounds x[0, kQuantGroup) to q8 * step with q8 in [-127, 127], step = max |x| / 127; returns
 // the step (0 for an all-zero group).
 float round_query_group(const float* x, int8_t* q8);
