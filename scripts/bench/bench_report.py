@@ -209,7 +209,7 @@ def main():
               "`pp128`: prefill of 128 tokens; `tg32`: 32 decoded tokens, at the given context "
               "depth. Bandwidth: weights + KV bytes read per decoded token times tokens/s, as a "
               "fraction of the STREAM-style copy bandwidth (bytes read + written per second) "
-              "measured in the same run. Weights are float32 in memory (a model smaller than the "
+              "measured in the same run. Weights are counted as stored (a model smaller than the "
               "caches can exceed 100 %).", ""]
     lines += ["| model | threads | test | depth | eigenkv tok/s | llama.cpp tok/s | eigenkv / llama.cpp | attention us/token | of copy bandwidth |",
               "|-------|--------:|------|------:|--------------:|----------------:|--------------------:|-------------------:|------------------:|"]
