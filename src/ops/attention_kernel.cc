@@ -785,11 +785,13 @@ void ValuesInt(int nq, KvType type, const KvRows& values, int64_t t0, int64_t ro
 // sum must never saturate:
 // - int8 keys k in [-127, 127] (encode_row clamps there; -128 never occurs), queries q in
 //   [-127, 127]. Offsetting k by 128 to unsigned, as VPDPBUSD does, would allow pairs up to
-//   2 * 255 * 127 = 64770 > 32767. Instead the unsigned operand is |q| and the signed one
-//   sign(q) * k (_mm256_sign_epi8, zero where q is zero): each product is at most 127 * 127 =
-//   16129 in magnitude, a pair at most 32258 < 32767 (even a stray -128 byte could only reach
-//   2 * 127 * 128 = 32512). Every pair sum goes straight to int32 through VPMADDWD with ones;
-//   two of them could exceed int16, so none are added in int16.
+//   2 * 255 * 127 = 64770 > 32767. Instead the sign moves from one operand to the other: the
+//   unsigned operand is |k| (_mm256_abs_epi8, once per column for all the queries) and the
+//   signed one sign(k) * q (_mm256_sign_epi8, zero where k is zero), whose product is k * q: at
+//   most 127 * 127 = 16129 in magnitude, a pair at most 32258 < 32767 (even a stray -128 byte,
+//   |k| = 128 as unsigned, could only reach 2 * 128 * 127 = 32512). Every pair sum goes
+//   straight to int32 through VPMADDWD with ones; two of them could exceed int16, so none are
+//   added in int16.
 // - int4 keys: the stored nibbles n = k + 8 in [0, 15] (masked to 4 bits, so any byte gives such
 //   a number) are the unsigned operand and q the signed one: a product is at most 15 * 127 = 1905,
 //   a pair at most 3810, and the 8 columns of a group, added in int16, at most 8 * 3810 = 30480 <
@@ -821,16 +823,23 @@ HWY_INLINE void Transpose8(__m256i* x) {
   }
 }
 
-// The float16 scales of group g of rows [0, n) as floats out[r], zero from n up to a multiple
-// of 8.
-HWY_INLINE void GroupScales(const uint8_t* first_row, int64_t bytes, int64_t n, int64_t g,
-                            float* out) {
-  alignas(32) uint16_t raw[kAttentionTile];
-  const int64_t padded = (n + 7) / 8 * 8;
-  for (int64_t r = 0; r < n; ++r) std::memcpy(raw + r, first_row + r * bytes + 2 * g, 2);
-  for (int64_t r = n; r < padded; ++r) raw[r] = 0;
-  for (int64_t r = 0; r < padded; r += 8)
-    _mm256_storeu_ps(out + r, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw + r))));
+// The float16 scales of groups 2j and 2j + 1 of rows [0, n), n <= 8, as floats in the lanes of
+// a and b (zero from n on): the rows' 4 bytes at 4j loaded as scalars into one vector (Zen 3's
+// VPGATHERDD costs more, and stores to a buffer stall the wide load that reads them back).
+HWY_INLINE void ScalePairs8(const uint8_t* first_row, int64_t bytes, int64_t n, int64_t j,
+                            __m256* a, __m256* b) {
+  int32_t v[8];
+  for (int r = 0; r < 8; ++r) {
+    v[r] = 0;
+    if (r < n) std::memcpy(&v[r], first_row + r * bytes + 4 * j, 4);
+  }
+  const __m256i s = _mm256_setr_epi32(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+  // [lo 0-3, hi 0-3 | lo 4-7, hi 4-7] as 64-bit quarters 0 1 2 3, reordered 0 2 1 3.
+  const __m256i halves = _mm256_permute4x64_epi64(
+      _mm256_packus_epi32(_mm256_and_si256(s, _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32(s, 16)),
+      0xD8);
+  *a = _mm256_cvtph_ps(_mm256_castsi256_si128(halves));
+  *b = _mm256_cvtph_ps(_mm256_extracti128_si256(halves, 1));
 }
 
 // The 32 numbers of group g of a row as bytes: int8 as stored (signed); int4 as the stored
@@ -855,13 +864,12 @@ inline int64_t ChunkPosition(KvType type, int64_t j, int64_t m) {
   return j >= half ? 16 + j - half : j;
 }
 
-// Queries rounded to int8 in GroupBytes' order, per query and group: the signed bytes, their
-// magnitudes (int8 keys: the unsigned operand), the group scales, the int4 offset corrections
-// (8 times the sum of the group's query bytes), and per group the columns holding any number.
+// Queries rounded to int8 in GroupBytes' order, per query and group: the bytes, the group
+// scales, the int4 offset corrections (8 times the sum of the group's query bytes), and per
+// group the columns holding any number.
 struct IntQueries {
   int64_t groups = 0;
   std::vector<int8_t> bytes;        // [n][groups][32]
-  std::vector<uint8_t> magnitude;   // [n][groups][32]
   std::vector<float> scale;         // [n][groups]
   std::vector<int32_t> offset;      // [n][groups]
   std::vector<uint8_t> columns;     // [groups]: bit d set where column d holds a number
@@ -873,7 +881,6 @@ void QuantizeQueries(KvType type, float* q, int64_t n, int64_t qstride, int64_t 
                      IntQueries& iq) {
   iq.groups = (width + kQuantGroup - 1) / kQuantGroup;
   iq.bytes.assign(static_cast<size_t>(n * iq.groups * kQuantGroup), 0);
-  iq.magnitude.assign(iq.bytes.size(), 0);
   iq.scale.assign(static_cast<size_t>(n * iq.groups), 0.0f);
   iq.offset.assign(static_cast<size_t>(n * iq.groups), 0);
   iq.columns.assign(static_cast<size_t>(iq.groups), 0);
@@ -893,12 +900,9 @@ void QuantizeQueries(KvType type, float* q, int64_t n, int64_t qstride, int64_t 
       iq.scale[i * iq.groups + g] = step;
       int32_t sum = 0;
       int8_t* out = iq.bytes.data() + (i * iq.groups + g) * kQuantGroup;
-      uint8_t* mag = iq.magnitude.data() + (i * iq.groups + g) * kQuantGroup;
       for (int64_t j = 0; j < m; ++j) {
         x[j] = static_cast<float>(q8[j]) * step;
-        const int64_t pos = ChunkPosition(type, j, m);
-        out[pos] = q8[j];
-        mag[pos] = static_cast<uint8_t>(q8[j] < 0 ? -q8[j] : q8[j]);
+        out[ChunkPosition(type, j, m)] = q8[j];
         sum += q8[j];
       }
       iq.offset[i * iq.groups + g] = type == KvType::kInt4 ? 8 * sum : 0;
@@ -912,53 +916,74 @@ HWY_INLINE __m256i Broadcast4(const void* p) {
   return _mm256_set1_epi32(v);
 }
 
+// The integer dot products of one group of 8 transposed key rows x[8] with each query: acc[i]
+// lane r = q_i . key r over the group (int4: before the offset correction). kMasked: a short last
+// group, whose columns without numbers are skipped.
+template <KvType kType, int kQ, bool kMasked>
+HWY_INLINE void GroupDots(const __m256i* x, const int8_t* qb, int64_t qstride, unsigned columns,
+                          __m256i* acc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (kType == KvType::kInt8) {
+    for (int i = 0; i < kQ; ++i) acc[i] = _mm256_setzero_si256();
+    for (int d = 0; d < 8; ++d) {
+      if (kMasked && !(columns >> d & 1)) continue;
+      // |k| (unsigned, shared by the queries) times sign(k) * q (signed): pairs within +-32258.
+      const __m256i magnitude = _mm256_abs_epi8(x[d]);
+      for (int i = 0; i < kQ; ++i) {
+        const __m256i signed_q = _mm256_sign_epi8(Broadcast4(qb + i * qstride + 4 * d), x[d]);
+        acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_q), ones));
+      }
+    }
+  } else {
+    // Nibbles (unsigned) times q (signed): the group's 8 columns within +-30480 in int16.
+    __m256i sum16[kQ];
+    for (int i = 0; i < kQ; ++i) sum16[i] = _mm256_setzero_si256();
+    for (int d = 0; d < 8; ++d) {
+      if (kMasked && !(columns >> d & 1)) continue;
+      for (int i = 0; i < kQ; ++i) {
+        sum16[i] = _mm256_add_epi16(sum16[i], _mm256_maddubs_epi16(x[d], Broadcast4(qb + i * qstride + 4 * d)));
+      }
+    }
+    for (int i = 0; i < kQ; ++i) acc[i] = _mm256_madd_epi16(sum16[i], ones);
+  }
+}
+
 // sc[i * stride + r] = scale * q_i . key(t0 + r) for r < 8 * blocks.
 template <KvType kType, int kQ>
 void IntScores8(const KvRows& keys, int64_t t0, int64_t blocks, const IntQueries& iq, float scale,
                 float* sc, int64_t stride) {
   const int64_t bytes = keys.format.bytes(), groups = iq.groups;
-  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t qstride = groups * kQuantGroup;  // from one query's bytes to the next's
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* first = keys.data + (t0 + 8 * b) * bytes;
-    __m256 score[kQ];
-    for (int i = 0; i < kQ; ++i) score[i] = _mm256_setzero_ps();
+    __m256 kscale[2];
     for (int64_t g = 0; g < groups; ++g) {
       __m256i x[8];
       for (int r = 0; r < 8; ++r) x[r] = GroupBytes<kType>(first + r * bytes + 2 * groups, g);
       Transpose8(x);
-      alignas(32) float ks[8];
-      GroupScales(first, bytes, 8, g, ks);
-      const __m256 kscale = _mm256_load_ps(ks);
+      if (g % 2 == 0) ScalePairs8(first, bytes, 8, g / 2, &kscale[0], &kscale[1]);
       const unsigned columns = iq.columns[g];
+      const int8_t* qb = iq.bytes.data() + g * kQuantGroup;
+      __m256i acc[kQ];
+      if (columns == 0xFF) {
+        GroupDots<kType, kQ, false>(x, qb, qstride, columns, acc);
+      } else {
+        GroupDots<kType, kQ, true>(x, qb, qstride, columns, acc);
+      }
+      // The running sums stay in the score rows (L1), the registers for the group's work.
       for (int i = 0; i < kQ; ++i) {
-        const int8_t* qb = iq.bytes.data() + (i * groups + g) * kQuantGroup;
-        __m256i acc;
-        if constexpr (kType == KvType::kInt8) {
-          const uint8_t* qm = iq.magnitude.data() + (i * groups + g) * kQuantGroup;
-          acc = _mm256_setzero_si256();
-          for (int d = 0; d < 8; ++d) {
-            if (!(columns >> d & 1)) continue;
-            // |q| (unsigned) times sign(q) * k (signed): pairs within +-32258, see above.
-            const __m256i pairs = _mm256_maddubs_epi16(Broadcast4(qm + 4 * d),
-                                                       _mm256_sign_epi8(x[d], Broadcast4(qb + 4 * d)));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
-          }
-        } else {
-          // Nibbles (unsigned) times q (signed): the group's 8 columns within +-30480 in int16.
-          __m256i sum16 = _mm256_setzero_si256();
-          for (int d = 0; d < 8; ++d) {
-            if (!(columns >> d & 1)) continue;
-            sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(x[d], Broadcast4(qb + 4 * d)));
-          }
-          acc = _mm256_sub_epi32(_mm256_madd_epi16(sum16, ones),
-                                 _mm256_set1_epi32(iq.offset[i * groups + g]));
+        __m256i dot = acc[i];
+        if constexpr (kType == KvType::kInt4) {
+          dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(iq.offset[i * groups + g]));
         }
         const float qs = iq.scale[i * groups + g];
-        score[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(kscale, _mm256_set1_ps(qs * scale)),
-                                   score[i]);
+        float* out = sc + i * stride + 8 * b;
+        const __m256 before = g == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(out);
+        _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                              _mm256_mul_ps(kscale[g % 2], _mm256_set1_ps(qs * scale)),
+                                              before));
       }
     }
-    for (int i = 0; i < kQ; ++i) _mm256_storeu_ps(sc + i * stride + 8 * b, score[i]);
   }
 }
 
@@ -1069,9 +1094,16 @@ void IntValuesTile(const KvRows& values, int64_t t0, int64_t rows, const float* 
   if (unit.size() < static_cast<size_t>(groups)) unit.resize(groups);
   // Weights p <= 1 (the online softmax subtracts a running max), so w = p * scale fits 15 bits
   // against a group's largest row scale: one unit per group and tile, shared by the queries.
+  for (int64_t j = 0; 2 * j < groups; ++j) {
+    for (int64_t r = 0; r < padded; r += 8) {
+      __m256 a, b;
+      ScalePairs8(first + r * bytes, bytes, std::min<int64_t>(8, rows - r), j, &a, &b);
+      _mm256_storeu_ps(vs.data() + 2 * j * padded + r, a);
+      if (2 * j + 1 < groups) _mm256_storeu_ps(vs.data() + (2 * j + 1) * padded + r, b);
+    }
+  }
   for (int64_t g = 0; g < groups; ++g) {
     float* s = vs.data() + g * padded;
-    GroupScales(first, bytes, rows, g, s);
     __m256 mx = _mm256_setzero_ps();
     for (int64_t r = 0; r < padded; r += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + r));
     alignas(32) float lanes[8];
