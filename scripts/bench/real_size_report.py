@@ -217,16 +217,22 @@ def main():
                 f"{100 * med(ours, 'bw'):.0f} % | {rss_ours / 1e9:.2f} GB | "
                 f"{rss_theirs / 1e9:.2f} GB | {bound / 1e9:.2f} GB |")
             print(lines[-1], flush=True)
+            write_section(a.out, lines + ["", "(run in progress or stopped here)", "", END])
     if a.big:
         lines += big_model_section(a.big, a.big_threads, a.calib_text)
     lines += ["", END]
+    write_section(a.out, lines)
+
+
+def write_section(out, lines):
+    """Replaces the real-size section of `out` (or appends it) with `lines`."""
     section = "\n".join(lines)
-    text = open(a.out).read() if os.path.exists(a.out) else "# eigenkv benchmarks\n"
+    text = open(out).read() if os.path.exists(out) else "# eigenkv benchmarks\n"
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    open(a.out, "w").write(text)
+    open(out, "w").write(text)
 
 
 if __name__ == "__main__":
