@@ -3,6 +3,7 @@
 // Llama model with its shape and type, the llama.* keys of the shape, the Llama vocabulary, the
 // random-weights warning, N(0, 0.02) numbers, and the same bytes for a seed at any thread count.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,8 +13,6 @@
 #include <map>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 #include "io/gguf.h"
 #include "io/mapped_file.h"
@@ -59,36 +58,23 @@ int run_tool(const std::string& args, std::string* output = nullptr) {
   return status;
 }
 
-// The files are made once for all the tests: two runs of q8_0 (one and two threads) and f16.
-class ShapeModel : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    if (!kTool || !fs::exists(shared_path(kVocab))) return;
-    const std::string common = "--shape tinyllama-1.1b --layers 2 --seed 7 --vocab " +
-                               shared_path(kVocab);
-    const std::pair<std::string*, std::string> runs[] = {
-        {&f16_, "f16 -t 1"}, {&q8_, "q8_0 -t 1"}, {&q8_again_, "q8_0 -t 2"}};
-    for (const auto& [path, args] : runs) {
-      *path = scratch_path("shape_" + std::to_string(outputs_.size()) + ".gguf");
-      std::string output;
-      const int status = run_tool(common + " --type " + args + " -o " + *path, &output);
-      ASSERT_EQ(status, 0) << output;
-      outputs_.push_back(output);
-    }
-  }
-  static void TearDownTestSuite() {
+// The files the checks read: two runs of q8_0 (one and two threads) and one of f16, all of
+// seed 7, removed when the test ends. (ctest runs each TEST in a process of its own, so the
+// checks share one TEST rather than make the files again for each.)
+struct Files {
+  std::string f16, q8, q8_again;
+  std::vector<std::string> outputs;  // what the tool printed, in that order
+  ~Files() {
     std::error_code ec;
-    for (const std::string* p : {&f16_, &q8_, &q8_again_}) fs::remove(*p, ec);
+    for (const std::string* p : {&f16, &q8, &q8_again}) fs::remove(*p, ec);
   }
-  void SetUp() override {
-    if (!kTool) GTEST_SKIP() << "skipped: eigenkv-shape-model is not built (CLI11 absent)";
-    EKV_REQUIRE_SHARED(kVocab);
-    ASSERT_TRUE(fs::exists(f16_) && fs::exists(q8_) && fs::exists(q8_again_));
-  }
-
-  static inline std::string f16_, q8_, q8_again_;
-  static inline std::vector<std::string> outputs_;
 };
+
+#define EKV_REQUIRE_TOOL()                                                                  \
+  do {                                                                                      \
+    if (!kTool) GTEST_SKIP() << "skipped: eigenkv-shape-model is not built (CLI11 absent)"; \
+    EKV_REQUIRE_SHARED(kVocab);                                                             \
+  } while (0)
 
 // Every tensor of a two-layer Llama model of TinyLlama's shape, outer dimension first.
 std::map<std::string, std::vector<int64_t>> expected_tensors() {
@@ -110,8 +96,8 @@ std::map<std::string, std::vector<int64_t>> expected_tensors() {
   return t;
 }
 
-TEST_F(ShapeModel, WritesEveryTensorOfALlamaModelWithItsShapeAndType) {
-  for (const auto& [path, type] : {std::pair{f16_, TensorType::kF16}, {q8_, TensorType::kQ8_0}}) {
+void expect_every_llama_tensor_with_its_shape_and_type(const Files& f) {
+  for (const auto& [path, type] : {std::pair{f.f16, TensorType::kF16}, {f.q8, TensorType::kQ8_0}}) {
     SCOPED_TRACE(path);
     io::GgufFile g(path);
     const auto expected = expected_tensors();
@@ -127,14 +113,14 @@ TEST_F(ShapeModel, WritesEveryTensorOfALlamaModelWithItsShapeAndType) {
   }
 }
 
-TEST_F(ShapeModel, MetadataIsTheShapesAndSaysRandomWeights) {
-  io::GgufFile g(q8_);
+void expect_the_shapes_keys_and_the_warning(const Files& f) {
+  io::GgufFile g(f.q8);
   EXPECT_EQ(g.get_string("general.architecture"), "llama");
   EXPECT_NE(g.get_string("general.name").find(kWarning), std::string::npos);
   EXPECT_NE(g.get_string("general.name").find("2 of 22 layers"), std::string::npos);
   EXPECT_NE(g.get_string("general.description").find(kWarning), std::string::npos);
-  EXPECT_EQ(g.get_int("general.file_type"), 7);  // llama.cpp's MOSTLY_Q8_0
-  EXPECT_EQ(io::GgufFile(f16_).get_int("general.file_type"), 1);  // MOSTLY_F16
+  EXPECT_EQ(g.get_int("general.file_type"), 7);                    // llama.cpp's MOSTLY_Q8_0
+  EXPECT_EQ(io::GgufFile(f.f16).get_int("general.file_type"), 1);  // MOSTLY_F16
   EXPECT_EQ(g.get_int("general.quantization_version"), 2);
   const std::map<std::string, int64_t> ints = {
       {"llama.vocab_size", 32000},          {"llama.context_length", 2048},
@@ -163,17 +149,17 @@ TEST_F(ShapeModel, MetadataIsTheShapesAndSaysRandomWeights) {
   EXPECT_FALSE(c.tied_embeddings);
 
   // What the tool prints: the shape, the type, the tensor count and the file size.
-  const std::string& out = outputs_[1];
+  const std::string& out = f.outputs[1];
   for (const std::string& part :
        std::vector<std::string>{"tinyllama-1.1b", "q8_0", "tensors:  21",
-                                std::to_string(fs::file_size(q8_)), kWarning}) {
+                                std::to_string(fs::file_size(f.q8)), kWarning}) {
     EXPECT_NE(out.find(part), std::string::npos) << "output lacks \"" << part << "\":\n" << out;
   }
 }
 
-TEST_F(ShapeModel, CopiesTheVocabularyAndNothingElseOfItsFile) {
+void expect_the_vocabulary_and_nothing_else_of_its_file(const Files& f) {
   io::GgufFile vocab(shared_path(kVocab));
-  io::GgufFile g(f16_);
+  io::GgufFile g(f.f16);
   int64_t copied = 0;
   for (const auto& [key, value] : vocab.metadata()) {
     if (key.rfind("tokenizer.", 0) != 0) continue;
@@ -198,14 +184,14 @@ TEST_F(ShapeModel, CopiesTheVocabularyAndNothingElseOfItsFile) {
   }
 }
 
-TEST_F(ShapeModel, SameSeedGivesTheSameBytesWhateverTheThreadCount) {
-  const io::MappedFile a(q8_), b(q8_again_);
+void expect_the_same_bytes_whatever_the_thread_count(const Files& f) {
+  const io::MappedFile a(f.q8), b(f.q8_again);
   ASSERT_GT(a.size(), 100u << 20);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size()), 0)
       << "q8_0 files made with one and two threads differ";
   // Tensors are not copies of one another: each is seeded by its name.
-  io::GgufFile g(q8_);
+  io::GgufFile g(f.q8);
   const io::TensorView& q0 = g.tensor("blk.0.attn_q.weight");
   const io::TensorView& q1 = g.tensor("blk.1.attn_q.weight");
   const io::TensorView& o = g.tensor("blk.0.attn_output.weight");
@@ -216,7 +202,7 @@ TEST_F(ShapeModel, SameSeedGivesTheSameBytesWhateverTheThreadCount) {
   EXPECT_NE(std::memcmp(q0.data, q0.data + row, row), 0);
 }
 
-TEST_F(ShapeModel, AnotherSeedGivesOtherNumbers) {
+void expect_other_numbers_from_another_seed(const Files& f) {
   // One layer of f16, the cheapest run; its first layer's tensors must differ from seed 7's.
   const std::string path = scratch_path("shape_seed8.gguf");
   std::string output;
@@ -226,7 +212,7 @@ TEST_F(ShapeModel, AnotherSeedGivesOtherNumbers) {
             0)
       << output;
   {
-    io::GgufFile a(f16_), b(path);
+    io::GgufFile a(f.f16), b(path);
     const io::TensorView& ta = a.tensor("blk.0.ffn_up.weight");
     const io::TensorView& tb = b.tensor("blk.0.ffn_up.weight");
     ASSERT_EQ(ta.nbytes, tb.nbytes);
@@ -246,8 +232,8 @@ std::pair<double, double> moments(const std::vector<float>& x) {
   return {mean, std::sqrt(sum2 / x.size() - mean * mean)};
 }
 
-TEST_F(ShapeModel, Q8_0BlocksHoldNormalNumbersOfStd002) {
-  io::GgufFile g(q8_);
+void expect_q8_0_blocks_of_normal_numbers_of_std_002(const Files& f) {
+  io::GgufFile g(f.q8);
   const io::TensorView& t = g.tensor("blk.0.ffn_gate.weight");
   ASSERT_EQ(t.type, TensorType::kQ8_0);
   // Byte by byte: each block of 34 bytes is an f16 scale and 32 int8 quants.
@@ -284,8 +270,8 @@ TEST_F(ShapeModel, Q8_0BlocksHoldNormalNumbersOfStd002) {
 
 // The type changes how the numbers are stored, not the numbers: q8_0 and f16 of one seed agree
 // within q8_0's rounding (half a block's scale) and f16's.
-TEST_F(ShapeModel, EveryTypeStoresTheSameNumbers) {
-  io::GgufFile a(q8_), b(f16_);
+void expect_the_same_numbers_in_every_type(const Files& f) {
+  io::GgufFile a(f.q8), b(f.f16);
   const io::TensorView& q = a.tensor("blk.1.attn_v.weight");
   const io::TensorView& h = b.tensor("blk.1.attn_v.weight");
   ASSERT_EQ(q.numel(), h.numel());
@@ -303,8 +289,8 @@ TEST_F(ShapeModel, EveryTypeStoresTheSameNumbers) {
   }
 }
 
-TEST_F(ShapeModel, F16MatricesAreStd002AndNormsAreOne) {
-  io::GgufFile g(f16_);
+void expect_f16_matrices_of_std_002_and_norms_of_one(const Files& f) {
+  io::GgufFile g(f.f16);
   for (const char* name : {"token_embd.weight", "blk.1.attn_k.weight", "output.weight"}) {
     SCOPED_TRACE(name);
     const io::TensorView& t = g.tensor(name);
@@ -316,7 +302,8 @@ TEST_F(ShapeModel, F16MatricesAreStd002AndNormsAreOne) {
     EXPECT_NEAR(mean, 0.0, 1e-4);
     EXPECT_NEAR(stddev, 0.02, 2e-4);
   }
-  for (const char* name : {"blk.0.attn_norm.weight", "blk.1.ffn_norm.weight", "output_norm.weight"}) {
+  for (const char* name :
+       {"blk.0.attn_norm.weight", "blk.1.ffn_norm.weight", "output_norm.weight"}) {
     const io::TensorView& t = g.tensor(name);
     std::vector<float> x(static_cast<size_t>(t.numel()));
     std::memcpy(x.data(), t.data, t.nbytes);
@@ -324,7 +311,55 @@ TEST_F(ShapeModel, F16MatricesAreStd002AndNormsAreOne) {
   }
 }
 
-TEST_F(ShapeModel, RejectsAnUnknownShapeOrType) {
+TEST(ShapeModel, TwoLayersOfTinyLlamaAtF16AndQ8_0) {
+  EKV_REQUIRE_TOOL();
+  Files f;
+  const std::string common =
+      "--shape tinyllama-1.1b --layers 2 --seed 7 --vocab " + shared_path(kVocab);
+  const std::pair<std::string*, std::string> runs[] = {
+      {&f.f16, "f16 -t 1"}, {&f.q8, "q8_0 -t 1"}, {&f.q8_again, "q8_0 -t 2"}};
+  for (const auto& [path, args] : runs) {
+    *path = scratch_path("shape_" + std::to_string(f.outputs.size()) + ".gguf");
+    std::string output;
+    ASSERT_EQ(run_tool(common + " --type " + args + " -o " + *path, &output), 0) << output;
+    f.outputs.push_back(output);
+  }
+  {
+    SCOPED_TRACE("every llama tensor with its shape and type");
+    expect_every_llama_tensor_with_its_shape_and_type(f);
+  }
+  {
+    SCOPED_TRACE("the shapes keys and the warning");
+    expect_the_shapes_keys_and_the_warning(f);
+  }
+  {
+    SCOPED_TRACE("the vocabulary and nothing else of its file");
+    expect_the_vocabulary_and_nothing_else_of_its_file(f);
+  }
+  {
+    SCOPED_TRACE("the same bytes whatever the thread count");
+    expect_the_same_bytes_whatever_the_thread_count(f);
+  }
+  {
+    SCOPED_TRACE("other numbers from another seed");
+    expect_other_numbers_from_another_seed(f);
+  }
+  {
+    SCOPED_TRACE("q8 0 blocks of normal numbers of std 002");
+    expect_q8_0_blocks_of_normal_numbers_of_std_002(f);
+  }
+  {
+    SCOPED_TRACE("the same numbers in every type");
+    expect_the_same_numbers_in_every_type(f);
+  }
+  {
+    SCOPED_TRACE("f16 matrices of std 002 and norms of one");
+    expect_f16_matrices_of_std_002_and_norms_of_one(f);
+  }
+}
+
+TEST(ShapeModel, RejectsAnUnknownShapeOrType) {
+  EKV_REQUIRE_TOOL();
   std::string output;
   EXPECT_NE(run_tool("--shape llama-9b -o /dev/null", &output), 0);
   EXPECT_NE(output.find("llama-9b"), std::string::npos) << output;

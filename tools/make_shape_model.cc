@@ -12,6 +12,9 @@
 // tensor's name and the row, so the file is the same for a seed whatever the thread count.
 // Tensors are made while the file is written, one at a time (GgufWriter::add_tensor_generated),
 // in parallel chunks of rows, so a 7B file needs memory for its largest tensor, not the model.
+//
+//   build/tools/eigenkv-shape-model --shape llama-2-7b --type q4_k_m -o /tmp/7b.gguf
+//       [--seed S] [--layers N (fewer layers, for quick tests)] [--pure] [-t threads]
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
