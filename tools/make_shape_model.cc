@@ -5,9 +5,9 @@
 // The file is what llama.cpp's converter writes for that shape: the same llama.* keys and tensor
 // names and shapes, with the Llama SentencePiece vocabulary copied from a vocabulary-only GGUF,
 // so that eigenkv and llama.cpp both load it. Matrices are N(0, 0.02) numbers, norms are 1.
-// --type names a tensor type (f16, q4_0, q6_k, ...: every 2-D tensor gets it) or, where
-// ops/quant_mix.h is built, a llama-quantize mix (q4_0, q8_0, q4_k_m, ...: output.weight in
-// Q6_K and so on, as llama-quantize would choose); --pure gives every 2-D tensor the mix's base.
+// --type names a llama-quantize mix (q4_0, q8_0, q4_k_m, ...: output.weight in Q6_K and so on,
+// as llama-quantize would choose, through ops/quant_mix.h) or else a tensor type (f16, bf16,
+// q6_k, ...: every 2-D tensor gets it); --pure gives every 2-D tensor the mix's base type.
 // Each row of each tensor draws from its own xoshiro256** stream seeded from the seed, the
 // tensor's name and the row, so the file is the same for a seed whatever the thread count.
 // Tensors are made while the file is written, one at a time (GgufWriter::add_tensor_generated),
@@ -36,13 +36,7 @@
 #include "io/gguf_writer.h"
 #include "io/tensor_type.h"
 #include "ops/dequant.h"
-// llama-quantize's mixes (output.weight in Q6_K, Q4_K_M's Q6_K layers), where this tree has them.
-#if __has_include("ops/quant_mix.h")
 #include "ops/quant_mix.h"
-#define EIGENKV_HAVE_QUANT_MIX 1
-#else
-#define EIGENKV_HAVE_QUANT_MIX 0
-#endif
 #include "util/error.h"
 #include "util/progress.h"
 #include "util/threads.h"
@@ -299,7 +293,6 @@ struct TypePlan {
 };
 
 TypePlan plan_types(const std::string& name, bool pure, const Shape& s, int64_t n_layers) {
-#if EIGENKV_HAVE_QUANT_MIX
   if (const auto mix = ops::quant_mix_from_name(name)) {
     const io::TensorType base = ops::mix_base_type(*mix);
     if (!pure) {
@@ -326,15 +319,12 @@ TypePlan plan_types(const std::string& name, bool pure, const Shape& s, int64_t 
               return shape.size() == 1 ? io::TensorType::kF32 : base;
             }};
   }
-#endif
   const auto types = writable_types();
   const auto it = types.find(lower(name));
   if (it == types.end()) {
     std::string known;
     for (const auto& [n, t] : types) known += (known.empty() ? "" : ", ") + n;
-#if EIGENKV_HAVE_QUANT_MIX
     known += "; mixes: " + ops::quant_mix_names();
-#endif
     fail("tensor type '", name, "' cannot be written (this build writes: ", known, ")");
   }
   const io::TensorType t = it->second;
@@ -498,13 +488,10 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes()) shape_names.push_back(s.name);
   app.add_option("--shape", o.shape, "Model shape")->check(CLI::IsMember(shape_names))
       ->capture_default_str();
-  std::string type_help =
-      "Type of the matrices (1-D tensors are f32): f32, f16, bf16, q8_0, q4_0, ... any type this "
-      "build quantizes to";
-#if EIGENKV_HAVE_QUANT_MIX
-  type_help += "; or a llama-quantize mix: " + eigenkv::ops::quant_mix_names() +
-               " (so q8_0, q4_0, ... name the mix: output.weight in Q6_K)";
-#endif
+  const std::string type_help =
+      "A llama-quantize mix: " + eigenkv::ops::quant_mix_names() +
+      " (so q4_0 puts output.weight in Q6_K), or a type for every matrix: f32, f16, bf16, q4_k, "
+      "... any type eigenkv quantizes to (1-D tensors are f32)";
   app.add_option("--type", o.type, type_help)->capture_default_str();
   app.add_flag("--pure", o.pure, "With a mix name: give every matrix the mix's base type");
   app.add_option("-o,--output", o.output, "GGUF file to write")->required();
