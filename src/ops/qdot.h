@@ -11,8 +11,13 @@
 // activation rounding (at most half an activation block's scale per number) is the only
 // approximation beyond float32 accumulation.
 //
-// Buffers may have any alignment; rows of act_row_bytes() are multiples of 64 bytes, so an
-// activation buffer aligned to 64 keeps every row aligned.
+// Activations must be finite. Buffers may have any alignment; rows of act_row_bytes() are
+// multiples of 64 bytes, so an activation buffer aligned to 64 keeps every row aligned. The
+// prepared layout is private to this module (it differs by weight type).
+//
+// On x86 with AVX2 the block types run fused kernels per type; AVX-512 targets use the same
+// 256-bit kernels, with VPDPBUSD/VPDPWSSD where AVX512_VNNI is compiled in; other targets unpack
+// blocks with the reference's scalar code and take the integer dots with Highway.
 #pragma once
 
 #include <cstddef>
