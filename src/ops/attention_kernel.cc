@@ -253,6 +253,9 @@ void FusedScores(const KvRows& keys, int64_t t0, int64_t rows, const float* q, i
   // Four rows at a time: their sums are reduced together by a tree of even/odd concatenations
   // (row k ends in lanes [k L/4, (k+1) L/4)), far cheaper than four full reductions.
   int64_t r = 0;
+  // (HWY_SCALAR, one lane, has no ConcatEven/ConcatOdd at all in Highway 1.0.3, and the names
+  // below do not depend on the template arguments: compiled out there.)
+#if HWY_TARGET != HWY_SCALAR
   // Sixteen rows at a time with 16 lanes: four 4-row trees (row k's sum spread over lanes
   // [4k, 4k + 4)), then two more levels leave row j's whole sum in lane j.
   if constexpr (L == 16) {
@@ -309,6 +312,7 @@ void FusedScores(const KvRows& keys, int64_t t0, int64_t rows, const float* q, i
       }
     }
   }
+#endif  // HWY_TARGET != HWY_SCALAR
   for (; r < rows; ++r) {
     V acc[kQ];
     for (int i = 0; i < kQ; ++i) acc[i] = hn::Zero(df);
