@@ -2,6 +2,7 @@
 // scalar reference on random shapes, every cache type in a real model, and the water-filled bit
 // allotment (budget met in bytes, saved and reloaded, bad input).
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <algorithm>
 #include <cmath>
@@ -236,6 +237,18 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
   }
 }
 
+// Runs body once per SIMD target this build has and this CPU supports (a -march=native build has
+// one; a dispatch build, -DEIGENKV_NATIVE=OFF, also has the SSE4/SSSE3/scalar float paths).
+template <class Body>
+void for_each_target(Body body) {
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(std::string("target ") + hwy::TargetName(target));
+    body(target);
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
 // The queries as the integer path takes them: rounded to int8 per group of 32 (a short last
 // group as if zero-padded) where integer_key_path holds, unchanged otherwise.
 std::vector<float> queries_as_scored(const std::vector<float>& q, int64_t n, int64_t width,
@@ -338,6 +351,16 @@ TEST(KvKernel, IntegerPathTargetFollowsTheCpu) {
 #endif
 }
 
+// Each compiled target reports its own path: AVX2 and AVX3_DL the integer one, the rest none.
+TEST(KvKernel, IntegerPathOnEachCompiledTarget) {
+  for_each_target([](int64_t target) {
+    const std::string name = hwy::TargetName(target);
+    const std::string expected = name == "AVX2" || name == "AVX3_DL" ? name : "none";
+    EXPECT_EQ(ops::integer_attention_target(), expected);
+    EXPECT_EQ(ops::integer_key_path(RowFormat::uniform(KvType::kInt4, 17), 4), expected != "none");
+  });
+}
+
 // The integer path really scores with rounded queries: a query number far below its group's step
 // is lost, which moves the output well beyond the bound away from the float answer, while the
 // answer with the rounded query is met to within it.
@@ -371,34 +394,37 @@ TEST(KvKernel, IntegerPathScoresTheRoundedQuery) {
 // with their own limits, keys spanning several 64-row tiles and 8/16-row blocks with a ragged
 // tail, ranges cut off the block grid, and a 4096-key context.
 TEST(KvKernel, IntegerPathOddWidthsTilesAndLongContext) {
-  std::mt19937 rng(29);
-  struct Pair {
-    KvType key, value;
-  };
-  const std::vector<Pair> pairs = {{KvType::kInt8, KvType::kInt8}, {KvType::kInt4, KvType::kInt4},
-                                   {KvType::kInt8, KvType::kInt4}, {KvType::kInt4, KvType::kF16},
-                                   {KvType::kF16, KvType::kInt8}};
-  for (int64_t w : {17, 40, 64, 100}) {
-    for (const Pair& p : pairs) {
-      for (int64_t n : {5, 211, 4096}) {
-        if (n == 4096 && p.key != p.value) continue;
-        const RowFormat kf = RowFormat::uniform(p.key, w), vf = RowFormat::uniform(p.value, w);
-        const TestCache k(kf, random_vector(n * w, rng), n), v(vf, random_vector(n * w, rng, 2.0f), n);
-        const int64_t nq = 4;
-        const std::vector<float> q = random_vector(nq * w, rng);
-        std::vector<int64_t> limit(nq);
-        for (int64_t i = 0; i < nq; ++i) limit[i] = std::max<int64_t>(1, n - 3 * i);
-        std::vector<int64_t> cuts = {0, n};
-        if (n == 211) cuts = {0, 37, 150, 211};
-        if (n == 4096) cuts = {0, 1000, 4096};
-        // Scores of spread ~ sqrt(w) / 2: the softmax picks out a few keys even among 4096.
-        const std::string what = kf.describe() + "/" + vf.describe() + " width " +
-                                 std::to_string(w) + " keys " + std::to_string(n);
-        check_attention(k, v, q, nq, limit, cuts, 0.5f, what);
-        if (::testing::Test::HasFailure()) return;
+  for_each_target([](int64_t) {
+    std::mt19937 rng(29);
+    struct Pair {
+      KvType key, value;
+    };
+    const std::vector<Pair> pairs = {{KvType::kInt8, KvType::kInt8}, {KvType::kInt4, KvType::kInt4},
+                                     {KvType::kInt8, KvType::kInt4}, {KvType::kInt4, KvType::kF16},
+                                     {KvType::kF16, KvType::kInt8}};
+    for (int64_t w : {17, 40, 64, 100}) {
+      for (const Pair& p : pairs) {
+        for (int64_t n : {5, 211, 4096}) {
+          if (n == 4096 && p.key != p.value) continue;
+          const RowFormat kf = RowFormat::uniform(p.key, w), vf = RowFormat::uniform(p.value, w);
+          const TestCache k(kf, random_vector(n * w, rng), n);
+          const TestCache v(vf, random_vector(n * w, rng, 2.0f), n);
+          const int64_t nq = 4;
+          const std::vector<float> q = random_vector(nq * w, rng);
+          std::vector<int64_t> limit(nq);
+          for (int64_t i = 0; i < nq; ++i) limit[i] = std::max<int64_t>(1, n - 3 * i);
+          std::vector<int64_t> cuts = {0, n};
+          if (n == 211) cuts = {0, 37, 150, 211};
+          if (n == 4096) cuts = {0, 1000, 4096};
+          // Scores of spread ~ sqrt(w) / 2: the softmax picks out a few keys even among 4096.
+          const std::string what = kf.describe() + "/" + vf.describe() + " width " +
+                                   std::to_string(w) + " keys " + std::to_string(n);
+          check_attention(k, v, q, nq, limit, cuts, 0.5f, what);
+          if (::testing::Test::HasFailure()) return;
+        }
       }
     }
-  }
+  });
 }
 
 // The integer sums at their limits: int8 keys and queries all at +-127 (pairs of products at
@@ -406,31 +432,33 @@ TEST(KvKernel, IntegerPathOddWidthsTilesAndLongContext) {
 // against queries at +-127, with the signs aligned and opposed, and values at their extremes
 // under the largest weights.
 TEST(KvKernel, IntegerPathExtremeNumbersDoNotSaturate) {
-  for (KvType type : {KvType::kInt8, KvType::kInt4}) {
-    for (int64_t w : {64, 40}) {
-      const int64_t n = 150, nq = 4;
-      const RowFormat f = RowFormat::uniform(type, w);
-      std::vector<float> kx(static_cast<size_t>(n * w)), vx(kx.size());
-      for (int64_t t = 0; t < n; ++t) {
-        for (int64_t c = 0; c < w; ++c) {
-          const float sign = t % 3 == 0 ? 1.0f : t % 3 == 1 ? -1.0f : (c % 2 ? 1.0f : -1.0f);
-          kx[t * w + c] = sign;
-          vx[t * w + c] = (t + c) % 4 == 0 ? -3.0f : 3.0f;  // every value at its group's largest
+  for_each_target([](int64_t) {
+    for (KvType type : {KvType::kInt8, KvType::kInt4}) {
+      for (int64_t w : {64, 40}) {
+        const int64_t n = 150, nq = 4;
+        const RowFormat f = RowFormat::uniform(type, w);
+        std::vector<float> kx(static_cast<size_t>(n * w)), vx(kx.size());
+        for (int64_t t = 0; t < n; ++t) {
+          for (int64_t c = 0; c < w; ++c) {
+            const float sign = t % 3 == 0 ? 1.0f : t % 3 == 1 ? -1.0f : (c % 2 ? 1.0f : -1.0f);
+            kx[t * w + c] = sign;
+            vx[t * w + c] = (t + c) % 4 == 0 ? -3.0f : 3.0f;  // every value at its group's largest
+          }
         }
+        std::vector<float> q(static_cast<size_t>(nq * w));
+        for (int64_t c = 0; c < w; ++c) {
+          q[c] = 0.01f;
+          q[w + c] = -0.01f;
+          q[2 * w + c] = c % 2 ? 0.01f : -0.01f;
+          q[3 * w + c] = c % 5 ? -0.01f : 0.01f;
+        }
+        const TestCache k(f, kx, n), v(f, vx, n);
+        const std::vector<int64_t> limit(nq, n);
+        check_attention(k, v, q, nq, limit, {0, n}, 3.0f,
+                        f.describe() + " width " + std::to_string(w) + " at the limits");
       }
-      std::vector<float> q(static_cast<size_t>(nq * w));
-      for (int64_t c = 0; c < w; ++c) {
-        q[c] = 0.01f;
-        q[w + c] = -0.01f;
-        q[2 * w + c] = c % 2 ? 0.01f : -0.01f;
-        q[3 * w + c] = c % 5 ? -0.01f : 0.01f;
-      }
-      const TestCache k(f, kx, n), v(f, vx, n);
-      const std::vector<int64_t> limit(nq, n);
-      check_attention(k, v, q, nq, limit, {0, n}, 3.0f,
-                      f.describe() + " width " + std::to_string(w) + " at the limits");
     }
-  }
+  });
 }
 
 // kPre: rows of r numbers are rebuilt with U^T and rotated with their own positions.
