@@ -1,9 +1,13 @@
 // Decode attention over a cache of each row type: one KV head, a GQA group of four queries
-// (tinystories-c4-gqa's), the whole context in one range (one thread). Counters: cache bytes read per second and nanoseconds
-// per cached position; `eigenkv bench --kv-sweep` gives the whole-model figures with ratios.
+// (tinystories-c4-gqa's), the whole context in one range (one thread). Counters: cache bytes read
+// per second and nanoseconds per cached position; `eigenkv bench --kv-sweep` gives the
+// whole-model figures with ratios. Depths 1024-16384 are the decode depths compared across row
+// types (int8/int4 against f16); 65536 is a long context (keys and values of width 64: 9 MB as
+// int8, 17 MB as f16). The label says which path ran: "integer AVX2", "integer AVX3_DL", "float".
 #include <benchmark/benchmark.h>
 
 #include <random>
+#include <string>
 #include <vector>
 
 #include "ops/attention_kernel.h"
@@ -46,13 +50,16 @@ void BM_Attention(benchmark::State& state) {
   state.counters["ns/position"] = benchmark::Counter(
       static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate |
                                   benchmark::Counter::kInvert);
-  state.SetLabel(f.describe() + " width " + std::to_string(width));
+  const std::string path = integer_key_path(f, queries)
+                               ? std::string(" integer ") + integer_attention_target()
+                               : std::string(" float");
+  state.SetLabel(f.describe() + " width " + std::to_string(width) + path);
 }
 
 void Shapes(benchmark::internal::Benchmark* b) {
   for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4, KvType::kMixed}) {
     for (int64_t w : {64, 32}) {
-      for (int64_t n : {4096, 65536}) b->Args({static_cast<int64_t>(t), w, n});
+      for (int64_t n : {1024, 4096, 16384, 65536}) b->Args({static_cast<int64_t>(t), w, n});
     }
   }
 }
