@@ -1,7 +1,7 @@
 // ops::matmul against its plain reference (dequantized weights, double sums) for every weight
-// type eigenkv runs: decode shapes (1..8 tokens) and prefill shapes (more tokens: blocks of 8
-// over L2-sized weight tiles for block types, dequantized tiles into SGEMM for float types), on
-// one and on two threads; and on the tensors of llama.cpp's quantized files of the shared model.
+// type eigenkv runs: decode shapes (1..8 tokens, the 8-bit activation path) and prefill shapes
+// (dequantized tiles into SGEMM), on one and on two threads; and on the tensors of llama.cpp's
+// quantized files of the shared model.
 #include "ops/matmul.h"
 
 #include <gtest/gtest.h>
@@ -28,8 +28,8 @@ using io::TensorType;
 // f16 rounding) times |w|, plus float32 summation error. Float weights take float activations.
 std::vector<double> error_bounds(TensorType type, const std::vector<float>& x, int64_t n_tokens,
                                  const std::vector<float>& w, int64_t rows, int64_t cols) {
-  const bool int8_path =
-      type != TensorType::kF32 && type != TensorType::kF16 && type != TensorType::kBF16;
+  const bool int8_path = n_tokens <= kDecodeRows && type != TensorType::kF32 &&
+                         type != TensorType::kF16 && type != TensorType::kBF16;
   std::vector<double> step(x.size(), 0.0);
   if (int8_path) {
     for (int64_t t = 0; t < n_tokens; ++t) {

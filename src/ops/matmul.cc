@@ -24,11 +24,14 @@ constexpr int64_t kTileNumbers = int64_t{1} << 16;
 // Stored bytes of one weight tile of the integer prefill path.
 constexpr size_t kTileBytes = size_t{96} << 10;
 
-// EIGENKV_PREFILL=sgemm forces the dequantize-and-SGEMM path for block types (for measuring).
+// Prefill of block types dequantizes tiles into SGEMM by default, so a quantized model's
+// prefill logits and perplexity are those of its exact weights (equal to the float64 reference);
+// EIGENKV_PREFILL=integer runs it through the 8-bit integer kernels instead (activations rounded
+// as in decode), for measuring.
 bool prefill_uses_integer_kernels() {
   static const bool integer = [] {
     const char* v = std::getenv("EIGENKV_PREFILL");
-    return !(v && std::string(v) == "sgemm");
+    return v && std::string(v) == "integer";
   }();
   return integer;
 }
@@ -152,28 +155,6 @@ void matmul_reference(const float* x, int64_t n_tokens, const WeightView& w, flo
       double acc = 0.0;
       for (int64_t i = 0; i < w.cols; ++i) acc += double{x[t * w.cols + i]} * row[i];
       y[t * w.rows + o] = static_cast<float>(acc);
-    }
-  }
-}
-
-void matmul_transposed(const float* x, int64_t n_tokens, int64_t n_in, const float* w,
-                       int64_t n_out, float* y) {
-  if (n_tokens == 1) {
-    // Rows in chunks large enough that a thread's share streams through memory.
-#pragma omp parallel for schedule(static) if (n_out * n_in > 32768)
-    for (int64_t o = 0; o < n_out; ++o) y[o] = dot(x, w + o * n_in, n_in);
-    return;
-  }
-  sgemm(x, n_tokens, n_in, w, n_out, y, n_out);
-}
-
-void matmul_transposed_reference(const float* x, int64_t n_tokens, int64_t n_in, const float* w,
-                                 int64_t n_out, float* y) {
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    for (int64_t o = 0; o < n_out; ++o) {
-      double acc = 0.0;
-      for (int64_t i = 0; i < n_in; ++i) acc += double{x[t * n_in + i]} * w[o * n_in + i];
-      y[t * n_out + o] = static_cast<float>(acc);
     }
   }
 }

@@ -21,23 +21,15 @@ struct WeightView {
 // of any type ops::can_dot takes. Up to kDecodeRows tokens (decode) run the type's dot-product
 // kernel straight off the stored blocks, with the activations rounded once to the 8-bit blocks
 // the kernel takes, and the threads splitting the weight rows so each row is read once. More
-// tokens (prefill) dequantize tiles of weight rows to float32 and multiply them with OpenBLAS
-// SGEMM, the tiles spread over the threads; F32 weights go to SGEMM whole.
+// tokens (prefill) dequantize tiles of weight rows to float32 for OpenBLAS SGEMM on each thread
+// (F32 weights go to SGEMM whole), so prefill computes with the exact weights and activations;
+// EIGENKV_PREFILL=integer sends block types through the integer kernels instead.
 inline constexpr int64_t kDecodeRows = 8;
 void matmul(const float* x, int64_t n_tokens, const WeightView& w, float* y);
 
 // The same product from the dequantized weights in plain loops with double accumulation (and
 // float activations): the reference for tests.
 void matmul_reference(const float* x, int64_t n_tokens, const WeightView& w, float* y);
-
-// y[t, o] = sum_i x[t, i] * w[o, i]   (x: [n_tokens, n_in], w: [n_out, n_in] float32,
-// y: [n_tokens, n_out]).
-void matmul_transposed(const float* x, int64_t n_tokens, int64_t n_in, const float* w,
-                       int64_t n_out, float* y);
-
-// The same product in plain loops with double accumulation: the reference for tests.
-void matmul_transposed_reference(const float* x, int64_t n_tokens, int64_t n_in, const float* w,
-                                 int64_t n_out, float* y);
 
 // Dot product of two float vectors of length n.
 float dot(const float* a, const float* b, int64_t n);
