@@ -10,23 +10,13 @@
 namespace eigenkv {
 namespace {
 
-using testing::eigenkv_binary;
-using testing::run_command;
 using testing::shared_path;
 using testing::source_path;
 
 const std::string kBundled = source_path("models/stories260K.gguf");
 
-struct Outcome {
-  int status = 0;
-  std::string out;
-};
-
-Outcome run(const std::string& args) {
-  Outcome o;
-  o.out = run_command(eigenkv_binary() + " " + args + " 2>&1", &o.status);
-  return o;
-}
+using Outcome = testing::CliOutcome;
+constexpr auto& run = testing::run_eigenkv;
 
 TEST(Cli, GreedyGenerationFromBosMatchesKnownStory) {
   Outcome o = run("generate -m " + kBundled + " -n 40 --temp 0");

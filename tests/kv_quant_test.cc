@@ -21,6 +21,7 @@
 #include "ops/attention_kernel.h"
 #include "ops/kv_format.h"
 #include "model_test_util.h"
+#include "simd_test_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -237,17 +238,7 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
   }
 }
 
-// Runs body once per SIMD target this build has and this CPU supports (a -march=native build has
-// one; a dispatch build, -DEIGENKV_NATIVE=OFF, also has the SSE4/SSSE3/scalar float paths).
-template <class Body>
-void for_each_target(Body body) {
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    SCOPED_TRACE(std::string("target ") + hwy::TargetName(target));
-    body(target);
-  }
-  hwy::SetSupportedTargetsForTest(0);
-}
+using eigenkv::testing::for_each_target;
 
 // The queries as the integer path takes them: rounded to int8 per group of 32 (a short last
 // group as if zero-padded) where integer_key_path holds, unchanged otherwise.

@@ -19,6 +19,7 @@
 #include "io/tensor_type.h"
 #include "ops/dequant.h"
 #include "ops/half.h"
+#include "simd_test_util.h"
 #include "util/error.h"
 
 namespace eigenkv::ops {
@@ -182,16 +183,7 @@ std::vector<int64_t> widths(TensorType type) {
   return {32, 96, 256, 512, 4096, 1, 37, 100};  // any width for float weights
 }
 
-// Runs body once per SIMD target this build has and this CPU supports.
-template <class Body>
-void for_each_target(Body body) {
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    SCOPED_TRACE(std::string("target ") + hwy::TargetName(target));
-    body(target);
-  }
-  hwy::SetSupportedTargetsForTest(0);
-}
+using eigenkv::testing::for_each_target;
 
 TEST(QdotTest, CanDotEveryWeightType) {
   for (TensorType type : kTypes) EXPECT_TRUE(can_dot(type)) << name(type);

@@ -18,24 +18,14 @@ namespace eigenkv {
 namespace {
 
 using io::TensorType;
-using testing::eigenkv_binary;
-using testing::run_command;
 using testing::shared_path;
 using testing::source_path;
 
 const std::string kBundled = source_path("models/stories260K.gguf");
 constexpr const char* kF32Model = "models/tinystories-c4-gqa.gguf";
 
-struct Outcome {
-  int status = 0;
-  std::string out;
-};
-
-Outcome run(const std::string& args) {
-  Outcome o;
-  o.out = run_command(eigenkv_binary() + " " + args + " 2>&1", &o.status);
-  return o;
-}
+using Outcome = testing::CliOutcome;
+constexpr auto& run = testing::run_eigenkv;
 
 std::string type_name(TensorType type) { return std::string(io::tensor_type_info(type).name); }
 

@@ -62,6 +62,19 @@ inline std::string reference_script() {
 
 inline std::string eigenkv_binary() { return EIGENKV_BINARY; }
 
+// An eigenkv command's exit status and its stdout and stderr together.
+struct CliOutcome {
+  int status = 0;
+  std::string out;
+};
+
+// Runs `eigenkv ARGS` (a shell command line after the binary).
+inline CliOutcome run_eigenkv(const std::string& args) {
+  CliOutcome o;
+  o.out = run_command(eigenkv_binary() + " " + args + " 2>&1", &o.status);
+  return o;
+}
+
 inline std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() /
           ("eigenkv_test_" + std::to_string(::getpid()) + "_" + name))

@@ -338,21 +338,12 @@ TEST(ZeroShot, SharedHellaswagFileHasAllTasks) {
   EXPECT_EQ(t.bad_lines, 0);
 }
 
-struct CliOutput {
-  std::string out;
-  int status = 0;
-};
-
-CliOutput eigenkv(const std::string& args) {
-  CliOutput o;
-  o.out = testing::run_command(testing::eigenkv_binary() + " " + args + " 2>&1", &o.status);
-  return o;
-}
+constexpr auto& eigenkv = testing::run_eigenkv;
 
 TEST(ZeroShotCli, BaseComparisonOfAModelWithItselfAgreesEverywhere) {
   EKV_REQUIRE_SHARED(kModel);
   const std::string d = source_path("tests/data/zeroshot/");
-  const CliOutput o = eigenkv("eval -m " + shared_path(kModel) + " --base " + shared_path(kModel) +
+  const testing::CliOutcome o = eigenkv("eval -m " + shared_path(kModel) + " --base " + shared_path(kModel) +
                               " --tasks arc_easy=" + d + "tiny_arc.jsonl,winogrande=" + d +
                               "tiny_winogrande.jsonl --limit 4 --json");
   ASSERT_EQ(o.status, 0) << o.out;
@@ -370,7 +361,7 @@ TEST(ZeroShotCli, BaseComparisonOfAModelWithItselfAgreesEverywhere) {
 
 TEST(ZeroShotCli, ErrorsAreOneLine) {
   EKV_REQUIRE_SHARED(kModel);
-  const CliOutput o = eigenkv("eval -m " + shared_path(kModel) + " --tasks nope");
+  const testing::CliOutcome o = eigenkv("eval -m " + shared_path(kModel) + " --tasks nope");
   EXPECT_EQ(o.status, 1);
   EXPECT_EQ(o.out.rfind("eigenkv: error: unknown task 'nope'", 0), 0u) << o.out;
 }

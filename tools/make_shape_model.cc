@@ -80,16 +80,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-// The tensor types ops::quantize writes, by the lower-case names llama.cpp prints.
-std::map<std::string, io::TensorType> writable_types() {
-  std::map<std::string, io::TensorType> types;
-  for (uint32_t raw = 0; raw < 64; ++raw) {
-    const auto info = io::tensor_type_info(raw);
-    if (info && ops::can_quantize(info->type)) types[lower(std::string(info->name))] = info->type;
-  }
-  return types;
-}
-
 // general.file_type (llama.cpp's llama_ftype) of a file whose matrices are all `type`; for a
 // K type, the _S mix whose main type it is.
 int64_t file_type_of(io::TensorType type) {
@@ -319,7 +309,7 @@ TypePlan plan_types(const std::string& name, bool pure, const Shape& s, int64_t 
               return shape.size() == 1 ? io::TensorType::kF32 : base;
             }};
   }
-  const auto types = writable_types();
+  const auto types = ops::writable_types();
   const auto it = types.find(lower(name));
   if (it == types.end()) {
     std::string known;

@@ -1,5 +1,6 @@
 #include "model/save.h"
 
+#include <cctype>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -86,16 +87,14 @@ class WeightWriter {
 }  // namespace
 
 io::TensorType fold_type_from_name(const std::string& name) {
-  for (uint32_t raw = 0; raw < 64; ++raw) {
-    const auto info = io::tensor_type_info(raw);
-    if (!info) continue;
-    std::string lower(info->name);
-    for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    std::string given = name;
-    for (char& ch : given) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    if (lower == given && ops::can_quantize(info->type)) return info->type;
-  }
-  fail("fold type '", name, "' is not one eigenkv writes (f32, f16, bf16, q8_0, q4_0, ...)");
+  const auto types = ops::writable_types();
+  std::string given = name;
+  for (char& c : given) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto it = types.find(given);
+  if (it != types.end()) return it->second;
+  std::string known;
+  for (const auto& [n, t] : types) known += (known.empty() ? "" : ", ") + n;
+  fail("fold type '", name, "' is not one eigenkv writes (", known, ")");
 }
 
 std::vector<std::string> save_gguf(const Model& model, const std::string& path,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -970,6 +971,18 @@ void for_block_chunks(int64_t n_blocks, int64_t block_size, int64_t min_numbers,
 }  // namespace
 
 bool can_dequantize(TensorType type) { return find_codec(type) != nullptr; }
+
+std::map<std::string, TensorType> writable_types() {
+  std::map<std::string, TensorType> types;
+  for (uint32_t raw = 0; raw < 64; ++raw) {
+    const auto info = io::tensor_type_info(raw);
+    if (!info || !can_quantize(info->type)) continue;
+    std::string name(info->name);
+    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    types[name] = info->type;
+  }
+  return types;
+}
 
 bool can_quantize(TensorType type) {
   const Codec* codec = find_codec(type);

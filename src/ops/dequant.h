@@ -22,6 +22,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <string>
 
 #include "io/tensor_type.h"
 
@@ -40,6 +42,9 @@ void dequantize_parallel(io::TensorType type, const uint8_t* src, float* dst, in
 // True for the types eigenkv writes: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
 // Q4_K, Q5_K, Q6_K.
 bool can_quantize(io::TensorType type);
+
+// The types can_quantize accepts, by the lower-case names llama.cpp prints ("q8_0", "q4_k", ...).
+std::map<std::string, io::TensorType> writable_types();
 
 // Converts `count` float32 numbers at `src` into `type` at `dst`, which must hold
 // io::tensor_bytes(type, count) bytes. Throws like dequantize(). Every block is encoded on its
