@@ -27,6 +27,7 @@ if ((${#missing[@]})); then
 fi
 [ "${1:-}" = "--deps-only" ] && exit 0
 
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+# The same configuration as scripts/test.sh, so the test command does not rebuild.
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DEIGENKV_WERROR=ON
 cmake --build build -j"$(nproc)"
 bash scripts/demo.sh

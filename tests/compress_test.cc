@@ -267,6 +267,71 @@ TEST(Allot, KvBudgetIsOptimalAndMetExactly) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The layer-at-a-time pass gives what the whole-model forward pass sees.
+
+// Keeps one layer's input and output, and feeds its attention to a Gram collector.
+class OneLayerTap : public model::ForwardTap {
+ public:
+  OneLayerTap(int64_t layer, int64_t d, compress::GramCollector& grams)
+      : layer_(layer), d_(d), grams_(grams) {}
+  void on_attention(int64_t layer, int64_t n, int64_t pos0, const float* q_pre, const float* k_pre,
+                    const float* q_post, const float* k_post, const float* v) override {
+    if (layer == layer_) grams_.on_attention(layer, n, pos0, q_pre, k_pre, q_post, k_post, v);
+  }
+  void on_layer(int64_t layer, int64_t n, const float* input, const float* output) override {
+    if (layer != layer_) return;
+    inputs.emplace_back(input, input + n * d_);
+    outputs.emplace_back(output, output + n * d_);
+  }
+  std::vector<std::vector<float>> inputs, outputs;
+
+ private:
+  int64_t layer_, d_;
+  compress::GramCollector& grams_;
+};
+
+TEST(LayerStream, EachLayerSeesWhatTheWholeForwardPassSees) {
+  auto m = synthetic_model(4, 2, true, 21);
+  const model::ModelConfig& c = m->config();
+  std::mt19937 rng(5);
+  std::vector<int32_t> ids(3 * 24 + 7);
+  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % c.n_vocab);
+  compress::CalibrationOptions o;
+  o.key_mode = KeyMode::kPost;
+  o.ctx = 24;
+  o.error_windows = 2;
+  o.progress = false;
+  compress::CalibrationStream stream(*m, ids, o);
+  EXPECT_EQ(stream.tokens(), 3 * 24);  // whole windows only
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    compress::GramCollector grams(c, o.key_mode);
+    OneLayerTap tap(l, c.d_model, grams);
+    for (int64_t w = 0; w < 3; ++w) {
+      kv::KvCache cache = m->new_cache(o.ctx);
+      std::vector<float> logits(static_cast<size_t>(c.n_vocab));
+      m->forward(std::span<const int32_t>(ids.data() + w * o.ctx, static_cast<size_t>(o.ctx)),
+                 cache, logits.data(), false, &tap);
+    }
+    const compress::LayerData d = stream.next();
+    ASSERT_EQ(d.samples.inputs.size(), 2u);
+    ASSERT_EQ(d.samples.outputs.size(), 2u);
+    for (size_t w = 0; w < 2; ++w) {
+      EXPECT_EQ(d.samples.inputs[w], tap.inputs[w]) << "layer " << l << " window " << w;
+      EXPECT_EQ(d.samples.outputs[w], tap.outputs[w]) << "layer " << l << " window " << w;
+    }
+    ASSERT_EQ(d.key.size(), 2u);
+    for (size_t j = 0; j < d.key.size(); ++j) {
+      const compress::EigenBasis ref = compress::eigen_basis(grams.grams().key[j]);
+      EXPECT_LT((ref.eigenvalues - d.key[j].eigenvalues).norm(), 1e-12 * ref.eigenvalues.norm());
+      const compress::EigenBasis vref = compress::eigen_basis(grams.grams().value[j]);
+      EXPECT_LT((vref.eigenvalues - d.value[j].eigenvalues).norm(),
+                1e-12 * vref.eigenvalues.norm());
+    }
+  }
+  EXPECT_THROW(stream.next(), Error);  // every layer has run
+}
+
+// ---------------------------------------------------------------------------------------------
 // Calibration on the bundled model and the compressed file.
 
 std::vector<int32_t> calibration_ids(const model::Model& m) {

@@ -202,8 +202,8 @@ TEST(LayerGrad, Float64LayerMatchesTheEnginesFoldedLayer) {
     const LayerBases b = random_bases(mc.n_kv, dh, true, rng);
     compress::LayerSamples samples;
     samples.ctx = win.n;
-    samples.inputs = {{win.x}};
-    samples.outputs = {{win.y}};
+    samples.inputs = {win.x};
+    samples.outputs = {win.y};
     for (auto [rk, rv] : {std::pair<int64_t, int64_t>{3, 5}, {8, 8}, {5, 2}}) {
       const double d = compress::window_squared_error(c, w, b, rk, rv, nullptr);
       const auto folded = compress::fold_layer(m->weights().layers[0], m->config(), mc.mode, b.key,

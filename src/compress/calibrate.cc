@@ -13,33 +13,6 @@
 namespace eigenkv::compress {
 namespace {
 
-// Collects Gram matrices on every window and layer inputs/outputs on the first few.
-class CalibrationTap : public model::ForwardTap {
- public:
-  CalibrationTap(GramCollector& grams, LayerSamples& samples) : grams_(grams), samples_(samples) {}
-  void keep_samples(bool keep) { keep_ = keep; }
-  void on_attention(int64_t layer, int64_t n, int64_t pos0, const float* q_pre, const float* k_pre,
-                    const float* q_post, const float* k_post, const float* v) override {
-    grams_.on_attention(layer, n, pos0, q_pre, k_pre, q_post, k_post, v);
-  }
-  void on_layer(int64_t layer, int64_t n, const float* input, const float* output) override {
-    if (!keep_) return;
-    if (layer == 0) {
-      samples_.inputs.emplace_back();
-      samples_.outputs.emplace_back();
-    }
-    samples_.inputs.back().emplace_back(input, input + n * d_model_);
-    samples_.outputs.back().emplace_back(output, output + n * d_model_);
-  }
-  void set_width(int64_t d) { d_model_ = d; }
-
- private:
-  GramCollector& grams_;
-  LayerSamples& samples_;
-  bool keep_ = false;
-  int64_t d_model_ = 0;
-};
-
 std::vector<Eigen::MatrixXd> basis_vectors(const std::vector<EigenBasis>& bases) {
   std::vector<Eigen::MatrixXd> out;
   for (const EigenBasis& b : bases) out.push_back(b.vectors);
@@ -85,8 +58,8 @@ Candidate measure_layer(const model::Model& model, int64_t layer,
       samples.ctx);
   std::vector<float> x;
   for (size_t w = 0; w < samples.inputs.size(); ++w) {
-    x = samples.inputs[w][layer];
-    const std::vector<float>& y = samples.outputs[w][layer];
+    x = samples.inputs[w];
+    const std::vector<float>& y = samples.outputs[w];
     const int64_t n = static_cast<int64_t>(x.size()) / d;
     cache.clear();
     model.layer_forward(layer, candidate, x.data(), n, cache, 0);
@@ -112,8 +85,11 @@ Candidate measure_layer(const model::Model& model, int64_t layer,
   return c;
 }
 
-CalibrationData collect_calibration(const model::Model& model, const std::vector<int32_t>& ids,
-                                    const CalibrationOptions& o) {
+namespace {
+
+// The number of whole calibration windows, after checking the model and the options.
+int64_t checked_windows(const model::Model& model, const std::vector<int32_t>& ids,
+                        const CalibrationOptions& o) {
   const model::ModelConfig& config = model.config();
   EKV_CHECK(!model.is_compressed(), model.path(),
             ": the model is already compressed; calibrate the original model instead");
@@ -137,32 +113,21 @@ CalibrationData collect_calibration(const model::Model& model, const std::vector
   EKV_CHECK(usable >= needed, "the calibration text has ", usable, " tokens; at least ", needed,
             " are needed (one window of ", o.ctx, " tokens and 2 x head width ", config.head_dim,
             ")");
-  const int64_t windows = usable / o.ctx;
+  return usable / o.ctx;
+}
 
-  GramCollector grams(config, o.key_mode);
-  CalibrationData data;
-  data.samples.ctx = o.ctx;
-  CalibrationTap tap(grams, data.samples);
-  tap.set_width(config.d_model);
-  kv::KvCache cache = model.new_cache(o.ctx);
-  std::vector<float> logits(static_cast<size_t>(config.n_vocab));
-  {
-    Progress progress("calibrate", windows, "windows");
-    for (int64_t w = 0; w < windows; ++w) {
-      tap.keep_samples(w < o.error_windows);
-      cache.clear();
-      model.forward(std::span<const int32_t>(ids.data() + w * o.ctx, static_cast<size_t>(o.ctx)),
-                    cache, logits.data(), false, &tap);
-      if (o.progress) progress.update(w + 1, static_cast<double>((w + 1) * o.ctx), "tok");
-    }
-  }
-  data.tokens = grams.tokens();
-  data.key.resize(static_cast<size_t>(config.n_layers));
-  data.value.resize(static_cast<size_t>(config.n_layers));
-  for (int64_t l = 0; l < config.n_layers; ++l) {
-    for (const Eigen::MatrixXd& g : grams.grams()[l].key) data.key[l].push_back(eigen_basis(g));
-    for (const Eigen::MatrixXd& g : grams.grams()[l].value) data.value[l].push_back(eigen_basis(g));
-  }
+}  // namespace
+
+CalibrationStream::CalibrationStream(const model::Model& model, const std::vector<int32_t>& ids,
+                                     const CalibrationOptions& o)
+    : model_(model), options_(o), stream_(model, ids, o.ctx, checked_windows(model, ids, o)) {}
+
+LayerData CalibrationStream::next() {
+  GramCollector grams(model_.config(), options_.key_mode);
+  LayerData data;
+  stream_.run_layer(&grams, options_.error_windows, &data.samples);
+  for (const Eigen::MatrixXd& g : grams.grams().key) data.key.push_back(eigen_basis(g));
+  for (const Eigen::MatrixXd& g : grams.grams().value) data.value.push_back(eigen_basis(g));
   return data;
 }
 
@@ -170,19 +135,19 @@ CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t
                                   const CalibrationOptions& o) {
   const model::ModelConfig& config = model.config();
   const double start = now_seconds();
-  CalibrationData data = collect_calibration(model, ids, o);
-  const LayerSamples& samples = data.samples;
+  CalibrationStream stream(model, ids, o);
 
   CalibrationResult result;
-  result.tokens = data.tokens;
+  result.tokens = stream.tokens();
   result.layers.resize(static_cast<size_t>(config.n_layers));
   const model::ModelWeights& weights = model.weights();
-  std::vector<model::LayerWeights> folded(static_cast<size_t>(config.n_layers));
-  Progress progress("profile", config.n_layers, "layers");
+  Progress progress("calibrate", config.n_layers, "layers");
   for (int64_t l = 0; l < config.n_layers; ++l) {
+    LayerData data = stream.next();
+    const LayerSamples& samples = data.samples;
     LayerCalibration& lc = result.layers[l];
-    lc.key = std::move(data.key[l]);
-    lc.value = std::move(data.value[l]);
+    lc.key = std::move(data.key);
+    lc.value = std::move(data.value);
     const auto key_vectors = basis_vectors(lc.key);
     const auto value_vectors = basis_vectors(lc.value);
     // The error-rank profile over the eps grid; the uniform threshold's own point is added so

@@ -1,6 +1,6 @@
 // Eigen Attention calibration (DESIGN.md §2): stream the uncompressed model over calibration
-// windows, accumulate Gram matrices, take eigenbases, measure each layer's output error at
-// candidate ranks, allot ranks, and fold the bases into the model.
+// windows one layer at a time, accumulate that layer's Gram matrices, take its eigenbases,
+// measure its output error at candidate ranks; then allot ranks and fold the bases in.
 #pragma once
 
 #include <Eigen/Dense>
@@ -10,6 +10,7 @@
 
 #include "compress/allot.h"
 #include "compress/eigen_basis.h"
+#include "compress/layer_stream.h"
 #include "model/model.h"
 
 namespace eigenkv::compress {
@@ -56,25 +57,30 @@ int64_t min_calibration_tokens(const model::ModelConfig& config, int64_t ctx);
 CalibrationResult calibrate_eigen(model::Model& model, const std::vector<int32_t>& ids,
                                   const CalibrationOptions& options);
 
-// Layer-output samples of the uncompressed model on a few windows: inputs and outputs of every
-// decoder layer, [windows][layer] -> [ctx, d_model].
-struct LayerSamples {
-  int64_t ctx = 0;
-  std::vector<std::vector<std::vector<float>>> inputs;
-  std::vector<std::vector<std::vector<float>>> outputs;
+// What calibration gathers of one decoder layer: its eigenbases per KV head and its input and
+// output on the first `error_windows` windows.
+struct LayerData {
+  std::vector<EigenBasis> key;    // per KV head
+  std::vector<EigenBasis> value;  // per KV head
+  LayerSamples samples;
 };
 
-// One pass of the uncompressed model over calibration text: eigenbases per layer and KV head,
-// and the layer inputs/outputs of the first `error_windows` windows. Checks the model and
-// options as calibrate_eigen does.
-struct CalibrationData {
-  std::vector<std::vector<EigenBasis>> key;    // [layer][KV head]
-  std::vector<std::vector<EigenBasis>> value;  // [layer][KV head]
-  LayerSamples samples;
-  int64_t tokens = 0;
+// The pass of the uncompressed model over calibration text, one layer at a time, so that only
+// one layer's float64 statistics and samples exist at once. The constructor checks the model
+// and options as calibrate_eigen does; next() runs layers 0, 1, ... over every window.
+class CalibrationStream {
+ public:
+  CalibrationStream(const model::Model& model, const std::vector<int32_t>& ids,
+                    const CalibrationOptions& options);
+  int64_t tokens() const { return stream_.windows() * stream_.ctx(); }
+  int64_t next_layer() const { return stream_.next_layer(); }
+  LayerData next();
+
+ private:
+  const model::Model& model_;
+  CalibrationOptions options_;
+  LayerStream stream_;
 };
-CalibrationData collect_calibration(const model::Model& model, const std::vector<int32_t>& ids,
-                                    const CalibrationOptions& options);
 
 // Relative Frobenius error and mean row cosine of layer `layer` with weights `candidate` against
 // the uncompressed outputs in `samples`.

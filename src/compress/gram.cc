@@ -17,11 +17,8 @@ GramCollector::GramCollector(const model::ModelConfig& config, model::KeyMode ke
     : config_(config), key_mode_(key_mode) {
   EKV_CHECK(key_mode != model::KeyMode::kFull, "calibration needs a low-rank key mode");
   const int64_t dh = config.head_dim;
-  grams_.resize(static_cast<size_t>(config.n_layers));
-  for (LayerGrams& g : grams_) {
-    g.key.assign(static_cast<size_t>(config.n_kv_heads), Eigen::MatrixXd::Zero(dh, dh));
-    g.value.assign(static_cast<size_t>(config.n_kv_heads), Eigen::MatrixXd::Zero(dh, dh));
-  }
+  grams_.key.assign(static_cast<size_t>(config.n_kv_heads), Eigen::MatrixXd::Zero(dh, dh));
+  grams_.value.assign(static_cast<size_t>(config.n_kv_heads), Eigen::MatrixXd::Zero(dh, dh));
 }
 
 void GramCollector::on_attention(int64_t layer, int64_t n, int64_t pos0, const float* q_pre,
@@ -29,7 +26,9 @@ void GramCollector::on_attention(int64_t layer, int64_t n, int64_t pos0, const f
                                  const float* v) {
   const int64_t dh = config_.head_dim, nh = config_.n_heads, nkv = config_.n_kv_heads;
   const int64_t g = config_.group_size();
-  LayerGrams& grams = grams_[layer];
+  if (layer_ < 0) layer_ = layer;
+  EKV_CHECK(layer == layer_, "a Gram collector of layer ", layer_, " was given layer ", layer);
+  LayerGrams& grams = grams_;
   const bool post = key_mode_ == model::KeyMode::kPost;
   const float* k = post ? k_post : k_pre;
   const float* q = post ? q_post : q_pre;
@@ -41,7 +40,7 @@ void GramCollector::on_attention(int64_t layer, int64_t n, int64_t pos0, const f
     }
     add_gram(grams.value[j], v, n, nkv * dh, j * dh, dh);
   }
-  if (layer == 0) tokens_ += n;
+  tokens_ += n;
 }
 
 }  // namespace eigenkv::compress

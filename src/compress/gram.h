@@ -1,7 +1,7 @@
-// Streaming Gram matrices of keys, queries and values (DESIGN.md §2, "Calibration"): while the
-// uncompressed model runs over calibration text, G += X^T X accumulates in float64 per layer,
-// KV head and kind, so memory is O(L * n_kv * d_h^2) whatever the number of tokens, and Gram
-// matrices of separate runs add up.
+// Streaming Gram matrices of keys, queries and values (DESIGN.md §2, "Calibration"): while one
+// uncompressed decoder layer runs over calibration text (a LayerStream), G += X^T X accumulates
+// in float64 per KV head and kind, so memory is O(n_kv * d_h^2) whatever the number of tokens,
+// and Gram matrices of separate runs add up.
 #pragma once
 
 #include <Eigen/Dense>
@@ -20,6 +20,7 @@ struct LayerGrams {
   std::vector<Eigen::MatrixXd> value;  // per KV head, [d_h, d_h]
 };
 
+// Collects the Gram matrices of the one layer whose attention it sees.
 class GramCollector : public model::ForwardTap {
  public:
   GramCollector(const model::ModelConfig& config, model::KeyMode key_mode);
@@ -28,13 +29,14 @@ class GramCollector : public model::ForwardTap {
                     const float* k_pre, const float* q_post, const float* k_post,
                     const float* v) override;
 
-  const std::vector<LayerGrams>& grams() const { return grams_; }
-  int64_t tokens() const { return tokens_; }  // calibration tokens seen (counted at layer 0)
+  const LayerGrams& grams() const { return grams_; }
+  int64_t tokens() const { return tokens_; }  // calibration tokens seen
 
  private:
   model::ModelConfig config_;
   model::KeyMode key_mode_;
-  std::vector<LayerGrams> grams_;
+  LayerGrams grams_;
+  int64_t layer_ = -1;  // the layer seen; another one is a caller's error
   int64_t tokens_ = 0;
 };
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
@@ -125,42 +126,6 @@ LayerSamples first_windows(const LayerSamples& samples, int64_t n) {
   out.inputs.assign(samples.inputs.begin(), samples.inputs.begin() + k);
   out.outputs.assign(samples.outputs.begin(), samples.outputs.begin() + k);
   return out;
-}
-
-// Keeps every layer's input and output on the first windows of some text.
-class SampleTap : public model::ForwardTap {
- public:
-  SampleTap(LayerSamples& samples, int64_t d_model) : samples_(samples), d_(d_model) {}
-  void on_layer(int64_t layer, int64_t n, const float* input, const float* output) override {
-    if (layer == 0) {
-      samples_.inputs.emplace_back();
-      samples_.outputs.emplace_back();
-    }
-    samples_.inputs.back().emplace_back(input, input + n * d_);
-    samples_.outputs.back().emplace_back(output, output + n * d_);
-  }
-
- private:
-  LayerSamples& samples_;
-  int64_t d_;
-};
-
-LayerSamples heldout_samples(const model::Model& model, const std::vector<int32_t>& ids,
-                             int64_t ctx, int64_t windows) {
-  const int64_t n = std::min(windows, static_cast<int64_t>(ids.size()) / ctx);
-  EKV_CHECK(n >= 1, "the held-out text has ", ids.size(), " tokens; one window of ", ctx,
-            " is needed");
-  LayerSamples s;
-  s.ctx = ctx;
-  SampleTap tap(s, model.config().d_model);
-  kv::KvCache cache = model.new_cache(ctx);
-  std::vector<float> logits(static_cast<size_t>(model.config().n_vocab));
-  for (int64_t w = 0; w < n; ++w) {
-    cache.clear();
-    model.forward(std::span<const int32_t>(ids.data() + w * ctx, static_cast<size_t>(ctx)), cache,
-                  logits.data(), false, &tap);
-  }
-  return s;
 }
 
 // The profile of `bases` over every (r_K, r_V) pair of the candidate ranks, measured by folding
@@ -339,14 +304,18 @@ StiefResult train_stief(const model::Model& model, const std::vector<int32_t>& i
   result.ranks = candidate_ranks(config.head_dim, o.rank_fractions);
   CalibrationOptions co = o.calibration;
   co.error_windows = std::max(o.train_windows, o.profile_windows);
-  CalibrationData data = collect_calibration(model, ids, co);
-  result.tokens = data.tokens;
-  const int64_t n_train = std::min<int64_t>(o.train_windows, data.samples.inputs.size());
-  result.train_tokens = n_train * co.ctx;
-  const LayerSamples profile_samples = first_windows(data.samples, o.profile_windows);
-  LayerSamples heldout;
-  if (!heldout_ids.empty())
-    heldout = heldout_samples(model, heldout_ids, co.ctx, o.heldout_windows);
+  // Both texts advance one layer at a time: only that layer's statistics and samples exist.
+  CalibrationStream stream(model, ids, co);
+  result.tokens = stream.tokens();
+  std::unique_ptr<LayerStream> heldout_stream;
+  if (!heldout_ids.empty()) {
+    const int64_t n = std::min(o.heldout_windows,
+                               static_cast<int64_t>(heldout_ids.size()) / co.ctx);
+    EKV_CHECK(n >= 1, "the held-out text has ", heldout_ids.size(), " tokens; one window of ",
+              co.ctx, " is needed");
+    heldout_stream = std::make_unique<LayerStream>(model, heldout_ids, co.ctx, n);
+  }
+  int64_t profile_windows = 0;
 
   std::vector<float> inv_freq = model::rope_inverse_frequencies(config);
   const std::vector<float>& factors = model.weights().rope_freq_factors;
@@ -355,19 +324,26 @@ StiefResult train_stief(const model::Model& model, const std::vector<int32_t>& i
   for (int64_t l = 0; l < config.n_layers; ++l) {
     const double layer_start = now_seconds();
     StiefLayer& sl = result.layers[l];
-    sl.eigen.key = basis_matrices(data.key[l]);
-    sl.eigen.value = basis_matrices(data.value[l]);
+    const LayerData data = stream.next();
+    LayerSamples heldout;
+    if (heldout_stream) heldout_stream->run_layer(nullptr, heldout_stream->windows(), &heldout);
+    const int64_t n_train = std::min<int64_t>(o.train_windows, data.samples.inputs.size());
+    result.train_tokens = n_train * co.ctx;
+    const LayerSamples profile_samples = first_windows(data.samples, o.profile_windows);
+    profile_windows = static_cast<int64_t>(profile_samples.inputs.size());
+    sl.eigen.key = basis_matrices(data.key);
+    sl.eigen.value = basis_matrices(data.value);
     sl.stief = sl.eigen;
     if (o.training.shared_key) {
-      const MatrixXd shared = shared_key_basis(data.key[l]);
+      const MatrixXd shared = shared_key_basis(data.key);
       for (MatrixXd& u : sl.stief.key) u = shared;
     }
     const LayerConstants lc =
         layer_constants(config, model.weights().layers[l], co.key_mode, inv_freq, co.ctx);
     std::vector<WindowInputs> windows;
     for (int64_t w = 0; w < n_train; ++w) {
-      const auto& x = data.samples.inputs[w][l];
-      windows.push_back(window_inputs(lc, x.data(), data.samples.outputs[w][l].data(),
+      const auto& x = data.samples.inputs[w];
+      windows.push_back(window_inputs(lc, x.data(), data.samples.outputs[w].data(),
                                       static_cast<int64_t>(x.size()) / config.d_model));
     }
     TrainProgress progress(l, config.n_layers, co.progress);
@@ -398,7 +374,7 @@ StiefResult train_stief(const model::Model& model, const std::vector<int32_t>& i
     sl.seconds = now_seconds() - layer_start;
   }
 
-  result.profile_tokens = static_cast<int64_t>(profile_samples.inputs.size()) * co.ctx;
+  result.profile_tokens = profile_windows * co.ctx;
   result.seconds = now_seconds() - start;
   return result;
 }
