@@ -73,7 +73,6 @@ class CalibrationStream {
   CalibrationStream(const model::Model& model, const std::vector<int32_t>& ids,
                     const CalibrationOptions& options);
   int64_t tokens() const { return stream_.windows() * stream_.ctx(); }
-  int64_t next_layer() const { return stream_.next_layer(); }
   LayerData next();
 
  private:

@@ -40,7 +40,6 @@ void GramCollector::on_attention(int64_t layer, int64_t n, int64_t pos0, const f
     }
     add_gram(grams.value[j], v, n, nkv * dh, j * dh, dh);
   }
-  tokens_ += n;
 }
 
 }  // namespace eigenkv::compress

@@ -30,14 +30,12 @@ class GramCollector : public model::ForwardTap {
                     const float* v) override;
 
   const LayerGrams& grams() const { return grams_; }
-  int64_t tokens() const { return tokens_; }  // calibration tokens seen
 
  private:
   model::ModelConfig config_;
   model::KeyMode key_mode_;
   LayerGrams grams_;
   int64_t layer_ = -1;  // the layer seen; another one is a caller's error
-  int64_t tokens_ = 0;
 };
 
 // G += X^T X for X the rows x[t * stride + offset .. + width), t < n (float32 in, float64 sums).
