@@ -29,27 +29,37 @@ constexpr auto& run = testing::run_eigenkv;
 
 std::string type_name(TensorType type) { return std::string(io::tensor_type_info(type).name); }
 
-// Quantizes the shared F32 model with `mix` and compares every tensor with the file
-// llama-quantize made: same names, shapes, types and bytes.
-void expect_same_as_llama_quantize(const std::string& mix, const std::string& reference_name) {
+constexpr const char* kF32HfModel = "models/tinystories-c4-gqa-hf";
+
+// Quantizes `input` (the shared F32 model, as GGUF or as its Hugging Face directory) with `mix`
+// and compares every tensor with the file llama-quantize made from the GGUF: same names, shapes,
+// types and bytes.
+void expect_same_as_llama_quantize(const std::string& mix, const std::string& reference_name,
+                                   const std::string& input = kF32Model) {
   const std::string reference_path = "models/quantized/" + reference_name;
   const std::string out = testing::temp_path(mix + ".gguf");
-  Outcome o = run("quantize -m " + shared_path(kF32Model) + " -o " + out + " --type " + mix);
+  Outcome o = run("quantize -m " + shared_path(input) + " -o " + out + " --type " + mix);
   ASSERT_EQ(o.status, 0) << o.out;
   const io::GgufFile ours(out);
   const io::GgufFile reference(shared_path(reference_path));
-  const io::GgufFile source(shared_path(kF32Model));
   EXPECT_EQ(ours.get_int("general.file_type"), reference.get_int("general.file_type"));
   EXPECT_EQ(ours.get_int("general.quantization_version"),
             reference.get_int("general.quantization_version"));
-  // Every key of the source is carried over.
-  for (const auto& [key, value] : source.metadata()) {
-    ASSERT_TRUE(ours.has(key)) << key;
-    EXPECT_EQ(ours.find(key)->type, value.type) << key;
-  }
-  EXPECT_EQ(ours.get_string_array("tokenizer.ggml.tokens"),
-            source.get_string_array("tokenizer.ggml.tokens"));
   EXPECT_EQ(ours.get_int("llama.block_count"), 4);
+  if (input == kF32Model) {
+    // Every key of the source is carried over.
+    const io::GgufFile source(shared_path(kF32Model));
+    for (const auto& [key, value] : source.metadata()) {
+      ASSERT_TRUE(ours.has(key)) << key;
+      EXPECT_EQ(ours.find(key)->type, value.type) << key;
+    }
+    EXPECT_EQ(ours.get_string_array("tokenizer.ggml.tokens"),
+              source.get_string_array("tokenizer.ggml.tokens"));
+  } else {
+    // From Hugging Face: the model's keys and its tokenizer.json, embedded.
+    EXPECT_EQ(ours.get_int("llama.attention.head_count_kv"), 2);
+    EXPECT_TRUE(ours.has("tokenizer.huggingface.json"));
+  }
 
   ASSERT_EQ(ours.tensors().size(), reference.tensors().size());
   for (const io::TensorView& want : reference.tensors()) {
@@ -64,6 +74,9 @@ void expect_same_as_llama_quantize(const std::string& mix, const std::string& re
   // One line per tensor and a total.
   EXPECT_NE(o.out.find("blk.3.ffn_down.weight"), std::string::npos) << o.out;
   EXPECT_NE(o.out.find("model size 10.49 MB -> "), std::string::npos) << o.out;
+  // The file it wrote runs.
+  Outcome g = run("generate -m " + out + " -n 4 --temp 0 -p Once");
+  EXPECT_EQ(g.status, 0) << g.out;
   std::filesystem::remove(out);
 }
 
@@ -91,6 +104,15 @@ TEST(QuantizeCli, Q6_KMatchesLlamaQuantize) {
   EKV_REQUIRE_SHARED(kF32Model);
   EKV_REQUIRE_SHARED("models/quantized/tinystories-c4-gqa-Q6_K.gguf");
   expect_same_as_llama_quantize("q6_k", "tinystories-c4-gqa-Q6_K.gguf");
+}
+
+// A Hugging Face directory in: the converter's q/k row order, then the same mix, the same bytes.
+TEST(QuantizeCli, HuggingFaceDirectoryMatchesLlamaQuantize) {
+  EKV_REQUIRE_SHARED(kF32HfModel);
+  EKV_REQUIRE_SHARED("models/quantized/tinystories-c4-gqa-Q8_0.gguf");
+  EKV_REQUIRE_SHARED("models/quantized/tinystories-c4-gqa-Q4_K_M.gguf");
+  expect_same_as_llama_quantize("q8_0", "tinystories-c4-gqa-Q8_0.gguf", kF32HfModel);
+  expect_same_as_llama_quantize("q4_k_m", "tinystories-c4-gqa-Q4_K_M.gguf", kF32HfModel);
 }
 
 // stories260K has 64-wide rows, which no K type fits: its matrices fall back from Q4_K to Q5_0
@@ -209,11 +231,11 @@ TEST(QuantizeCli, Errors) {
   expect_error("quantize -m " + kBundled + " -o " + out + " --type q3_k_xl", "q4_k_m");
   expect_error("quantize -m /nonexistent.gguf -o " + out + " --type q8_0", "cannot open");
   expect_error("quantize -m " + source_path("models") + " -o " + out + " --type q8_0",
-               "is a directory");
+               "no config.json");
   expect_error("quantize -m " + kBundled + " --type q8_0", "--output");
   EXPECT_FALSE(std::filesystem::exists(out));
   Outcome help = run("quantize --help");
-  EXPECT_NE(help.out.find("for a Hugging Face directory convert first"), std::string::npos)
+  EXPECT_NE(help.out.find("a Hugging Face directory"), std::string::npos)
       << help.out;
 }
 

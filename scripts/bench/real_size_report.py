@@ -128,11 +128,11 @@ def big_model_section(path, threads, calib_text):
                  None))
     out_model = os.path.join(os.path.dirname(path), "calibrated-" + name)
     wall, rss, out = timed([BIN, "calibrate", "-m", path, "-f", calib_text, "--kv-budget", "0.5",
-                            "--rope", "post", "--tokens", "2048", "-t", str(threads), "-o",
-                            out_model, "--json"])
+                            "--rope", "post", "--tokens", "2048", "--error-windows", "1", "-t",
+                            str(threads), "-o", out_model, "--json"])
     c = json.loads(out.strip().splitlines()[-1])
     ratio = os.path.getsize(out_model) / os.path.getsize(path)
-    rows.append(("calibrate --kv-budget 0.5 --rope post --tokens 2048",
+    rows.append(("calibrate --kv-budget 0.5 --rope post --tokens 2048 --error-windows 1",
                  f"KV {c['kv_fraction']:.3f} of full, file {ratio:.3f} x source", rss, wall))
     os.remove(out_model)
     lines = ["", f"### {name}: the whole workflow ({threads} threads, random weights)", "",
@@ -141,6 +141,50 @@ def big_model_section(path, threads, calib_text):
     for cmd, result, rss, wall in rows:
         lines.append(f"| `{cmd}` | {result} | {rss / 1e9:.2f} GB | "
                      f"{'' if wall is None else f'{wall / 60:.1f} min'} |")
+    return lines
+
+
+def depth_section(path, threads, calib_text, depths, n_gen, repeats):
+    """Decode at growing depth: the model with an f16 and an int8 cache beside its 50 % post-RoPE
+    Eigen compression with an int8 cache; sweeps interleaved, medians per cell."""
+    name = os.path.basename(path)
+    compressed = os.path.join(os.path.dirname(path), "eigen50-post-" + name)
+    wall, _, out = timed([BIN, "calibrate", "-m", path, "-f", calib_text, "--kv-budget", "0.5",
+                          "--rope", "post", "--tokens", "1024", "--error-windows", "1", "-t",
+                          str(threads), "-o", compressed, "--json"])
+    kv_fraction = json.loads(out.strip().splitlines()[-1])["kv_fraction"]
+    cells = {}
+    for _ in range(repeats):
+        out = subprocess.run([BIN, "bench", "-m", path, "--kv-sweep", "--cache-types", "int8",
+                              "--compare", compressed, "-d", ",".join(str(d) for d in depths),
+                              "-n", str(n_gen), "-r", "1", "-t", str(threads), "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        for row in json.loads(out.strip().splitlines()[-1])["rows"]:
+            model = "compressed" if row["model"] != name else "original"
+            cells.setdefault((model, row["cache"], row["depth"]), []).append(row)
+    os.remove(compressed)
+    order = []
+    for key in cells:
+        if key[:2] not in order:
+            order.append(key[:2])
+    med = lambda rows, k: statistics.median(r[k] for r in rows)
+    lines = ["", f"### Decode with depth: {name}, 50 % post-RoPE Eigen compression, int8 cache "
+             f"({threads} threads, random weights)", "",
+             f"`eigenkv calibrate --kv-budget 0.5 --rope post --tokens 1024 --error-windows 1` "
+             f"({wall / 60:.1f} min; KV {kv_fraction:.3f} of full), then `eigenkv bench "
+             f"--kv-sweep --cache-types int8 --compare COMPRESSED -n {n_gen}`, {repeats} sweeps "
+             "interleaved, medians. Decode tok/s and its ratio to the original model with an f16 "
+             "cache at the same depth in the same sweep (depths past the shape's 2,048-token trained context are "
+             "speed only).", "",
+             "| model | cache | KV bytes/token | " +
+             " | ".join(f"depth {d}" for d in depths) + " |",
+             "|---|---|---:|" + "---:|" * len(depths)]
+    for model, cache in order:
+        row = [model, cache, f"{cells[(model, cache, depths[0])][0]['kv_bytes_per_token']}"]
+        for d in depths:
+            rows = cells[(model, cache, d)]
+            row.append(f"{med(rows, 'tokens_per_s'):.2f} ({med(rows, 'decode_speedup'):.2f}x)")
+        lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
@@ -162,6 +206,10 @@ def main():
     ap.add_argument("--big", default="", help="a large file to run generate, perplexity, serve "
                     "and calibrate on")
     ap.add_argument("--big-threads", type=int, default=2)
+    ap.add_argument("--depth-model", default="", help="a file (in --models) for the decode-with-"
+                    "depth section: original f16/int8 cache vs 50 %% Eigen post-RoPE, int8")
+    ap.add_argument("--depths", default="512,2048,4096,8192")
+    ap.add_argument("--depth-threads", type=int, default=2)
     ap.add_argument("--calib-text", default=os.path.join(os.path.dirname(ROOT), "shared", "data",
                                                          "tinystories", "valid_a.txt"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCH.md"))
@@ -218,6 +266,11 @@ def main():
                 f"{rss_theirs / 1e9:.2f} GB | {bound / 1e9:.2f} GB |")
             print(lines[-1], flush=True)
             write_section(a.out, lines + ["", "(run in progress or stopped here)", "", END])
+    if a.depth_model:
+        lines += depth_section(os.path.join(a.models, a.depth_model), a.depth_threads,
+                               a.calib_text, [int(d) for d in a.depths.split(",")], a.n_gen,
+                               a.repeats)
+        write_section(a.out, lines + ["", "(run in progress or stopped here)", "", END])
     if a.big:
         lines += big_model_section(a.big, a.big_threads, a.calib_text)
     lines += ["", END]

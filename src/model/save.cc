@@ -49,7 +49,16 @@ class WeightWriter {
 
   void add(const std::string& name, const Weight& m, const Weight& reference) {
     if (!m.computed) {
-      writer_.add_tensor(name, m.type, {m.rows, m.cols}, m.bytes, m.nbytes());
+      const io::TensorType type =
+          options_.stored_type ? options_.stored_type(name, {m.rows, m.cols}, m.type) : m.type;
+      if (type == m.type) {
+        writer_.add_tensor(name, m.type, {m.rows, m.cols}, m.bytes, m.nbytes());
+        return;
+      }
+      // The weight (and the bytes it borrows) outlives write(): the model is borrowed too.
+      writer_.add_tensor_generated(name, type, {m.rows, m.cols}, [&m, type](uint8_t* out) {
+        ops::convert_rows(m.type, m.bytes, type, out, m.rows, m.cols);
+      });
       return;
     }
     io::TensorType type = options_.fold_type.value_or(
@@ -174,6 +183,7 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
               GgufValueType::kUint64);
     w.set_string("eigenkv.report", model.compression_json());
   }
+  if (options.edit_metadata) options.edit_metadata(w);
   w.write(path);
   return weight_writer.take_notes();
 }

@@ -5,9 +5,12 @@
 // (temporary file, then rename).
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "io/gguf_writer.h"
 
 #include "model/model.h"
 
@@ -23,6 +26,15 @@ struct SaveOptions {
   // float32, else f16. A quantized type whose blocks do not divide a folded row falls back to f16
   // (and `notes` says so).
   std::optional<io::TensorType> fold_type;
+  // The type each stored (not computed) weight matrix is written in, given its GGUF name, shape
+  // (outer dimension first) and stored type; unset: its stored type, byte for byte. A weight
+  // given another type is converted as the file is written, a chunk of rows at a time, so only
+  // one converted tensor exists at once (`eigenkv quantize` of a Hugging Face directory).
+  std::function<io::TensorType(const std::string& name, const std::vector<int64_t>& shape,
+                               io::TensorType stored)>
+      stored_type;
+  // Called on the metadata last, before the tensors are written (e.g. general.file_type).
+  std::function<void(io::GgufWriter&)> edit_metadata;
 };
 
 // Parses a fold type name: f32, f16, bf16 or a quantized type eigenkv writes (q8_0, q4_0, ...).

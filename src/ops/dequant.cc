@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "ops/half.h"
 #include "util/error.h"
@@ -1019,6 +1020,35 @@ void quantize_parallel(TensorType type, const float* src, uint8_t* dst, int64_t 
                    [&](int64_t first, int64_t n) {
                      encode(src + first * info.block_size, dst + first * bytes, n);
                    });
+}
+
+void convert_rows(TensorType from, const uint8_t* src, TensorType to, uint8_t* dst, int64_t rows,
+                  int64_t width) {
+  const io::TensorTypeInfo& in = io::tensor_type_info(from);
+  const io::TensorTypeInfo& out = io::tensor_type_info(to);
+  EKV_CHECK(can_dequantize(from), "cannot read ", in.name, " to convert it");
+  EKV_CHECK(can_quantize(to), "cannot write ", out.name);
+  EKV_CHECK(rows >= 0 && width > 0 && width % in.block_size == 0 && width % out.block_size == 0,
+            "rows of ", width, " numbers are not whole blocks of ", in.name, " (",
+            in.block_size, ") and ", out.name, " (", out.block_size, ")");
+  const size_t in_row = io::tensor_bytes(from, width);
+  const size_t out_row = io::tensor_bytes(to, width);
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kMinNumbersPerEncodeChunk / width);
+  const int64_t n_chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  const Decoder decode = find_codec(from)->decode;
+  const Encoder encode = find_codec(to)->encode;
+#pragma omp parallel
+  {
+    std::vector<float> buffer;
+#pragma omp for schedule(dynamic)
+    for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+      const int64_t first = chunk * rows_per_chunk;
+      const int64_t n = std::min(rows_per_chunk, rows - first) * width;
+      buffer.resize(static_cast<size_t>(n));
+      decode(src + static_cast<size_t>(first) * in_row, buffer.data(), n / in.block_size);
+      encode(buffer.data(), dst + static_cast<size_t>(first) * out_row, n / out.block_size);
+    }
+  }
 }
 
 }  // namespace eigenkv::ops

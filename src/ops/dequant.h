@@ -54,4 +54,12 @@ void quantize(io::TensorType type, const float* src, uint8_t* dst, int64_t count
 // quantize() split into block-aligned chunks over the OpenMP threads; the same bytes.
 void quantize_parallel(io::TensorType type, const float* src, uint8_t* dst, int64_t count);
 
+// Converts `rows` rows of `width` numbers from type `from` at `src` to type `to` at `dst` (which
+// holds io::tensor_bytes(to, rows * width) bytes), in chunks of whole rows over the OpenMP
+// threads, each dequantized into a small float buffer and quantized from it: no float32 copy of
+// the whole tensor. The same bytes as dequantize() then quantize() of the whole. Throws Error
+// naming the types when either cannot be read or written or `width` is not whole blocks of both.
+void convert_rows(io::TensorType from, const uint8_t* src, io::TensorType to, uint8_t* dst,
+                  int64_t rows, int64_t width);
+
 }  // namespace eigenkv::ops
