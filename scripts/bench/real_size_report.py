@@ -212,6 +212,8 @@ def main():
     ap.add_argument("--depth-threads", type=int, default=2)
     ap.add_argument("--calib-text", default=os.path.join(os.path.dirname(ROOT), "shared", "data",
                                                          "tinystories", "valid_a.txt"))
+    ap.add_argument("--llama-commit", default="", help="llama.cpp's commit, when --llama-dir is "
+                    "not in a git checkout (a snapshot)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCH.md"))
     a = ap.parse_args()
     files = sorted(f for f in os.listdir(a.models) if f.endswith(".gguf"))
@@ -222,7 +224,7 @@ def main():
                             capture_output=True, text=True).stdout.strip()
     llama_commit = subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(a.llama_dir)),
                                    "rev-parse", "--short", "HEAD"], capture_output=True,
-                                  text=True).stdout.strip() or "?"
+                                  text=True).stdout.strip() or a.llama_commit or "?"
     lines = [BEGIN, "", "## Real-size models beside llama.cpp (random weights)", "",
              f"Made by `python3 scripts/bench/real_size_report.py --models DIR --llama-dir DIR "
              f"--threads {a.threads} --repeats {a.repeats} --n-prompt {a.n_prompt} --n-gen "
