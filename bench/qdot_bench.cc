@@ -2,7 +2,8 @@
 // weight matrix (4096 wide, `rows` rows) times n_x activation rows prepared once outside the timed loop (as llama.cpp's
 // ggml_vec_dot kernels are timed). Bytes per second count the weight bytes read, so the rate
 // compares directly with memory bandwidth; the label gives it in GB/s (10^9 bytes per second).
-// The rows:64 runs take a 64-row slice that stays in the L2 cache: the kernels' own speed.
+// The rows:64 runs take a 64-row slice that stays in the L2 cache: the kernels' own speed; with
+// n_x 8 and 64 they time the integer prefill path (GOP/s counts two operations a weight and row).
 // BM_PrepareAct times the activation rounding each call does once.
 #include <benchmark/benchmark.h>
 
@@ -84,6 +85,9 @@ void BM_DotRows(benchmark::State& state) {
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes),
                                               benchmark::Counter::kIsIterationInvariantRate,
                                               benchmark::Counter::kIs1000);
+  state.counters["GOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(rows * kWidth * n_x),
+                         benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
   char label[64];
   std::snprintf(label, sizeof(label), "%s %.1f MB", std::string(io::tensor_type_info(type).name).c_str(),
                 static_cast<double>(bytes) / 1e6);
@@ -114,6 +118,10 @@ void DotArgs(benchmark::internal::Benchmark* bench) {
     for (int64_t n_x : {1, 4}) {
       for (TensorType type : kBenchTypes) bench->Args({static_cast<int64_t>(type), n_x, rows});
     }
+  }
+  // Prefill: eight and 64 activation rows over an in-cache slice (the integer prefill path).
+  for (int64_t n_x : {8, 64}) {
+    for (TensorType type : kBenchTypes) bench->Args({static_cast<int64_t>(type), n_x, 64});
   }
 }
 
