@@ -19,8 +19,10 @@ namespace {
 constexpr size_t kParallelBytes = size_t{1} << 16;
 // Rows a thread's share of a decode product is rounded to, so shares start on cache lines.
 constexpr int64_t kRowAlign = 16;
-// Float32 numbers of one dequantized prefill tile (256 KiB: a Zen 3 core's L2 holds two).
-constexpr int64_t kTileNumbers = int64_t{1} << 16;
+// Float32 numbers of one dequantized prefill tile (2 MiB). Each SGEMM call packs the whole
+// activation block again, so a tile must hold enough weight rows (256 at width 2048) for that
+// packing to stay a small share: at 256 KiB it took a third of a Q4_0 pp512 (perf, Xeon).
+constexpr int64_t kTileNumbers = int64_t{1} << 19;
 // Stored bytes of one weight tile of the integer prefill path.
 constexpr size_t kTileBytes = size_t{96} << 10;
 
@@ -110,9 +112,13 @@ void prefill_product(const float* x, int64_t n_tokens, const WeightView& w, floa
     prefill_integer(x, n_tokens, w, y);
     return;
   }
-  const int64_t tile = std::max<int64_t>(kRowAlign, kTileNumbers / w.cols / kRowAlign * kRowAlign);
-  const int64_t n_tiles = (w.rows + tile - 1) / tile;
   const int threads = threads_for(w.row_bytes * static_cast<size_t>(w.rows));
+  // At most a thread's share of the rows, so that a small matrix (a GQA model's wk) still
+  // splits over every thread.
+  const int64_t share = (w.rows + threads - 1) / threads;
+  const int64_t tile = std::max<int64_t>(
+      kRowAlign, std::min(kTileNumbers / w.cols, share + kRowAlign - 1) / kRowAlign * kRowAlign);
+  const int64_t n_tiles = (w.rows + tile - 1) / tile;
   // Inside the parallel region OpenBLAS (its OpenMP build) runs each SGEMM on the calling thread.
 #pragma omp parallel num_threads(threads)
   {
