@@ -42,6 +42,12 @@ int threads_for(size_t bytes) {
   return bytes < kParallelBytes || omp_in_parallel() ? 1 : omp_get_max_threads();
 }
 
+// One thread's share of `rows` split over `threads`, rounded up to kRowAlign.
+int64_t thread_share(int64_t rows, int64_t threads) {
+  const int64_t per = (rows + threads - 1) / threads;
+  return (per + kRowAlign - 1) / kRowAlign * kRowAlign;
+}
+
 void decode_product(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
   std::vector<uint8_t> act(act_row_bytes(w.type, w.cols) * static_cast<size_t>(n_tokens));
   prepare_act(w.type, x, n_tokens, w.cols, act.data());
@@ -53,9 +59,8 @@ void decode_product(const float* x, int64_t n_tokens, const WeightView& w, float
   // Contiguous shares of rows, one per thread: each thread streams its own part of the weights.
 #pragma omp parallel num_threads(threads)
   {
-    const int64_t n = omp_get_num_threads(), i = omp_get_thread_num();
-    const int64_t per = (w.rows + n - 1) / n;
-    const int64_t share = (per + kRowAlign - 1) / kRowAlign * kRowAlign;
+    const int64_t share = thread_share(w.rows, omp_get_num_threads());
+    const int64_t i = omp_get_thread_num();
     const int64_t r0 = std::min(w.rows, i * share), r1 = std::min(w.rows, r0 + share);
     if (r0 < r1) {
       dot_rows(w.type, w.data, w.row_bytes, w.cols, act.data(), n_tokens, r0, r1, y, w.rows);
@@ -115,9 +120,9 @@ void prefill_product(const float* x, int64_t n_tokens, const WeightView& w, floa
   const int threads = threads_for(w.row_bytes * static_cast<size_t>(w.rows));
   // At most a thread's share of the rows, so that a small matrix (a GQA model's wk) still
   // splits over every thread.
-  const int64_t share = (w.rows + threads - 1) / threads;
   const int64_t tile = std::max<int64_t>(
-      kRowAlign, std::min(kTileNumbers / w.cols, share + kRowAlign - 1) / kRowAlign * kRowAlign);
+      kRowAlign,
+      std::min(kTileNumbers / w.cols / kRowAlign * kRowAlign, thread_share(w.rows, threads)));
   const int64_t n_tiles = (w.rows + tile - 1) / tile;
   // Inside the parallel region OpenBLAS (its OpenMP build) runs each SGEMM on the calling thread.
 #pragma omp parallel num_threads(threads)
