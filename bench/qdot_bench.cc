@@ -16,6 +16,7 @@
 #include "io/tensor_type.h"
 #include "ops/half.h"
 #include "ops/qdot.h"
+#include "ops/qgemm.h"
 
 namespace eigenkv::ops {
 namespace {
@@ -94,6 +95,54 @@ void BM_DotRows(benchmark::State& state) {
   state.SetLabel(label);
 }
 
+// The packed-panel prefill kernel (ops/qgemm.h) on a 64-row tile of the same width (in L2),
+// n_x activation rows; and the packing of that tile, which each prefill product does once.
+void BM_QgemmTile(benchmark::State& state) {
+  const auto type = static_cast<TensorType>(state.range(0));
+  const int64_t n_x = state.range(1);
+  const int64_t rows = 64;
+  const size_t row_bytes = io::tensor_bytes(type, kWidth);
+  const std::vector<uint8_t> w = random_matrix(type, rows, row_bytes);
+  const size_t panel_bytes = qgemm_panel_bytes(type, kWidth);
+  const int64_t n_panels = rows / kPanelRows;
+  std::vector<uint8_t> tile(panel_bytes * static_cast<size_t>(n_panels));
+  for (int64_t p = 0; p < n_panels; ++p) {
+    qgemm_pack_panel(type, w.data() + static_cast<size_t>(p * kPanelRows) * row_bytes, row_bytes,
+                     kWidth, kPanelRows, tile.data() + static_cast<size_t>(p) * panel_bytes);
+  }
+  std::vector<float> x(static_cast<size_t>(n_x * kWidth));
+  std::mt19937 rng(2);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (auto& v : x) v = normal(rng);
+  std::vector<uint8_t> act(static_cast<size_t>(n_x) * qgemm_act_row_bytes(kWidth));
+  qgemm_prepare_act(x.data(), n_x, kWidth, act.data());
+  std::vector<float> y(static_cast<size_t>(n_x * rows));
+  for (auto _ : state) {
+    qgemm_tile(type, tile.data(), n_panels, kWidth, act.data(), n_x, rows, y.data(), rows);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(rows * kWidth * n_x),
+                         benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.SetLabel(std::string(io::tensor_type_info(type).name) +
+                 (qgemm_fast() ? " vector kernel" : " plain loop"));
+}
+
+void BM_QgemmPack(benchmark::State& state) {
+  const auto type = static_cast<TensorType>(state.range(0));
+  const size_t row_bytes = io::tensor_bytes(type, kWidth);
+  const std::vector<uint8_t> w = random_matrix(type, kPanelRows, row_bytes);
+  std::vector<uint8_t> panel(qgemm_panel_bytes(type, kWidth));
+  for (auto _ : state) {
+    qgemm_pack_panel(type, w.data(), row_bytes, kWidth, kPanelRows, panel.data());
+    benchmark::DoNotOptimize(panel.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * kPanelRows * kWidth);
+  state.SetLabel(std::string(io::tensor_type_info(type).name));
+}
+
 void BM_PrepareAct(benchmark::State& state) {
   const auto type = static_cast<TensorType>(state.range(0));
   std::vector<float> x(kWidth);
@@ -132,6 +181,22 @@ void PrepareArgs(benchmark::internal::Benchmark* bench) {
 }
 
 BENCHMARK(BM_DotRows)->Apply(DotArgs)->ArgNames({"type", "n_x", "rows"})->Unit(benchmark::kMicrosecond);
+void QgemmArgs(benchmark::internal::Benchmark* bench) {
+  for (int64_t n_x : {8, 64}) {
+    for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K,
+                            TensorType::kQ6_K}) {
+      bench->Args({static_cast<int64_t>(type), n_x});
+    }
+  }
+}
+void PackArgs(benchmark::internal::Benchmark* bench) {
+  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K,
+                          TensorType::kQ6_K}) {
+    bench->Arg(static_cast<int64_t>(type));
+  }
+}
+BENCHMARK(BM_QgemmTile)->Apply(QgemmArgs)->ArgNames({"type", "n_x"})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_QgemmPack)->Apply(PackArgs)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_PrepareAct)->Apply(PrepareArgs)->Unit(benchmark::kMicrosecond);
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include "ops/dequant.h"
 #include "ops/qdot.h"
+#include "ops/qgemm.h"
 #include "util/error.h"
 
 namespace eigenkv::ops {
@@ -36,6 +37,13 @@ bool prefill_uses_integer_kernels() {
     return v && std::string(v) == "integer";
   }();
   return integer;
+}
+bool prefill_uses_qgemm() {
+  static const bool q = [] {
+    const char* v = std::getenv("EIGENKV_PREFILL");
+    return v && std::string(v) == "qgemm";
+  }();
+  return q;
 }
 
 int threads_for(size_t bytes) {
@@ -108,9 +116,53 @@ void prefill_integer(const float* x, int64_t n_tokens, const WeightView& w, floa
   }
 }
 
+// Packed bytes of one tile of the qgemm path: its panels stay in L2 while every block of tokens
+// passes over them.
+constexpr size_t kPackedTileBytes = size_t{256} << 10;
+
+// Block types on a CPU with the packed-panel kernel: the activations are rounded once, then each
+// thread packs a tile of panels (16 rows each) and runs every token over it.
+void prefill_qgemm(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
+  const size_t act_bytes = qgemm_act_row_bytes(w.cols);
+  std::vector<uint8_t> act(act_bytes * static_cast<size_t>(n_tokens));
+  const int threads = threads_for(w.row_bytes * static_cast<size_t>(w.rows));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += kDecodeRows) {
+    const int64_t n = std::min(kDecodeRows, n_tokens - t0);
+    qgemm_prepare_act(x + t0 * w.cols, n, w.cols, act.data() + static_cast<size_t>(t0) * act_bytes);
+  }
+  const size_t panel_bytes = qgemm_panel_bytes(w.type, w.cols);
+  const int64_t n_panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  const int64_t tile_panels = std::clamp<int64_t>(
+      static_cast<int64_t>(kPackedTileBytes / panel_bytes), 1,
+      (thread_share(w.rows, threads) + kPanelRows - 1) / kPanelRows);
+  const int64_t n_tiles = (n_panels + tile_panels - 1) / tile_panels;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<uint8_t> tile(panel_bytes * static_cast<size_t>(tile_panels));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_tiles; ++i) {
+      const int64_t r0 = i * tile_panels * kPanelRows;
+      const int64_t rows = std::min(tile_panels * kPanelRows, w.rows - r0);
+      const int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t pr0 = r0 + p * kPanelRows;
+        qgemm_pack_panel(w.type, w.data + static_cast<size_t>(pr0) * w.row_bytes, w.row_bytes,
+                         w.cols, std::min(kPanelRows, w.rows - pr0),
+                         tile.data() + static_cast<size_t>(p) * panel_bytes);
+      }
+      qgemm_tile(w.type, tile.data(), panels, w.cols, act.data(), n_tokens, rows, y + r0, w.rows);
+    }
+  }
+}
+
 void prefill_product(const float* x, int64_t n_tokens, const WeightView& w, float* y) {
   if (w.type == io::TensorType::kF32) {
     sgemm(x, n_tokens, w.cols, reinterpret_cast<const float*>(w.data), w.rows, y, w.rows);
+    return;
+  }
+  if (!is_float_type(w.type) && prefill_uses_qgemm()) {
+    prefill_qgemm(x, n_tokens, w, y);
     return;
   }
   if (!is_float_type(w.type) && prefill_uses_integer_kernels()) {
