@@ -140,6 +140,14 @@ void expect_error(const std::string& args, const std::string& fragment) {
   EXPECT_NE(o.out.find("error"), std::string::npos) << o.out;
 }
 
+TEST(CliErrors, BadPrefillModeInTheEnvironment) {
+  const testing::CliOutcome o = testing::run_eigenkv_env("EIGENKV_PREFILL=fast", "info -m /x.gguf");
+  EXPECT_EQ(o.status, 1) << o.out;
+  EXPECT_NE(o.out.find("EIGENKV_PREFILL must be auto, exact or integer, not 'fast'"),
+            std::string::npos)
+      << o.out;
+}
+
 TEST(CliErrors, MissingFile) { expect_error("info -m /nonexistent.gguf", "no such file"); }
 
 TEST(CliErrors, BadMagic) {

@@ -1,7 +1,7 @@
 // ops::matmul against its plain reference (dequantized weights, double sums) for every weight
 // type eigenkv runs: decode shapes (1..8 tokens, the 8-bit activation path) and prefill shapes
-// (dequantized tiles into SGEMM), on one and on two threads; and on the tensors of llama.cpp's
-// quantized files of the shared model.
+// in both prefill modes (exact: dequantized tiles into SGEMM; integer: rounded activations), on
+// one and on two threads; and on the tensors of llama.cpp's quantized files of the shared model.
 #include "ops/matmul.h"
 
 #include <gtest/gtest.h>
@@ -28,8 +28,9 @@ using io::TensorType;
 // f16 rounding) times |w|, plus float32 summation error. Float weights take float activations.
 std::vector<double> error_bounds(TensorType type, const std::vector<float>& x, int64_t n_tokens,
                                  const std::vector<float>& w, int64_t rows, int64_t cols) {
-  const bool int8_path = n_tokens <= kDecodeRows && type != TensorType::kF32 &&
-                         type != TensorType::kF16 && type != TensorType::kBF16;
+  const bool int8_path = (n_tokens <= kDecodeRows || prefill_rounds_activations()) &&
+                         type != TensorType::kF32 && type != TensorType::kF16 &&
+                         type != TensorType::kBF16;
   std::vector<double> step(x.size(), 0.0);
   if (int8_path) {
     for (int64_t t = 0; t < n_tokens; ++t) {
@@ -56,8 +57,8 @@ std::vector<double> error_bounds(TensorType type, const std::vector<float>& x, i
   return bound;
 }
 
-void expect_matches_reference(const WeightView& w, int64_t n_tokens, uint32_t seed,
-                              const std::string& what) {
+void expect_matches_reference_now(const WeightView& w, int64_t n_tokens, uint32_t seed,
+                                  const std::string& what) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> x(static_cast<size_t>(n_tokens * w.cols));
@@ -81,6 +82,19 @@ void expect_matches_reference(const WeightView& w, int64_t n_tokens, uint32_t se
     }
   }
   omp_set_num_threads(1);
+}
+
+// Decode shapes once; prefill shapes in each prefill mode (exact, integer: qgemm's panels where
+// this CPU runs them, else the decode kernels over tiles), then back to the default.
+void expect_matches_reference(const WeightView& w, int64_t n_tokens, uint32_t seed,
+                              const std::string& what) {
+  if (n_tokens <= kDecodeRows) return expect_matches_reference_now(w, n_tokens, seed, what);
+  for (PrefillMode mode : {PrefillMode::kExact, PrefillMode::kInteger}) {
+    set_prefill_mode(mode);
+    expect_matches_reference_now(w, n_tokens, seed,
+                                 what + (mode == PrefillMode::kExact ? " exact" : " integer"));
+  }
+  set_prefill_mode(PrefillMode::kAuto);
 }
 
 TEST(Matmul, EveryWritableTypeDecodeAndPrefill) {
@@ -121,7 +135,7 @@ TEST(Matmul, LlamaCppQuantizedTensors) {
       if (t.shape.size() != 2 || t.name.find("blk.1.") != 0) continue;
       const WeightView w{t.type, t.shape[0], t.shape[1], t.data,
                          io::tensor_bytes(t.type, t.shape[1])};
-      for (int64_t n : {1, 4, 16}) expect_matches_reference(w, n, 5, rel + " " + t.name);
+      for (int64_t n : {1, 4, 16, 40}) expect_matches_reference(w, n, 5, rel + " " + t.name);
       ++tested;
     }
     // The output matrix (q6_K in the mixes) on one token.

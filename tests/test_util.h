@@ -75,6 +75,13 @@ inline CliOutcome run_eigenkv(const std::string& args) {
   return o;
 }
 
+// The same with one environment setting, NAME=value (no spaces or shell characters).
+inline CliOutcome run_eigenkv_env(const std::string& setting, const std::string& args) {
+  CliOutcome o;
+  o.out = run_command("env " + setting + " " + eigenkv_binary() + " " + args + " 2>&1", &o.status);
+  return o;
+}
+
 inline std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() /
           ("eigenkv_test_" + std::to_string(::getpid()) + "_" + name))

@@ -49,7 +49,8 @@ def eigenkv_bench(model, threads, n_prompt, n_gen):
     r = json.loads(out.strip().splitlines()[-1])
     rows = {row["test"]: row for row in r["rows"]}
     return {"pp": rows["pp"]["tokens_per_s"], "tg": rows["tg"]["tokens_per_s"],
-            "bytes": rows["tg"]["bytes_per_token"], "bw": rows["tg"]["bandwidth_fraction"]}
+            "bytes": rows["tg"]["bytes_per_token"], "bw": rows["tg"]["bandwidth_fraction"],
+            "prefill_path": r.get("prefill_path", "?")}
 
 
 def llama_bench(llama_dir, model, threads, n_prompt, n_gen):
@@ -268,6 +269,10 @@ def main():
                 f"{rss_theirs / 1e9:.2f} GB | {bound / 1e9:.2f} GB |")
             print(lines[-1], flush=True)
             write_section(a.out, lines + ["", "(run in progress or stopped here)", "", END])
+            prefill_path = ours[0]["prefill_path"]
+    if files:
+        lines += ["", f"eigenkv's prefill of the quantized matrices in this run: {prefill_path} "
+                      "(`EIGENKV_PREFILL`, docs/DESIGN.md); F16 goes to SGEMM."]
     if a.depth_model:
         lines += depth_section(os.path.join(a.models, a.depth_model), a.depth_threads,
                                a.calib_text, [int(d) for d in a.depths.split(",")], a.n_gen,

@@ -6,6 +6,7 @@
 
 #include "cli/common.h"
 #include "ops/kv_format.h"
+#include "ops/matmul.h"
 #include "util/threads.h"
 
 namespace eigenkv::cli {
@@ -126,6 +127,7 @@ void run(const BenchFlags& f) {
                           {"copy_bandwidth_gb_s", copy_bw / 1e9},
                           {"kv_bytes_per_token", model->kv_bytes_per_token()},
                           {"weight_bytes", model->weights().decode_bytes_read()},
+                          {"prefill_path", ops::prefill_path_name()},
                           {"rows", nlohmann::json::array()}};
     for (const auto& r : rows) {
       nlohmann::json row = {{"test", r.test},
@@ -144,8 +146,10 @@ void run(const BenchFlags& f) {
     std::printf("%s\n", out.dump().c_str());
     return;
   }
-  std::printf("model: %s, threads: %d, copy bandwidth: %.2f GB/s (median of 5)\n\n",
-              model->path().c_str(), threads, copy_bw / 1e9);
+  std::printf(
+      "model: %s, threads: %d, copy bandwidth: %.2f GB/s (median of 5), prefill of quantized "
+      "matrices: %s\n\n",
+      model->path().c_str(), threads, copy_bw / 1e9, ops::prefill_path_name());
   std::printf(
       "| test | depth | tokens/s (median) | min | max | attention us/token | bytes/token | of copy "
       "bandwidth |\n");

@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "cli/common.h"
+#include "ops/matmul.h"
 #include "util/error.h"
 
 int main(int argc, char** argv) {
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   eigenkv::cli::register_eval(app);
   eigenkv::cli::register_serve(app);
   try {
+    eigenkv::ops::prefill_mode();  // a bad EIGENKV_PREFILL is reported before any work
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);

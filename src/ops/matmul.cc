@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -27,23 +28,19 @@ constexpr int64_t kTileNumbers = int64_t{1} << 19;
 // Stored bytes of one weight tile of the integer prefill path.
 constexpr size_t kTileBytes = size_t{96} << 10;
 
-// Prefill of block types dequantizes tiles into SGEMM by default, so a quantized model's
-// prefill logits and perplexity are those of its exact weights (equal to the float64 reference);
-// EIGENKV_PREFILL=integer runs it through the 8-bit integer kernels instead (activations rounded
-// as in decode), for measuring.
-bool prefill_uses_integer_kernels() {
-  static const bool integer = [] {
-    const char* v = std::getenv("EIGENKV_PREFILL");
-    return v && std::string(v) == "integer";
-  }();
-  return integer;
+// The prefill mode: EIGENKV_PREFILL (auto, exact or integer) until set_prefill_mode is called.
+PrefillMode mode_from_environment() {
+  const char* v = std::getenv("EIGENKV_PREFILL");
+  if (v == nullptr || *v == '\0' || std::string(v) == "auto") return PrefillMode::kAuto;
+  if (std::string(v) == "exact") return PrefillMode::kExact;
+  if (std::string(v) == "integer") return PrefillMode::kInteger;
+  throw Error(std::string("EIGENKV_PREFILL must be auto, exact or integer, not '") +
+              std::string(v).substr(0, 40) + "'");
 }
-bool prefill_uses_qgemm() {
-  static const bool q = [] {
-    const char* v = std::getenv("EIGENKV_PREFILL");
-    return v && std::string(v) == "qgemm";
-  }();
-  return q;
+
+std::atomic<int>& mode_setting() {
+  static std::atomic<int> mode{-1};  // -1: not read yet
+  return mode;
 }
 
 int threads_for(size_t bytes) {
@@ -161,12 +158,12 @@ void prefill_product(const float* x, int64_t n_tokens, const WeightView& w, floa
     sgemm(x, n_tokens, w.cols, reinterpret_cast<const float*>(w.data), w.rows, y, w.rows);
     return;
   }
-  if (!is_float_type(w.type) && prefill_uses_qgemm()) {
-    prefill_qgemm(x, n_tokens, w, y);
-    return;
-  }
-  if (!is_float_type(w.type) && prefill_uses_integer_kernels()) {
-    prefill_integer(x, n_tokens, w, y);
+  if (!is_float_type(w.type) && prefill_rounds_activations()) {
+    if (qgemm_fast()) {
+      prefill_qgemm(x, n_tokens, w, y);
+    } else {
+      prefill_integer(x, n_tokens, w, y);
+    }
     return;
   }
   const int threads = threads_for(w.row_bytes * static_cast<size_t>(w.rows));
@@ -191,6 +188,31 @@ void prefill_product(const float* x, int64_t n_tokens, const WeightView& w, floa
 }
 
 }  // namespace
+
+void set_prefill_mode(PrefillMode mode) { mode_setting().store(static_cast<int>(mode)); }
+
+PrefillMode prefill_mode() {
+  int m = mode_setting().load();
+  if (m < 0) {
+    m = static_cast<int>(mode_from_environment());
+    mode_setting().store(m);
+  }
+  return static_cast<PrefillMode>(m);
+}
+
+bool prefill_rounds_activations() {
+  switch (prefill_mode()) {
+    case PrefillMode::kExact: return false;
+    case PrefillMode::kInteger: return true;
+    default: return qgemm_fast();
+  }
+}
+
+const char* prefill_path_name() {
+  if (!prefill_rounds_activations()) return "exact (dequantized tiles into SGEMM)";
+  return qgemm_fast() ? "integer (packed panels, AVX-512 VNNI)"
+                      : "integer (decode kernels over L2 tiles)";
+}
 
 float dot(const float* a, const float* b, int64_t n) {
   float acc = 0.0f;

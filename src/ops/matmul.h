@@ -21,11 +21,27 @@ struct WeightView {
 // of any type ops::can_dot takes. Up to kDecodeRows tokens (decode) run the type's dot-product
 // kernel straight off the stored blocks, with the activations rounded once to the 8-bit blocks
 // the kernel takes, and the threads splitting the weight rows so each row is read once. More
-// tokens (prefill) dequantize tiles of weight rows to float32 for OpenBLAS SGEMM on each thread
-// (F32 weights go to SGEMM whole), so prefill computes with the exact weights and activations;
-// EIGENKV_PREFILL=integer sends block types through the integer kernels instead.
+// tokens (prefill): float weights go to OpenBLAS SGEMM (F16/BF16 in dequantized tiles); block
+// types follow the prefill mode below.
 inline constexpr int64_t kDecodeRows = 8;
 void matmul(const float* x, int64_t n_tokens, const WeightView& w, float* y);
+
+// How prefill multiplies block-quantized weights.
+//   kInteger: the activations are rounded to 8-bit blocks as in decode (llama.cpp's way) and the
+//             products run in integers: packed weight panels (ops/qgemm.h) where this CPU has
+//             the vector kernel, else the decode kernels over L2-sized tiles.
+//   kExact:   tiles of weight rows dequantized to float32 into SGEMM on each thread, with float
+//             activations: prefill logits equal the float64 reference of the dequantized weights.
+//   kAuto:    kInteger where qgemm_fast() (AVX-512 VNNI), else kExact, whichever measured faster.
+// The mode starts from EIGENKV_PREFILL (auto, exact or integer; anything else throws Error at the
+// first prefill) and is process-wide.
+enum class PrefillMode { kAuto, kExact, kInteger };
+void set_prefill_mode(PrefillMode mode);
+PrefillMode prefill_mode();
+// Whether prefill of block types rounds activations under the current mode on this CPU.
+bool prefill_rounds_activations();
+// The path block-type prefill takes now, in words (for benchmark reports).
+const char* prefill_path_name();
 
 // The same product from the dequantized weights in plain loops with double accumulation (and
 // float activations): the reference for tests.
