@@ -211,6 +211,8 @@ def main():
                     "depth section: original f16/int8 cache vs 50 %% Eigen post-RoPE, int8")
     ap.add_argument("--depths", default="512,2048,4096,8192")
     ap.add_argument("--depth-threads", type=int, default=2)
+    ap.add_argument("--depth-repeats", type=int, default=0,
+                    help="sweeps of the depth section (default: --repeats)")
     ap.add_argument("--calib-text", default=os.path.join(os.path.dirname(ROOT), "shared", "data",
                                                          "tinystories", "valid_a.txt"))
     ap.add_argument("--llama-commit", default="", help="llama.cpp's commit, when --llama-dir is "
@@ -276,7 +278,7 @@ def main():
     if a.depth_model:
         lines += depth_section(os.path.join(a.models, a.depth_model), a.depth_threads,
                                a.calib_text, [int(d) for d in a.depths.split(",")], a.n_gen,
-                               a.repeats)
+                               a.depth_repeats or a.repeats)
         write_section(a.out, lines + ["", "(run in progress or stopped here)", "", END])
     if a.big:
         lines += big_model_section(a.big, a.big_threads, a.calib_text)
