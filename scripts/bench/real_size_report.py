@@ -218,6 +218,8 @@ def main():
     ap.add_argument("--llama-commit", default="", help="llama.cpp's commit, when --llama-dir is "
                     "not in a git checkout (a snapshot)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCH.md"))
+    ap.add_argument("--append", action="store_true", help="keep the section as it stands and add "
+                    "only the --depth-model and --big parts, measured now")
     a = ap.parse_args()
     files = sorted(f for f in os.listdir(a.models) if f.endswith(".gguf"))
     if a.only:
@@ -247,6 +249,18 @@ def main():
              f"tg{a.n_gen} eigenkv | tg{a.n_gen} llama.cpp | ratio | bytes/token | of copy BW | "
              "RSS eigenkv | RSS llama.cpp | RSS bound |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if a.append:
+        text = open(a.out).read()
+        if BEGIN not in text or END not in text:
+            sys.exit(f"--append: {a.out} has no real-size section to add to")
+        kept = text[text.index(BEGIN):text.index(END)].rstrip("\n").split("\n")
+        lines = [l for l in kept if l != "(run in progress or stopped here)"]
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", f"The parts below were added by `real_size_report.py --append` on "
+                      f"{datetime.date.today()}, eigenkv {commit}, on {cpu_line()}; load average "
+                      f"at their start: {load:.1f}."]
+        files = []
     for f in files:
         path = os.path.join(a.models, f)
         size = os.path.getsize(path)
