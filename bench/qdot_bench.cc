@@ -126,7 +126,7 @@ void BM_QgemmTile(benchmark::State& state) {
       benchmark::Counter(2.0 * static_cast<double>(rows * kWidth * n_x),
                          benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
   state.SetLabel(std::string(io::tensor_type_info(type).name) +
-                 (qgemm_fast() ? " vector kernel" : " plain loop"));
+                 (qgemm_vnni() ? " VNNI kernel" : qgemm_fast(type) ? " AVX2 kernel" : " plain loop"));
 }
 
 void BM_QgemmPack(benchmark::State& state) {

@@ -31,13 +31,25 @@ struct Shape {
   int64_t rows, cols, n_x, pad;  // pad: extra output columns per row (must stay untouched)
 };
 
-void check(TensorType type, const Shape& s, uint32_t seed) {
+// extreme: instead of normal numbers, weights of +-0.97 with one -+1 per 16 (the largest
+// magnitude: symmetric types put the rest at their top level, affine ones at 0 or their
+// largest, so the stored unsigned numbers sit at the type's largest) and activations of +-1
+// (int8 +-127): the largest sums the kernels' 16-bit and 32-bit lanes can meet.
+void check(TensorType type, const Shape& s, uint32_t seed, bool extreme = false) {
   SCOPED_TRACE(std::string(io::tensor_type_info(type).name) + " rows=" + std::to_string(s.rows) +
-               " cols=" + std::to_string(s.cols) + " n_x=" + std::to_string(s.n_x));
+               " cols=" + std::to_string(s.cols) + " n_x=" + std::to_string(s.n_x) +
+               (extreme ? " extreme" : ""));
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> wf(static_cast<size_t>(s.rows * s.cols));
   for (float& v : wf) v = 0.05f * normal(rng);
+  if (extreme) {
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t i = 0; i < s.cols; ++i) {
+        wf[r * s.cols + i] = (r % 2 ? -1.0f : 1.0f) * (i % 16 == 5 ? -1.0f : 0.97f);
+      }
+    }
+  }
   const size_t row_bytes = io::tensor_bytes(type, s.cols);
   std::vector<uint8_t> w(row_bytes * static_cast<size_t>(s.rows));
   quantize(type, wf.data(), w.data(), s.rows * s.cols);
@@ -45,6 +57,11 @@ void check(TensorType type, const Shape& s, uint32_t seed) {
   std::vector<float> x(static_cast<size_t>(s.n_x * s.cols));
   for (float& v : x) v = normal(rng);
   x[3] = 40.0f;  // an outlier: its block's scale is coarse
+  if (extreme) {
+    for (int64_t t = 0; t < s.n_x; ++t) {
+      for (int64_t i = 0; i < s.cols; ++i) x[t * s.cols + i] = t % 3 == 1 ? -1.0f : 1.0f;
+    }
+  }
   const size_t act_bytes = qgemm_act_row_bytes(s.cols);
   std::vector<uint8_t> act(act_bytes * static_cast<size_t>(s.n_x));
   qgemm_prepare_act(x.data(), s.n_x, s.cols, act.data());
@@ -89,6 +106,14 @@ void check(TensorType type, const Shape& s, uint32_t seed) {
       }
     }
   });
+}
+
+// Saturation: every stored number at 0 or the type's largest, every activation at +-127.
+TEST(Qgemm, ExtremeNumbersDoNotOverflowTheLanes) {
+  uint32_t seed = 100;
+  for (TensorType type : kBlockTypes) {
+    check(type, {18, 512, 5, 0}, seed++, /*extreme=*/true);
+  }
 }
 
 TEST(Qgemm, EveryBlockTypeMatchesTheReference) {

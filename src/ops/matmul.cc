@@ -159,7 +159,7 @@ void prefill_product(const float* x, int64_t n_tokens, const WeightView& w, floa
     return;
   }
   if (!is_float_type(w.type) && prefill_rounds_activations()) {
-    if (qgemm_fast()) {
+    if (qgemm_fast(w.type)) {
       prefill_qgemm(x, n_tokens, w, y);
     } else {
       prefill_integer(x, n_tokens, w, y);
@@ -204,14 +204,16 @@ bool prefill_rounds_activations() {
   switch (prefill_mode()) {
     case PrefillMode::kExact: return false;
     case PrefillMode::kInteger: return true;
-    default: return qgemm_fast();
+    default: return qgemm_vnni();
   }
 }
 
 const char* prefill_path_name() {
   if (!prefill_rounds_activations()) return "exact (dequantized tiles into SGEMM)";
-  return qgemm_fast() ? "integer (packed panels, AVX-512 VNNI)"
-                      : "integer (decode kernels over L2 tiles)";
+  if (qgemm_vnni()) return "integer (packed panels, AVX-512 VNNI)";
+  return qgemm_fast(io::TensorType::kQ4_K)
+             ? "integer (packed panels, AVX2; Q8_0: decode kernels over L2 tiles)"
+             : "integer (decode kernels over L2 tiles)";
 }
 
 float dot(const float* a, const float* b, int64_t n) {

@@ -115,6 +115,13 @@ inline void panel_plain(const uint8_t* panel, int64_t g_size, int64_t n_groups, 
 #else
 #define EKV_QGEMM_VNNI512 0
 #endif
+#undef EKV_QGEMM_AVX2
+#if !EKV_QGEMM_VNNI512 && \
+    (HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL)
+#define EKV_QGEMM_AVX2 1
+#else
+#define EKV_QGEMM_AVX2 0
+#endif
 
 HWY_BEFORE_NAMESPACE();
 namespace eigenkv::ops {
@@ -178,11 +185,99 @@ void PanelTokens(const uint8_t* panel, int64_t n_groups, const ActRow* x, int64_
 }
 #endif  // EKV_QGEMM_VNNI512
 
-bool FastTarget() { return EKV_QGEMM_VNNI512 != 0; }
+#if EKV_QGEMM_AVX2
+// Without VNNI: 256-bit vectors, rows 0-7 of a chunk then rows 8-15. VPMADDUBSW's 16-bit pair
+// sums u0 x0 + u1 x1 of kAdd16 chunks are added in 16 bits before VPMADDWD widens them: at most
+// 2 * kAdd16 * umax * 127 <= 32767 (kAdd16 8, 4, 2 for umax 15, 31, 63), so nothing saturates.
+// Q8_0 (umax 255) has no 256-bit path.
+template <int C, int NT, int kAdd16>
+HWY_INLINE void Panel256(const uint8_t* panel, int64_t n_groups, const ActRow* x, int64_t rows,
+                         float* y, int64_t ldy) {
+  constexpr int64_t G = 4 * C;
+  constexpr size_t kStride = 16 * G + 128;
+  constexpr int kStep = kAdd16 < C ? kAdd16 : C;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int half = 0; half < 2; ++half) {
+    const int64_t r = std::min<int64_t>(8, rows - 8 * half);
+    if (r <= 0) break;
+    __m256 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < n_groups; ++g) {
+      const uint8_t* grp = panel + g * kStride;
+      __m256i sum[NT];
+      for (int t = 0; t < NT; ++t) sum[t] = _mm256_setzero_si256();
+      for (int c0 = 0; c0 < C; c0 += kStep) {
+        __m256i p16[NT];
+        for (int c = c0; c < c0 + kStep; ++c) {
+          const __m256i w =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * c + 32 * half));
+          for (int t = 0; t < NT; ++t) {
+            int32_t four;
+            std::memcpy(&four, x[t].q + G * g + 4 * c, 4);
+            const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(four));
+            p16[t] = c == c0 ? p : _mm256_add_epi16(p16[t], p);
+          }
+        }
+        for (int t = 0; t < NT; ++t) sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p16[t], ones));
+      }
+      const __m256 s = _mm256_loadu_ps(reinterpret_cast<const float*>(grp + 16 * G) + 8 * half);
+      const __m256 o =
+          _mm256_loadu_ps(reinterpret_cast<const float*>(grp + 16 * G + 64) + 8 * half);
+      for (int t = 0; t < NT; ++t) {
+        const float dx = x[t].d[G * g / 32];
+        const float corr = G == 32 ? x[t].s32[g] : x[t].s16[g];
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]),
+                                 _mm256_mul_ps(s, _mm256_set1_ps(dx)), acc[t]);
+        acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(corr), acc[t]);
+      }
+    }
+    float* yh = y + 8 * half;
+    if (r == 8) {
+      for (int t = 0; t < NT; ++t) _mm256_storeu_ps(yh + t * ldy, acc[t]);
+    } else {
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(r)), lane);
+      for (int t = 0; t < NT; ++t) _mm256_maskstore_ps(yh + t * ldy, mask, acc[t]);
+    }
+  }
+}
+
+// Four tokens at a time: accumulators, sums and pair sums for more would not fit 16 registers.
+template <int C, int kAdd16>
+void PanelTokens256(const uint8_t* panel, int64_t n_groups, const ActRow* x, int64_t nt,
+                    int64_t rows, float* y, int64_t ldy) {
+  for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+    const ActRow* xt = x + t0;
+    float* yt = y + t0 * ldy;
+    switch (std::min<int64_t>(4, nt - t0)) {
+      case 1: Panel256<C, 1, kAdd16>(panel, n_groups, xt, rows, yt, ldy); break;
+      case 2: Panel256<C, 2, kAdd16>(panel, n_groups, xt, rows, yt, ldy); break;
+      case 3: Panel256<C, 3, kAdd16>(panel, n_groups, xt, rows, yt, ldy); break;
+      default: Panel256<C, 4, kAdd16>(panel, n_groups, xt, rows, yt, ldy); break;
+    }
+  }
+}
+
+template <int C>
+void PanelAvx2(int add16, const uint8_t* panel, int64_t n_groups, const ActRow* x, int64_t nt,
+               int64_t rows, float* y, int64_t ldy) {
+  switch (add16) {
+    case 8: return PanelTokens256<C, 8>(panel, n_groups, x, nt, rows, y, ldy);
+    case 4: return PanelTokens256<C, 4>(panel, n_groups, x, nt, rows, y, ldy);
+    default: return PanelTokens256<C, 2>(panel, n_groups, x, nt, rows, y, ldy);
+  }
+}
+#endif  // EKV_QGEMM_AVX2
+
+// 0: no vector kernel for this type here; 1: the 512-bit VNNI kernel; 2: the 256-bit one.
+int FastTarget(int add16) {
+  if (EKV_QGEMM_VNNI512) return 1;
+  return EKV_QGEMM_AVX2 && add16 > 0 ? 2 : 0;
+}
 
 // For each block of up to kMaxTokens activation rows, every panel of the tile: the rows stay in
 // L1 while the tile's panels stream from L2.
-void TileTarget(int64_t g_size, const uint8_t* tile, size_t panel_bytes, int64_t n_panels,
+void TileTarget(int64_t g_size, int add16, const uint8_t* tile, size_t panel_bytes, int64_t n_panels,
                 int64_t cols, const uint8_t* act, size_t act_stride, int64_t n_x, int64_t rows,
                 float* y, int64_t ldy) {
   const int64_t n_groups = cols / g_size;
@@ -200,7 +295,16 @@ void TileTarget(int64_t g_size, const uint8_t* tile, size_t panel_bytes, int64_t
       } else {
         PanelTokens<4>(panel, n_groups, x, nt, r, yp, ldy);
       }
+#elif EKV_QGEMM_AVX2
+      if (add16 == 0) {
+        panel_plain(panel, g_size, n_groups, x, nt, r, yp, ldy);
+      } else if (g_size == 32) {
+        PanelAvx2<8>(add16, panel, n_groups, x, nt, r, yp, ldy);
+      } else {
+        PanelAvx2<4>(add16, panel, n_groups, x, nt, r, yp, ldy);
+      }
 #else
+      (void)add16;
       panel_plain(panel, g_size, n_groups, x, nt, r, yp, ldy);
 #endif
     }
@@ -372,11 +476,28 @@ void pack_row_k(TensorType type, const uint8_t* row, int64_t b0, int64_t b1, int
   }
 }
 
+// Chunks of four numbers whose 16-bit pair sums the 256-bit kernel may add before widening, by
+// the type's largest unsigned number (0: none, Q8_0's 255).
+int add16_chunks(TensorType type) {
+  switch (type) {
+    case TensorType::kQ8_0: return 0;
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1:
+    case TensorType::kQ5_K: return 4;
+    case TensorType::kQ6_K: return 2;
+    default: return 8;  // Q4_0, Q4_1, Q4_K (15), Q3_K (7), Q2_K (3)
+  }
+}
+
 }  // namespace
 
 bool can_qgemm(io::TensorType weight_type) { return group_size(weight_type) > 0; }
 
-bool qgemm_fast() { return HWY_DYNAMIC_DISPATCH(FastTarget)(); }
+bool qgemm_fast(io::TensorType weight_type) {
+  return can_qgemm(weight_type) && HWY_DYNAMIC_DISPATCH(FastTarget)(add16_chunks(weight_type)) > 0;
+}
+
+bool qgemm_vnni() { return HWY_DYNAMIC_DISPATCH(FastTarget)(0) == 1; }
 
 size_t qgemm_act_row_bytes(int64_t n) { return act_bytes(n); }
 
@@ -430,7 +551,7 @@ void qgemm_tile(io::TensorType weight_type, const uint8_t* tile, int64_t n_panel
                 const uint8_t* act, int64_t n_x, int64_t rows, float* y, int64_t ldy) {
   const int64_t g = checked_group("qgemm_tile", weight_type, cols);
   if (n_x <= 0 || rows <= 0) return;
-  HWY_DYNAMIC_DISPATCH(TileTarget)(g, tile, qgemm_panel_bytes(weight_type, cols), n_panels, cols,
+  HWY_DYNAMIC_DISPATCH(TileTarget)(g, add16_chunks(weight_type), tile, qgemm_panel_bytes(weight_type, cols), n_panels, cols,
                                    act, act_bytes(cols), n_x, rows, y, ldy);
 }
 

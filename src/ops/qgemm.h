@@ -19,8 +19,10 @@
 // float32 d * sum per 16, rounded up to 64 bytes.
 //
 // Where the CPU has AVX-512 VNNI (and the build compiles it in) the panels run on 512-bit
-// VPDPBUSD; elsewhere qgemm_fast() is false and callers take another path (the tiles still run,
-// on the plain reference loops).
+// VPDPBUSD; on other x86 CPUs with AVX2, every type but Q8_0 (whose bytes reach 255, too large
+// for VPMADDUBSW's 16-bit pair sums) runs a 256-bit kernel with VPMADDUBSW and VPMADDWD;
+// elsewhere qgemm_fast() is false and callers take another path (the tiles still run, on a
+// plain loop).
 #pragma once
 
 #include <cstddef>
@@ -35,8 +37,10 @@ inline constexpr int64_t kPanelRows = 16;
 // True for the block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K .. Q6_K).
 bool can_qgemm(io::TensorType weight_type);
 
-// True where this CPU runs the packed panels with a vector kernel (AVX-512 VNNI).
-bool qgemm_fast();
+// True where this CPU runs packed panels of this type with a vector kernel.
+bool qgemm_fast(io::TensorType weight_type);
+// True where that kernel is the 512-bit VNNI one (every block type).
+bool qgemm_vnni();
 
 // Bytes of one prepared activation row of n numbers (n a multiple of 32).
 size_t qgemm_act_row_bytes(int64_t n);
