@@ -25,8 +25,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "eigenkv")
-BEGIN = "<!-- real-size: begin (scripts/bench/real_size_report.py) -->"
-END = "<!-- real-size: end -->"
+def markers(section):
+    """The comment lines around one machine's section ("" is the first, unnamed one)."""
+    tag = f"real-size {section}" if section else "real-size"
+    return (f"<!-- {tag}: begin (scripts/bench/real_size_report.py) -->", f"<!-- {tag}: end -->")
+
+
+BEGIN, END = markers("")
 PROMPT = "Once upon a time"
 
 
@@ -218,9 +223,13 @@ def main():
     ap.add_argument("--llama-commit", default="", help="llama.cpp's commit, when --llama-dir is "
                     "not in a git checkout (a snapshot)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCH.md"))
+    ap.add_argument("--section", default="", help="a name for this machine's section (e.g. "
+                    "zen3): sections of other names are left as they are")
     ap.add_argument("--append", action="store_true", help="keep the section as it stands and add "
                     "only the --depth-model and --big parts, measured now")
     a = ap.parse_args()
+    global BEGIN, END
+    BEGIN, END = markers(a.section)
     files = sorted(f for f in os.listdir(a.models) if f.endswith(".gguf"))
     if a.only:
         files = [f for f in files if f in a.only.split(",")]
@@ -230,10 +239,14 @@ def main():
     llama_commit = subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(a.llama_dir)),
                                    "rev-parse", "--short", "HEAD"], capture_output=True,
                                   text=True).stdout.strip() or a.llama_commit or "?"
-    lines = [BEGIN, "", "## Real-size models beside llama.cpp (random weights)", "",
+    title = "## Real-size models beside llama.cpp (random weights)"
+    if a.section:
+        title += f": {cpu_line().split(',')[0]}"
+    lines = [BEGIN, "", title, "",
              f"Made by `python3 scripts/bench/real_size_report.py --models DIR --llama-dir DIR "
              f"--threads {a.threads} --repeats {a.repeats} --n-prompt {a.n_prompt} --n-gen "
-             f"{a.n_gen}{' --big ' + os.path.basename(a.big) if a.big else ''}` on {datetime.date.today()}, eigenkv "
+             f"{a.n_gen}{' --big ' + os.path.basename(a.big) if a.big else ''}"
+             f"{' --section ' + a.section if a.section else ''}` on {datetime.date.today()}, eigenkv "
              f"{commit}, llama.cpp {llama_commit} (built here from a fetched snapshot, "
              f"`-DGGML_NATIVE=ON`), on {cpu_line()}. Load average at the start: {load:.1f}.", "",
              "**The weights are random** (`build/tools/eigenkv-shape-model`: real shapes, "

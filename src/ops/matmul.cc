@@ -204,16 +204,15 @@ bool prefill_rounds_activations() {
   switch (prefill_mode()) {
     case PrefillMode::kExact: return false;
     case PrefillMode::kInteger: return true;
-    default: return qgemm_vnni();
+    default: return qgemm_fast(io::TensorType::kQ4_0);
   }
 }
 
 const char* prefill_path_name() {
   if (!prefill_rounds_activations()) return "exact (dequantized tiles into SGEMM)";
   if (qgemm_vnni()) return "integer (packed panels, AVX-512 VNNI)";
-  return qgemm_fast(io::TensorType::kQ4_K)
-             ? "integer (packed panels, AVX2; Q8_0: decode kernels over L2 tiles)"
-             : "integer (decode kernels over L2 tiles)";
+  return qgemm_fast(io::TensorType::kQ4_0) ? "integer (packed panels, AVX2)"
+                                            : "integer (decode kernels over L2 tiles)";
 }
 
 float dot(const float* a, const float* b, int64_t n) {

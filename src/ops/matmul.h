@@ -32,8 +32,8 @@ void matmul(const float* x, int64_t n_tokens, const WeightView& w, float* y);
 //             the vector kernel, else the decode kernels over L2-sized tiles.
 //   kExact:   tiles of weight rows dequantized to float32 into SGEMM on each thread, with float
 //             activations: prefill logits equal the float64 reference of the dequantized weights.
-//   kAuto:    kInteger where qgemm_vnni() (AVX-512 VNNI, measured 1.9-2.3x faster than kExact),
-//             else kExact (the AVX2 panels have not been measured on an AVX2-only CPU yet).
+//   kAuto:    kInteger where the panels have a vector kernel (AVX-512 VNNI: measured 1.9-2.3x
+//             faster than kExact on a Xeon; AVX2: 1.2-1.6x on a Zen 3), else kExact.
 // The mode starts from EIGENKV_PREFILL (auto, exact or integer; anything else throws Error at the
 // first prefill) and is process-wide.
 enum class PrefillMode { kAuto, kExact, kInteger };

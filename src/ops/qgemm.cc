@@ -189,7 +189,9 @@ void PanelTokens(const uint8_t* panel, int64_t n_groups, const ActRow* x, int64_
 // Without VNNI: 256-bit vectors, rows 0-7 of a chunk then rows 8-15. VPMADDUBSW's 16-bit pair
 // sums u0 x0 + u1 x1 of kAdd16 chunks are added in 16 bits before VPMADDWD widens them: at most
 // 2 * kAdd16 * umax * 127 <= 32767 (kAdd16 8, 4, 2 for umax 15, 31, 63), so nothing saturates.
-// Q8_0 (umax 255) has no 256-bit path.
+// kAdd16 1 is Q8_0, whose u = q + 128 reach 255 (one pair alone could saturate): the kernel
+// takes q = u ^ 0x80 back and multiplies |q| by x with q's sign (VPSIGNB), pair sums at most
+// 2 * 128 * 127, and sum q x needs no offset term.
 template <int C, int NT, int kAdd16>
 HWY_INLINE void Panel256(const uint8_t* panel, int64_t n_groups, const ActRow* x, int64_t rows,
                          float* y, int64_t ldy) {
@@ -211,11 +213,21 @@ HWY_INLINE void Panel256(const uint8_t* panel, int64_t n_groups, const ActRow* x
         for (int c = c0; c < c0 + kStep; ++c) {
           const __m256i w =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * c + 32 * half));
-          for (int t = 0; t < NT; ++t) {
-            int32_t four;
-            std::memcpy(&four, x[t].q + G * g + 4 * c, 4);
-            const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(four));
-            p16[t] = c == c0 ? p : _mm256_add_epi16(p16[t], p);
+          if constexpr (kAdd16 == 1) {
+            const __m256i q = _mm256_xor_si256(w, _mm256_set1_epi8(static_cast<char>(0x80)));
+            const __m256i aq = _mm256_abs_epi8(q);
+            for (int t = 0; t < NT; ++t) {
+              int32_t four;
+              std::memcpy(&four, x[t].q + G * g + 4 * c, 4);
+              p16[t] = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(_mm256_set1_epi32(four), q));
+            }
+          } else {
+            for (int t = 0; t < NT; ++t) {
+              int32_t four;
+              std::memcpy(&four, x[t].q + G * g + 4 * c, 4);
+              const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(four));
+              p16[t] = c == c0 ? p : _mm256_add_epi16(p16[t], p);
+            }
           }
         }
         for (int t = 0; t < NT; ++t) sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p16[t], ones));
@@ -228,7 +240,7 @@ HWY_INLINE void Panel256(const uint8_t* panel, int64_t n_groups, const ActRow* x
         const float corr = G == 32 ? x[t].s32[g] : x[t].s16[g];
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]),
                                  _mm256_mul_ps(s, _mm256_set1_ps(dx)), acc[t]);
-        acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(corr), acc[t]);
+        if constexpr (kAdd16 != 1) acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(corr), acc[t]);
       }
     }
     float* yh = y + 8 * half;
@@ -264,7 +276,8 @@ void PanelAvx2(int add16, const uint8_t* panel, int64_t n_groups, const ActRow* 
   switch (add16) {
     case 8: return PanelTokens256<C, 8>(panel, n_groups, x, nt, rows, y, ldy);
     case 4: return PanelTokens256<C, 4>(panel, n_groups, x, nt, rows, y, ldy);
-    default: return PanelTokens256<C, 2>(panel, n_groups, x, nt, rows, y, ldy);
+    case 2: return PanelTokens256<C, 2>(panel, n_groups, x, nt, rows, y, ldy);
+    default: return PanelTokens256<C, 1>(panel, n_groups, x, nt, rows, y, ldy);
   }
 }
 #endif  // EKV_QGEMM_AVX2
@@ -477,10 +490,10 @@ void pack_row_k(TensorType type, const uint8_t* row, int64_t b0, int64_t b1, int
 }
 
 // Chunks of four numbers whose 16-bit pair sums the 256-bit kernel may add before widening, by
-// the type's largest unsigned number (0: none, Q8_0's 255).
+// the type's largest unsigned number (1: Q8_0's 255, run as signed numbers one chunk at a time).
 int add16_chunks(TensorType type) {
   switch (type) {
-    case TensorType::kQ8_0: return 0;
+    case TensorType::kQ8_0: return 1;
     case TensorType::kQ5_0:
     case TensorType::kQ5_1:
     case TensorType::kQ5_K: return 4;

@@ -19,10 +19,9 @@
 // float32 d * sum per 16, rounded up to 64 bytes.
 //
 // Where the CPU has AVX-512 VNNI (and the build compiles it in) the panels run on 512-bit
-// VPDPBUSD; on other x86 CPUs with AVX2, every type but Q8_0 (whose bytes reach 255, too large
-// for VPMADDUBSW's 16-bit pair sums) runs a 256-bit kernel with VPMADDUBSW and VPMADDWD;
-// elsewhere qgemm_fast() is false and callers take another path (the tiles still run, on a
-// plain loop).
+// VPDPBUSD; on other x86 CPUs with AVX2 a 256-bit kernel runs them with VPMADDUBSW and VPMADDWD
+// (Q8_0, whose bytes reach 255, as signed numbers with VPSIGNB); elsewhere qgemm_fast() is false
+// and callers take another path (the tiles still run, on a plain loop).
 #pragma once
 
 #include <cstddef>
