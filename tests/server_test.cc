@@ -14,9 +14,11 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "model/model.h"
@@ -72,6 +74,7 @@ class ServerProcess {
     if (stdout_) std::fclose(stdout_);
   }
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
 
   // SIGTERM, then the exit status (-1 if it had not exited within `seconds`).
   int terminate(double seconds = 20) {
@@ -189,6 +192,7 @@ class ServerTest : public ::testing::Test {
     ASSERT_GT(server_->port(), 0) << "the server did not start";
   }
   int port() const { return server_->port(); }
+  pid_t pid() const { return server_->pid(); }
 
   static ServerProcess* server_;
 };
@@ -485,6 +489,87 @@ TEST_F(ServerTest, BadInputGets400AndServerKeepsServing) {
   EXPECT_EQ(get(port(), "/health").status, 200);
   const Reply ok = post(port(), "/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 2}});
   EXPECT_EQ(ok.status, 200);
+}
+
+// Peak resident set of a process in bytes (VmHWM), or 0.
+int64_t peak_rss(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
+  }
+  return 0;
+}
+
+// What a hostile client sends: bodies nested 60,000 deep (the JSON library recurses), numbers
+// past a double, huge values that errors would echo, and a chunked body far over --max-body.
+TEST_F(ServerTest, HostileBodiesGet4xxAndServerKeepsServing) {
+  const std::string deep = std::string(60000, '[') + std::string(60000, ']');
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"nested prompt", "/v1/completions", "{\"prompt\": " + deep + ", \"max_tokens\": 1}"},
+      {"nested content", "/v1/chat/completions",
+       "{\"messages\": [{\"role\": \"user\", \"content\": " + deep + "}]}"},
+      {"nested unknown field", "/v1/completions", "{\"prompt\": \"hi\", \"x\": " + deep + "}"},
+      {"temperature 1e999", "/v1/completions", R"({"prompt": "hi", "temperature": 1e999})"},
+      {"5,000-digit max_tokens", "/v1/completions",
+       "{\"prompt\": \"hi\", \"max_tokens\": " + std::string(5000, '9') + "}"},
+      {"huge neutral-only field", "/v1/completions",
+       json{{"prompt", "hi"}, {"n", std::vector<int>(20000, 7)}}.dump()},
+      {"huge unknown field name", "/v1/completions",
+       json{{"prompt", "hi"}, {std::string(20000, 'k'), 1}}.dump()},
+      {"huge bad content part", "/v1/chat/completions",
+       json{{"messages", {{{"role", "user"}, {"content", {{{"type", "image"},
+                                                           {"url", std::string(20000, 'u')}}}}}}}}
+           .dump()},
+      {"huge bad token", "/v1/completions", json{{"prompt", {1, std::string(20000, 't')}}}.dump()},
+  };
+  for (const auto& [name, path, body] : cases) {
+    const Reply r = post(port(), path, body);
+    EXPECT_EQ(r.status, 400) << name << ": " << r.raw.substr(0, 300);
+    EXPECT_TRUE(r.body.is_object() && r.body["error"]["message"].is_string()) << name;
+    EXPECT_LT(r.raw.size(), 1000u) << name << ": the error echoes the value";
+    ASSERT_EQ(get(port(), "/health").status, 200) << "after " << name;
+  }
+
+  // 64 MB chunked (no Content-Length): refused at the 8 MB limit, not buffered. The server closes
+  // the connection while this client still writes: ignore SIGPIPE here.
+  std::signal(SIGPIPE, SIG_IGN);
+  const int64_t rss_before = peak_rss(pid());
+  httplib::Client client("127.0.0.1", port());
+  client.set_read_timeout(30, 0);
+  client.set_write_timeout(30, 0);
+  size_t sent = 0;
+  const std::string piece(1 << 16, ' ');
+  auto res = client.Post(
+      "/v1/completions",
+      [&](size_t, httplib::DataSink& sink) {
+        if (sent >= (size_t{64} << 20)) {
+          sink.done();
+          return true;
+        }
+        sent += piece.size();
+        return sink.write(piece.data(), piece.size());
+      },
+      "application/json");
+  if (res) {  // else the server closed while we wrote
+    EXPECT_EQ(res->status, 413) << res->body;
+  }
+  EXPECT_LT(sent, size_t{64} << 20) << "the server read the whole chunked body";
+  EXPECT_LT(peak_rss(pid()) - rss_before, int64_t{40} << 20);
+  EXPECT_EQ(get(port(), "/health").status, 200);
+  const Reply ok = post(port(), "/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 2}});
+  EXPECT_EQ(ok.status, 200);
+}
+
+// A streamed request counts once in the metrics, with its real status.
+TEST_F(ServerTest, StreamedRequestsCountOnce) {
+  const double ok_before = metric(port(), R"(eigenkv_requests_total{endpoint="completions",code="200"})");
+  const Reply r =
+      post(port(), "/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 2}, {"stream", true}});
+  ASSERT_EQ(r.status, 200);
+  const std::string after = get(port(), "/metrics").raw;
+  EXPECT_EQ(after.find("code=\"-1\""), std::string::npos) << after;
+  const double ok_after = metric(port(), R"(eigenkv_requests_total{endpoint="completions",code="200"})");
+  EXPECT_EQ((std::isnan(ok_before) ? 0.0 : ok_before) + 1.0, ok_after);
 }
 
 // >= 1,000 requests from 16 clients, streamed and not; none fails and no KV memory is left.

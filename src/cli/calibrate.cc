@@ -3,6 +3,7 @@
 #include "compress/calibrate.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "model/save.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/files.h"
 #include "util/progress.h"
 
 namespace eigenkv::cli {
@@ -81,8 +83,18 @@ compress::CalibrationOptions options_from(const CalibrateFlags& f, const model::
   o.ctx = f.ctx;
   o.max_tokens = f.tokens;
   o.error_windows = f.error_windows;
-  o.source = f.file;
   return o;
+}
+
+// What a compressed file records of its calibration text: the file's name (not its path, which
+// may say more about the machine than the user wants to publish), size and a 64-bit FNV-1a hash.
+std::string text_label(const std::string& path, const std::string& text) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const char c : text) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+  return cat(std::filesystem::path(path).filename().string(), " (", text.size(),
+             " bytes, fnv1a64 ", hex, ")");
 }
 
 nlohmann::json profile_json(const compress::CalibrationResult& r) {
@@ -225,6 +237,25 @@ void print_stief_table(const compress::StiefResult& r) {
   }
 }
 
+// Refuses outputs that are inputs (the model, the texts) or each other, before any work.
+void check_outputs(const CalibrateFlags& f, const std::vector<std::string>& models) {
+  const std::vector<std::string> inputs = {f.model.model, f.file, f.heldout};
+  for (const std::string& m : models) {
+    std::vector<std::string> others = inputs;
+    for (const std::string& other : models) {
+      if (other != m) others.push_back(other);
+    }
+    check_output_path(m, "-o", others);
+  }
+  std::vector<std::string> all = inputs;
+  all.insert(all.end(), models.begin(), models.end());
+  if (!f.profile_json.empty()) check_output_path(f.profile_json, "--profile-json", all);
+  if (!f.plot.empty()) {
+    all.push_back(f.profile_json);
+    check_output_path(f.plot, "--plot", all);
+  }
+}
+
 void run_stief(const CalibrateFlags& flags) {
   CalibrateFlags f = flags;
   std::vector<double> budgets;
@@ -236,10 +267,24 @@ void run_stief(const CalibrateFlags& flags) {
               "with several --kv-budgets, -o must contain {} (replaced by each budget)");
     f.kv_budget = budgets[0];
   }
+  {
+    std::vector<std::string> outs;
+    for (double budget : budgets.empty() ? std::vector<double>{0.0} : budgets) {
+      outs.push_back(budgets.empty() ? f.out : output_for(f.out, budget));
+    }
+    check_outputs(f, outs);
+    if (f.profile_json.empty()) {
+      std::vector<std::string> all = {f.model.model, f.file, f.heldout};
+      all.insert(all.end(), outs.begin(), outs.end());
+      check_output_path(profile_beside(f.out), "the profile beside -o", all);
+    }
+  }
   auto model = load_model(f.model);
   compress::StiefOptions options = stief_options_from(f, *model);
   if (budgets.empty()) budgets = {options.calibration.kv_budget};
-  const std::vector<int32_t> ids = model->tokenizer().encode(read_text_file(f.file), true);
+  const std::string text = read_text_file(f.file);
+  options.calibration.source = text_label(f.file, text);
+  const std::vector<int32_t> ids = model->tokenizer().encode(text, true);
   std::vector<int32_t> heldout_ids;
   if (!f.heldout.empty()) heldout_ids = model->tokenizer().encode(read_text_file(f.heldout), true);
   const int64_t full_bytes = model->kv_bytes_per_token();
@@ -300,9 +345,11 @@ void run(const CalibrateFlags& f) {
     return;
   }
   EKV_CHECK(f.kv_budgets.empty(), "--kv-budgets is for --method stief; give one --kv-budget");
+  check_outputs(f, {f.out});
   auto model = load_model(f.model);
-  const compress::CalibrationOptions options = options_from(f, *model);
+  compress::CalibrationOptions options = options_from(f, *model);
   const std::string text = read_text_file(f.file);
+  options.source = text_label(f.file, text);
   const std::vector<int32_t> ids = model->tokenizer().encode(text, true);
   const int64_t full_bytes = model->kv_bytes_per_token();
   compress::CalibrationResult r = compress::calibrate_eigen(*model, ids, options);

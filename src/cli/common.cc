@@ -6,6 +6,7 @@
 
 #include "model/save.h"
 #include "util/error.h"
+#include "util/files.h"
 #include "util/threads.h"
 
 namespace eigenkv::cli {
@@ -39,12 +40,13 @@ std::unique_ptr<model::Model> load_model(const ModelFlags& flags) {
   return model;
 }
 
+uint64_t& max_text_bytes() {
+  static uint64_t limit = uint64_t{1} << 30;
+  return limit;
+}
+
 std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot open");
-  std::ostringstream s;
-  s << in.rdbuf();
-  std::string text = s.str();
+  std::string text = read_regular_file(path, max_text_bytes(), "--max-text-bytes");
   EKV_CHECK(!text.empty(), path, ": the file is empty");
   return text;
 }

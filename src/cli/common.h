@@ -30,8 +30,11 @@ void add_fold_type_flag(CLI::App* app, std::string& fold_type);
 // Writes the model with that fold type; prints the type fallbacks, if any, to stderr.
 void save_model(const model::Model& model, const std::string& path, const std::string& fold_type);
 
-// The whole file; throws Error naming the file when it cannot be read or is empty.
+// The whole file; throws Error naming the file when it cannot be read, is not a regular file
+// (a FIFO or /dev/zero would hang or grow without end), is over max_text_bytes() or is empty.
 std::string read_text_file(const std::string& path);
+// --max-text-bytes: 1 GiB unless set.
+uint64_t& max_text_bytes();
 // The text given by -p or read from -f (exactly one of them may be set; both empty gives "").
 std::string prompt_text(const std::string& prompt, const std::string& file);
 

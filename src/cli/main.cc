@@ -16,6 +16,11 @@ int main(int argc, char** argv) {
            "--help)\n";
   });
   app.set_version_flag("--version", "eigenkv 0.1.0");
+  // Options of the app itself may also follow a subcommand's name.
+  app.fallthrough();
+  app.add_option("--max-text-bytes", eigenkv::cli::max_text_bytes(),
+                 "largest text file (-f, --heldout) a run reads, in bytes")
+      ->check(CLI::PositiveNumber);
   eigenkv::cli::register_generate(app);
   eigenkv::cli::register_perplexity(app);
   eigenkv::cli::register_tokenize(app);
@@ -31,7 +36,8 @@ int main(int argc, char** argv) {
     eigenkv::ops::prefill_mode();  // a bad EIGENKV_PREFILL is reported before any work
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every other parse error is one error line and status 1.
+    return app.exit(e) == 0 ? 0 : 1;
   } catch (const eigenkv::Error& e) {
     std::fprintf(stderr, "eigenkv: error: %s\n", e.what());
     return 1;

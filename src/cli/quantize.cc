@@ -28,6 +28,7 @@
 #include "ops/dequant.h"
 #include "ops/quant_mix.h"
 #include "util/error.h"
+#include "util/files.h"
 #include "util/threads.h"
 
 namespace eigenkv::cli {
@@ -151,6 +152,7 @@ void run(const QuantizeFlags& f) {
   EKV_CHECK(mix.has_value(), "--type '", f.type, "' is not a quantization type (",
             ops::quant_mix_names(), ")");
   set_thread_count(f.threads);
+  check_output_path(f.out, "-o", {f.model});
   std::error_code ec;
   if (std::filesystem::is_directory(f.model, ec)) return run_hf(f, *mix);
   const io::GgufFile in(f.model);

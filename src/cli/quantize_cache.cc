@@ -8,6 +8,7 @@
 #include "model/save.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/files.h"
 
 namespace eigenkv::cli {
 namespace {
@@ -24,6 +25,7 @@ struct QuantizeCacheFlags {
 };
 
 void run(const QuantizeCacheFlags& f) {
+  check_output_path(f.out, "-o", {f.model.model, f.file});
   auto model = load_model(f.model);
   const std::string text = read_text_file(f.file);
   const std::vector<int32_t> ids = model->tokenizer().encode(text, true);

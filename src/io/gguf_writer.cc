@@ -1,8 +1,5 @@
 #include "io/gguf_writer.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -15,6 +12,7 @@
 #include <variant>
 
 #include "util/error.h"
+#include "util/files.h"
 
 namespace eigenkv::io {
 namespace {
@@ -32,8 +30,6 @@ constexpr size_t kMaxTensorNameBytes = 63;
 // The same bounds GgufFile puts on a dimension and on the number count of a tensor.
 constexpr int64_t kMaxDim = int64_t{1} << 40;
 constexpr int64_t kMaxNumel = int64_t{1} << 48;
-// Linux moves at most about 2 GiB per write(2); larger tensors go in chunks.
-constexpr size_t kMaxWriteChunk = size_t{1} << 30;
 
 struct IntegerType {
   bool is_signed;
@@ -172,73 +168,6 @@ class Encoder {
   }
 
   std::string out_;
-};
-
-// The temporary file that write() fills; unless commit() renames it into place, destroying it
-// removes it, so an exception at any point leaves nothing behind.
-class TempFile {
- public:
-  explicit TempFile(const std::string& path) : path_(path), temp_(cat(path, ".tmp.", ::getpid())) {
-    fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail_errno("cannot create the temporary file ", temp_);
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-
-  ~TempFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(temp_.c_str());
-  }
-
-  void write(const void* data, size_t n) {
-    const auto* p = static_cast<const uint8_t*>(data);
-    while (n > 0) {
-      const ssize_t written = ::write(fd_, p, std::min(n, kMaxWriteChunk));
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        fail_errno("cannot write ", temp_);
-      }
-      p += written;
-      n -= static_cast<size_t>(written);
-    }
-  }
-
-  // fsync before rename: otherwise a crash could leave `path` naming a file whose data never
-  // reached the disk.
-  void commit() {
-    if (::fsync(fd_) != 0) fail_errno("cannot sync ", temp_);
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) fail_errno("cannot close ", temp_);
-    if (::rename(temp_.c_str(), path_.c_str()) != 0) {
-      fail_errno("cannot rename ", temp_, " to ", path_);
-    }
-    committed_ = true;
-    sync_directory();
-  }
-
- private:
-  // Makes the rename itself durable. Failure is not reported: the complete file is already in
-  // place and there is nothing to undo, only a weaker guarantee across a power cut.
-  void sync_directory() const {
-    std::string dir = std::filesystem::path(path_).parent_path().string();
-    if (dir.empty()) dir = ".";
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return;
-    ::fsync(fd);
-    ::close(fd);
-  }
-
-  template <typename... Args>
-  [[noreturn]] void fail_errno(Args&&... args) const {
-    const int error = errno;
-    fail(path_, ": cannot write GGUF: ", std::forward<Args>(args)..., ": ", std::strerror(error));
-  }
-
-  std::string path_;
-  std::string temp_;
-  int fd_ = -1;
-  bool committed_ = false;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Model::load: finds out what `path` is (GGUF file or Hugging Face directory) and builds the model.
 #include <cmath>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include "model/save.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/files.h"
 #include "util/memory.h"
 
 namespace eigenkv::model {
@@ -146,10 +148,14 @@ std::unique_ptr<tok::Tokenizer> gguf_tokenizer(const io::GgufFile& file) {
 }
 
 bool is_gguf_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) return false;
+  uint64_t size = 0;
+  const int fd = open_regular_file(path, &size);  // a FIFO or device is refused, not waited on
   char magic[4] = {};
-  in.read(magic, 4);
-  return in.gcount() == 4 && std::string(magic, 4) == "GGUF";
+  const ssize_t got = ::read(fd, magic, 4);
+  ::close(fd);
+  return got == 4 && std::string(magic, 4) == "GGUF";
 }
 
 std::unique_ptr<Model> load_gguf(const std::string& path) {
@@ -180,17 +186,15 @@ std::unique_ptr<Model> load_gguf(const std::string& path) {
   return model;
 }
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path.string(), ": cannot open");
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+// config.json, tokenizer.json and their kin: regular files of at most this size.
+constexpr uint64_t kMaxJsonBytes = uint64_t{1} << 30;
+
+std::string read_file(const fs::path& path) { return read_regular_file(path.string(), kMaxJsonBytes); }
 
 nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) fail(path.string(), ": cannot open");
+  const std::string text = read_file(path);
   try {
-    return nlohmann::json::parse(in);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail(path.string(), ": not valid JSON: ", e.what());
   }

@@ -7,6 +7,7 @@
 #include <random>
 #include <set>
 
+#include "serve/format.h"
 #include "tokenizer/tokenizer.h"
 
 namespace eigenkv::serve {
@@ -14,8 +15,51 @@ namespace {
 
 using nlohmann::json;
 
+// Client text quoted in an error is cut to this many bytes, so an error never echoes a huge value.
+constexpr size_t kQuoteBytes = 100;
+
+// s, or its first kQuoteBytes bytes (not splitting a UTF-8 sequence) and how long it was.
+std::string brief(const std::string& s) {
+  if (s.size() <= kQuoteBytes + 20) return s;
+  size_t n = kQuoteBytes;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return cat(s.substr(0, n), "... (", s.size(), " bytes)");
+}
+std::string brief(const json& v) { return brief(dump(v)); }
+
 ApiError bad(const std::string& param, const std::string& message) {
-  return ApiError(400, message, param);
+  return ApiError(400, message, brief(param));
+}
+
+// Arrays and objects may nest at most this deep: the JSON library parses and prints nesting by
+// recursion, and a body of 100 KB of brackets would overflow the handler thread's stack.
+constexpr int kMaxNesting = 64;
+
+// Throws ApiError(400) when body's arrays and objects nest deeper than kMaxNesting (brackets in
+// strings do not count). Runs before parsing, in one pass without recursion.
+void check_nesting(const std::string& body) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : body) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxNesting) {
+        throw ApiError(400, cat("the body nests arrays and objects deeper than ", kMaxNesting,
+                                " levels"));
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
 }
 
 const char* type_name(const json& v) {
@@ -48,7 +92,7 @@ class Fields {
                                     (lo <= 0 || v->get<int64_t>() >= lo)
                               : v->get<int64_t>() >= lo && v->get<int64_t>() <= hi;
     if (!in_range) {
-      throw bad(key, cat("'", key, "' must be in [", lo, ", ", hi, "], found ", v->dump()));
+      throw bad(key, cat("'", key, "' must be in [", lo, ", ", hi, "], found ", brief(*v)));
     }
     return v->get<int64_t>();
   }
@@ -61,7 +105,7 @@ class Fields {
     const double x = v->get<double>();
     if (x > hi || (open_low ? x <= lo : x < lo)) {
       throw bad(key, cat("'", key, "' must be in ", open_low ? "(" : "[", lo, ", ", hi, "], found ",
-                         v->dump()));
+                         brief(*v)));
     }
     return x;
   }
@@ -86,13 +130,13 @@ class Fields {
     const json* v = find(key);
     if (v && *v != neutral && !(v->is_number() && neutral.is_number() && *v == neutral)) {
       throw bad(key,
-                cat("'", key, "' is only supported at ", neutral.dump(), ", found ", v->dump()));
+                cat("'", key, "' is only supported at ", neutral.dump(), ", found ", brief(*v)));
     }
   }
 
   void reject_unknown() const {
     for (const auto& [key, value] : object_.items()) {
-      if (!seen_.count(key)) throw bad(key, cat("unknown field '", key, "' in ", where_));
+      if (!seen_.count(key)) throw bad(key, cat("unknown field '", brief(key), "' in ", where_));
     }
   }
 
@@ -141,11 +185,11 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(Fields& f, size_t n_voca
     const long id = std::strtol(key.c_str(), &end, 10);
     if (key.empty() || *end != '\0' || id < 0 || static_cast<size_t>(id) >= n_vocab) {
       throw bad("logit_bias",
-                cat("'logit_bias' key '", key, "' is not a token id below ", n_vocab));
+                cat("'logit_bias' key '", brief(key), "' is not a token id below ", n_vocab));
     }
     if (!value.is_number() || value.get<double>() < -100 || value.get<double>() > 100) {
       throw bad("logit_bias",
-                cat("'logit_bias' values must be numbers in [-100, 100], found ", value.dump()));
+                cat("'logit_bias' values must be numbers in [-100, 100], found ", brief(value)));
     }
     bias.emplace_back(static_cast<int32_t>(id), value.get<float>());
   }
@@ -179,12 +223,12 @@ std::vector<int32_t> token_list(const json& v, const tok::Tokenizer& tokenizer, 
   std::vector<int32_t> ids;
   for (const json& t : v) {
     if (!t.is_number_integer()) {
-      throw bad("prompt", cat("prompt ", index, ": token ids must be integers, found ", t.dump()));
+      throw bad("prompt", cat("prompt ", index, ": token ids must be integers, found ", brief(t)));
     }
     const bool ok = !t.is_number_unsigned() || t.get<uint64_t>() < tokenizer.vocab_size();
     const int64_t id = ok ? t.get<int64_t>() : -1;
     if (id < 0 || id >= static_cast<int64_t>(tokenizer.vocab_size())) {
-      throw bad("prompt", cat("prompt ", index, ": token id ", t.dump(),
+      throw bad("prompt", cat("prompt ", index, ": token id ", brief(t),
                               " is outside the vocabulary of ", tokenizer.vocab_size()));
     }
     ids.push_back(static_cast<int32_t>(id));
@@ -254,7 +298,7 @@ std::string message_content(Fields& mf, size_t index) {
       throw bad("messages", cat("message ", index,
                                 ": only {\"type\": \"text\", \"text\": "
                                 "...} content parts are supported, found ",
-                                part.dump()));
+                                brief(part)));
     }
     text += part["text"].get<std::string>();
   }
@@ -264,11 +308,14 @@ std::string message_content(Fields& mf, size_t index) {
 }  // namespace
 
 nlohmann::json parse_body(const std::string& body) {
+  check_nesting(body);
   json j;
   try {
     j = json::parse(body);
   } catch (const json::parse_error& e) {
-    throw ApiError(400, cat("the body is not valid JSON (UTF-8): ", e.what()));
+    throw ApiError(400, cat("the body is not valid JSON (UTF-8): ", brief(std::string(e.what()))));
+  } catch (const json::out_of_range& e) {  // a number too large for a double, e.g. 1e999
+    throw ApiError(400, cat("the body holds a number out of range: ", brief(std::string(e.what()))));
   }
   if (!j.is_object())
     throw ApiError(400, cat("the body must be a JSON object, found ", type_name(j)));

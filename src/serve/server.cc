@@ -182,18 +182,38 @@ void Server::stop(double drain_seconds) {
 
 void Server::install_routes() {
   // Every JSON endpoint turns engine errors into an error object and records the request.
+  // The body is read here, chunked or not, under max_body_bytes: httplib's own limit holds for
+  // Content-Length bodies only.
   auto wrap = [this](const std::string& endpoint, auto handler) {
-    return [this, endpoint, handler](const httplib::Request& req, httplib::Response& res) {
+    return [this, endpoint, handler](const httplib::Request& req, httplib::Response& res,
+                                     const httplib::ContentReader& reader) {
       const double start = now_seconds();
       try {
-        (this->*handler)(req, res);
+        std::string body;
+        bool too_large = false;
+        const bool read = reader([&](const char* data, size_t n) {
+          if (body.size() + n > options_.max_body_bytes) {
+            too_large = true;
+            return false;
+          }
+          body.append(data, n);
+          return true;
+        });
+        if (too_large || (!read && res.status == 413)) {
+          res.set_header("Connection", "close");  // the rest of the body is never read
+          throw ApiError(413, cat("the body is larger than the server's limit of ",
+                                  options_.max_body_bytes, " bytes"));
+        }
+        if (!read) throw ApiError(400, "the body could not be read");
+        (this->*handler)(req, body, res);
       } catch (const ApiError& e) {
         send_error(res, e.status(), e.what(), e.type(), e.param());
       } catch (const std::exception& e) {
         send_error(res, 500, cat("internal error: ", e.what()), "server_error");
       }
-      if (res.status != 200 || res.get_header_value("Content-Type") != "text/event-stream") {
-        metrics_.count_request(endpoint, res.status);  // streams count when they end
+      // Streams count when they end (respond's completion handler), whatever res.status says now.
+      if (res.get_header_value("Content-Type") != "text/event-stream") {
+        metrics_.count_request(endpoint, res.status);
         metrics_.observe_latency(endpoint, now_seconds() - start);
       }
     };
@@ -248,8 +268,9 @@ void Server::handle_models(httplib::Response& res) const {
   send_json(res, 200, {{"object", "list"}, {"data", json::array({std::move(entry)})}});
 }
 
-void Server::handle_completions(const httplib::Request& req, httplib::Response& res) {
-  const json body = parse_body(req.body);
+void Server::handle_completions(const httplib::Request& req, const std::string& text,
+                                httplib::Response& res) {
+  const json body = parse_body(text);
   CompletionRequest r = parse_completion_request(body, model_.tokenizer(), options_.limits);
   auto g = std::make_shared<Generation>(PeerSocket(req.remote_addr, req.remote_port, bound_port_));
   g->meta = {new_id("cmpl"), unix_seconds(), options_.model_id, ""};
@@ -265,8 +286,9 @@ void Server::handle_completions(const httplib::Request& req, httplib::Response& 
   respond(g, r.params.stream, res);
 }
 
-void Server::handle_chat(const httplib::Request& req, httplib::Response& res) {
-  const json body = parse_body(req.body);
+void Server::handle_chat(const httplib::Request& req, const std::string& text,
+                         httplib::Response& res) {
+  const json body = parse_body(text);
   ChatRequest r = parse_chat_request(body, model_.tokenizer(), options_.limits);
   const ChatPrompt rendered = render_chat(chat_family_, r.messages);
   const tok::Tokenizer& tokenizer = model_.tokenizer();

@@ -53,8 +53,10 @@ class Server {
 
  private:
   void install_routes();
-  void handle_completions(const httplib::Request& req, httplib::Response& res);
-  void handle_chat(const httplib::Request& req, httplib::Response& res);
+  // body: the request's body, read by the route under max_body_bytes.
+  void handle_completions(const httplib::Request& req, const std::string& body,
+                          httplib::Response& res);
+  void handle_chat(const httplib::Request& req, const std::string& body, httplib::Response& res);
   void handle_models(httplib::Response& res) const;
   // Streams the generation's chunks as server-sent events, or waits for them and answers once.
   void respond(const std::shared_ptr<Generation>& g, bool stream, httplib::Response& res);

@@ -15,6 +15,7 @@
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 #include "util/error.h"
+#include "util/files.h"
 
 namespace eigenkv::tok {
 namespace {
@@ -75,13 +76,9 @@ class Source {
 };
 
 json parse_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EKV_CHECK(in, "cannot open '", path, "'");
-  std::ostringstream text;
-  text << in.rdbuf();
-  EKV_CHECK(in.good() || in.eof(), "cannot read '", path, "'");
+  const std::string text = read_regular_file(path, uint64_t{1} << 30);
   try {
-    return json::parse(text.str());
+    return json::parse(text);
   } catch (const json::parse_error& e) {
     fail(path, ": malformed JSON: ", e.what());
   }
