@@ -209,7 +209,9 @@ TEST(CliErrors, CalibrateBadBudgetsAndText) {
   const std::string out = testing::temp_path("never.gguf");
   const std::string base = "calibrate -m " + kBundled + " -o " + out + " -f ";
   expect_error(base + calib + " --threshold 1.5", "--threshold");
-  expect_error(base + calib + " --threshold -0.1", "--threshold");
+  expect_error(base + calib + " --threshold -0.1", "--threshold must be in [0, 1), found -0.1");
+  expect_error(base + calib + " --kv-budget -1", "--kv-budget must be in (0, 1], found -1");
+  expect_error(base + calib + " --error-budget nan", "--error-budget must be in (0, 1], found nan");
   expect_error(base + calib + " --kv-budget 0", "--kv-budget");
   expect_error(base + calib + " --error-budget 2", "--error-budget");
   expect_error(base + calib + " --threshold 0.1 --kv-budget 0.5", "exactly one");

@@ -611,7 +611,7 @@ void request_and_hang_up(int port, const std::string& body, bool wait_for_bytes)
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   const std::string request =
-      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+      "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
       "application/json\r\nContent-Length: " +
       std::to_string(body.size()) + "\r\n\r\n" + body;
   ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
@@ -735,6 +735,95 @@ TEST(ServerKvBudget, RequestLargerThanTheWholeBudgetGets400) {
       post(server.port(), "/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 50}});
   EXPECT_EQ(fits.status, 200) << fits.raw;
   EXPECT_EQ(server.terminate(), 0);
+}
+
+}  // namespace
+}  // namespace eigenkv
+
+namespace eigenkv {
+namespace {
+
+// One request with chosen headers: (status, body).
+std::pair<int, std::string> request(int port, const std::string& method, const std::string& path,
+                                    const httplib::Headers& headers, const std::string& body = "",
+                                    const std::string& content_type = "application/json") {
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(60, 0);
+  httplib::Result res = method == "POST" ? client.Post(path.c_str(), headers, body, content_type.c_str())
+                        : method == "OPTIONS" ? client.Options(path.c_str(), headers)
+                                              : client.Get(path.c_str(), headers);
+  if (!res) return {0, "no response: " + httplib::to_string(res.error())};
+  return {res->status, res->body};
+}
+
+const std::string kTiny = R"({"prompt": "hi", "max_tokens": 2})";
+
+TEST(ServerAccess, ApiKeysGuardEveryEndpoint) {
+  EKV_REQUIRE_SHARED(kSmall);
+  const std::string keys = testing::temp_path("keys.txt");
+  std::ofstream(keys) << "# keys\nsecond-key\n\n";
+  ServerProcess server({"-m", shared_path(kSmall), "--api-key", "first-key", "--api-key-file", keys});
+  ASSERT_GT(server.port(), 0);
+  const int port = server.port();
+  for (const char* path : {"/v1/models", "/health", "/metrics"}) {
+    EXPECT_EQ(request(port, "GET", path, {}).first, 401) << path;
+  }
+  auto [status, body] = request(port, "POST", "/v1/completions", {}, kTiny);
+  EXPECT_EQ(status, 401);
+  EXPECT_EQ(json::parse(body)["error"]["code"], "invalid_api_key") << body;
+  EXPECT_EQ(request(port, "POST", "/v1/completions", {{"Authorization", "Bearer wrong"}}, kTiny).first,
+            401);
+  EXPECT_EQ(request(port, "POST", "/v1/completions", {{"Authorization", "first-key"}}, kTiny).first,
+            401);
+  EXPECT_EQ(
+      request(port, "POST", "/v1/completions", {{"Authorization", "Bearer first-key"}}, kTiny).first,
+      200);
+  EXPECT_EQ(
+      request(port, "POST", "/v1/completions", {{"Authorization", "Bearer second-key"}}, kTiny).first,
+      200);
+  // With a key, any Host is fine (the key is the guard).
+  EXPECT_EQ(request(port, "GET", "/v1/models",
+                    {{"Authorization", "Bearer second-key"}, {"Host", "example.com"}})
+                .first,
+            200);
+  std::filesystem::remove(keys);
+}
+
+TEST(ServerAccess, OpenHealthLeavesHealthAndMetricsOpen) {
+  EKV_REQUIRE_SHARED(kSmall);
+  ServerProcess server({"-m", shared_path(kSmall), "--api-key", "k", "--open-health"});
+  ASSERT_GT(server.port(), 0);
+  EXPECT_EQ(request(server.port(), "GET", "/health", {}).first, 200);
+  EXPECT_EQ(request(server.port(), "GET", "/metrics", {}).first, 200);
+  EXPECT_EQ(request(server.port(), "GET", "/v1/models", {}).first, 401);
+}
+
+// A web page's requests: a foreign Origin, or a rebound name in Host.
+TEST(ServerAccess, CrossSiteAndRebindingRequestsAreRefused) {
+  EKV_REQUIRE_SHARED(kSmall);
+  ServerProcess server({"-m", shared_path(kSmall), "--allow-origin", "http://app.local"});
+  ASSERT_GT(server.port(), 0);
+  const int port = server.port();
+  EXPECT_EQ(request(port, "POST", "/v1/completions", {{"Origin", "http://evil.example"}}, kTiny,
+                    "text/plain")
+                .first,
+            403);
+  EXPECT_EQ(request(port, "POST", "/v1/completions", {{"Host", "evil.example:8080"}}, kTiny,
+                    "text/plain")
+                .first,
+            403);
+  for (const char* host : {"localhost:1", "127.0.0.1", "[::1]:80"}) {
+    EXPECT_EQ(request(port, "GET", "/health", {{"Host", host}}).first, 200) << host;
+  }
+  httplib::Client client("127.0.0.1", port);
+  auto res = client.Post("/v1/completions", {{"Origin", "http://app.local"}}, kTiny,
+                         "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->get_header_value("Access-Control-Allow-Origin"), "http://app.local");
+  EXPECT_EQ(request(port, "OPTIONS", "/v1/completions", {{"Origin", "http://app.local"}}).first, 204);
+  EXPECT_EQ(request(port, "OPTIONS", "/v1/completions", {{"Origin", "http://evil.example"}}).first,
+            403);
 }
 
 }  // namespace

@@ -31,7 +31,7 @@ def hang_up(url, body):
     u = urllib.parse.urlparse(url)
     data = json.dumps(body).encode()
     with socket.create_connection((u.hostname, u.port), timeout=30) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
                   b"\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
         s.recv(64)
     return "hung up"

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "cli/common.h"
@@ -27,9 +28,9 @@ struct CalibrateFlags {
   std::string method = "eigen";
   std::string rope = "pre";
   std::string rank_rule = "energy";
-  double threshold = -1;
-  double error_budget = -1;
-  double kv_budget = -1;
+  std::optional<double> threshold;  // exactly one of these three
+  std::optional<double> error_budget;
+  std::optional<double> kv_budget;
   int64_t tokens = 0;
   int64_t ctx = 256;
   int64_t error_windows = 8;
@@ -51,22 +52,25 @@ struct CalibrateFlags {
 
 compress::CalibrationOptions options_from(const CalibrateFlags& f, const model::Model& model) {
   compress::CalibrationOptions o;
-  const int given = (f.threshold >= 0) + (f.error_budget >= 0) + (f.kv_budget >= 0);
-  EKV_CHECK(given == 1, "give exactly one of --threshold, --error-budget or --kv-budget");
-  if (f.threshold >= 0) {
-    EKV_CHECK(f.threshold < 1, "--threshold must be in [0, 1), found ", f.threshold);
+  const int given = f.threshold.has_value() + f.error_budget.has_value() + f.kv_budget.has_value();
+  EKV_CHECK(given == 1, "give exactly one of --threshold, --error-budget or --kv-budget (",
+            given, " given)");
+  // Written so that NaN fails every range.
+  if (f.threshold) {
+    EKV_CHECK(*f.threshold >= 0 && *f.threshold < 1, "--threshold must be in [0, 1), found ",
+              *f.threshold);
     o.allotment = compress::Allotment::kThreshold;
-    o.threshold = f.threshold;
-  } else if (f.error_budget >= 0) {
-    EKV_CHECK(f.error_budget > 0 && f.error_budget <= 1, "--error-budget must be in (0, 1], found ",
-              f.error_budget);
+    o.threshold = *f.threshold;
+  } else if (f.error_budget) {
+    EKV_CHECK(*f.error_budget > 0 && *f.error_budget <= 1,
+              "--error-budget must be in (0, 1], found ", *f.error_budget);
     o.allotment = compress::Allotment::kErrorBudget;
-    o.error_budget = f.error_budget;
+    o.error_budget = *f.error_budget;
   } else {
-    EKV_CHECK(f.kv_budget > 0 && f.kv_budget <= 1, "--kv-budget must be in (0, 1], found ",
-              f.kv_budget);
+    EKV_CHECK(*f.kv_budget > 0 && *f.kv_budget <= 1, "--kv-budget must be in (0, 1], found ",
+              *f.kv_budget);
     o.allotment = compress::Allotment::kKvBudget;
-    o.kv_budget = f.kv_budget;
+    o.kv_budget = *f.kv_budget;
   }
   EKV_CHECK(f.method == "eigen" || f.method == "stief", "unknown --method '", f.method,
             "' (this build offers: eigen, stief)");
@@ -260,7 +264,7 @@ void run_stief(const CalibrateFlags& flags) {
   CalibrateFlags f = flags;
   std::vector<double> budgets;
   if (!f.kv_budgets.empty()) {
-    EKV_CHECK(f.threshold < 0 && f.error_budget < 0 && f.kv_budget < 0,
+    EKV_CHECK(!f.threshold && !f.error_budget && !f.kv_budget,
               "--kv-budgets replaces --kv-budget, --error-budget and --threshold");
     budgets = parse_budgets(f.kv_budgets);
     EKV_CHECK(budgets.size() == 1 || f.out.find("{}") != std::string::npos,

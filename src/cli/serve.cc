@@ -4,11 +4,13 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 #include <thread>
 
 #include "cli/common.h"
 #include "serve/server.h"
 #include "util/error.h"
+#include "util/files.h"
 
 namespace eigenkv::cli {
 namespace {
@@ -25,7 +27,29 @@ struct ServeFlags {
   int64_t max_body = int64_t{8} << 20;
   double drain = 10;
   std::string model_id;
+  std::vector<std::string> api_keys;
+  std::string api_key_file;
+  bool open_health = false;
+  std::vector<std::string> allowed_origins;
 };
+
+// --api-key values and the lines of --api-key-file (blank lines and # comments skipped).
+std::vector<std::string> api_keys(const ServeFlags& f) {
+  std::vector<std::string> keys = f.api_keys;
+  if (!f.api_key_file.empty()) {
+    std::istringstream in(read_regular_file(f.api_key_file, uint64_t{1} << 20));
+    for (std::string line; std::getline(in, line);) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+      if (!line.empty() && line[0] != '#') keys.push_back(line);
+    }
+    EKV_CHECK(keys.size() > f.api_keys.size(), f.api_key_file, ": holds no API key");
+  }
+  for (const std::string& k : keys) {
+    EKV_CHECK(!k.empty() && k.find_first_of(" \t") == std::string::npos,
+              "an API key must be non-empty and hold no spaces");
+  }
+  return keys;
+}
 
 std::string default_model_id(const std::string& path) {
   std::filesystem::path p(path);
@@ -41,6 +65,10 @@ serve::ServerOptions server_options(const ServeFlags& f, const model::Model& mod
   o.limits.ctx = f.ctx > 0 ? f.ctx : model.config().n_ctx_train;
   o.limits.max_tokens_cap = f.max_tokens > 0 ? f.max_tokens : o.limits.ctx;
   o.max_body_bytes = static_cast<size_t>(f.max_body);
+  o.api_keys = api_keys(f);
+  o.open_health = f.open_health;
+  o.allowed_origins = f.allowed_origins;
+  EKV_CHECK(!f.open_health || !o.api_keys.empty(), "--open-health needs --api-key or --api-key-file");
   o.scheduler.parallel = f.parallel;
   o.scheduler.timeout_seconds = f.timeout;
   // By default every slot can hold a full context; --kv-mem sets the budget instead.
@@ -132,6 +160,15 @@ void register_serve(CLI::App& app) {
                   "on SIGINT/SIGTERM, seconds active requests may take to finish")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_option("--api-key", flags->api_keys,
+                  "require 'Authorization: Bearer KEY' on every request (repeatable; "
+                  "--api-key-file keeps keys out of the process list)");
+  cmd->add_option("--api-key-file", flags->api_key_file, "file of API keys, one a line");
+  cmd->add_flag("--open-health", flags->open_health,
+                "with API keys, leave /health and /metrics open");
+  cmd->add_option("--allow-origin", flags->allowed_origins,
+                  "browser origin allowed to call the server (repeatable; * for any); others "
+                  "get 403");
   cmd->add_option("--model-id", flags->model_id,
                   "model name in responses and /v1/models (default: the file's stem)");
   cmd->callback([flags] { run(*flags); });

@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include <cmath>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <numbers>
 
@@ -20,6 +21,9 @@ void ModelConfig::validate(const std::string& source) const {
   positive(n_kv_heads, "KV head count");
   positive(head_dim, "head width");
   positive(d_ffn, "feed-forward width");
+  positive(n_ctx_train, "training context");
+  EKV_CHECK(rope_scaling.factor > 0 && std::isfinite(rope_scaling.factor), source,
+            ": the RoPE scaling factor must be a positive number, found ", rope_scaling.factor);
   EKV_CHECK(n_heads % n_kv_heads == 0, source, ": head count ", n_heads,
             " is not a multiple of the KV head count ", n_kv_heads);
   EKV_CHECK(head_dim % 2 == 0, source, ": head width ", head_dim, " is odd; RoPE needs pairs");
@@ -65,60 +69,116 @@ ModelConfig config_from_gguf(const io::GgufFile& gguf) {
   return c;
 }
 
-ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
-  ModelConfig c;
-  auto need = [&](const char* key) -> const nlohmann::json& {
-    if (!j.contains(key)) fail(source, ": missing key '", key, "'");
-    return j.at(key);
-  };
-  auto get_int = [&](const char* key) -> int64_t {
-    const auto& v = need(key);
-    if (!v.is_number_integer()) fail(source, ": key '", key, "' is not an integer");
+namespace {
+
+// Typed reads of config.json keys: a value of the wrong type is an error naming the file, the key
+// and what was found (never the JSON library's bare type_error); null counts as absent, as in
+// Hugging Face's configs.
+class HfKeys {
+ public:
+  HfKeys(const nlohmann::json& j, std::string source, std::string prefix = "")
+      : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
+
+  bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
+
+  int64_t integer(const char* key) const {
+    if (!has(key)) fail(source_, ": missing key '", prefix_, key, "'");
+    return integer(key, 0);
+  }
+  int64_t integer(const char* key, int64_t fallback) const {
+    if (!has(key)) return fallback;
+    const nlohmann::json& v = j_.at(key);
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX)) {
+      wrong(key, "an integer");
+    }
     return v.get<int64_t>();
-  };
-  std::string model_type = j.value("model_type", "");
+  }
+  double number(const char* key, double fallback) const {
+    if (!has(key)) return fallback;
+    if (!j_.at(key).is_number()) wrong(key, "a number");
+    return j_.at(key).get<double>();
+  }
+  bool boolean(const char* key, bool fallback) const {
+    if (!has(key)) return fallback;
+    if (!j_.at(key).is_boolean()) wrong(key, "true or false");
+    return j_.at(key).get<bool>();
+  }
+  std::string string(const char* key, const std::string& fallback) const {
+    if (!has(key)) return fallback;
+    if (!j_.at(key).is_string()) wrong(key, "a string");
+    return j_.at(key).get<std::string>();
+  }
+  // A nested object, read with the same checks ("rope_scaling.factor" in errors).
+  HfKeys object(const char* key) const {
+    if (!j_.at(key).is_object()) wrong(key, "an object");
+    return HfKeys(j_.at(key), source_, prefix_ + key + ".");
+  }
+
+ private:
+  [[noreturn]] void wrong(const char* key, const char* expected) const {
+    std::string found = j_.at(key).dump();
+    if (found.size() > 60) found = found.substr(0, 60) + "...";
+    fail(source_, ": key '", prefix_, key, "' must be ", expected, ", found ", found);
+  }
+
+  const nlohmann::json& j_;
+  std::string source_;
+  std::string prefix_;
+};
+
+}  // namespace
+
+ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
+  EKV_CHECK(j.is_object(), source, ": expected a JSON object");
+  ModelConfig c;
+  const HfKeys k(j, source);
+  const std::string model_type = k.string("model_type", "");
   if (model_type != "llama" && model_type != "mistral") {
     fail(source, ": unsupported model_type '", model_type,
          "' (eigenkv runs Llama-family models: llama, mistral)");
   }
-  if (model_type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+  if (model_type == "mistral" && k.has("sliding_window")) {
     fail(source, ": sliding-window attention (sliding_window=", j["sliding_window"].dump(),
          ") is not supported");
   }
   c.architecture = "llama";
-  c.name = j.value("_name_or_path", "");
-  c.n_vocab = get_int("vocab_size");
-  c.d_model = get_int("hidden_size");
-  c.n_layers = get_int("num_hidden_layers");
-  c.n_heads = get_int("num_attention_heads");
-  c.n_kv_heads = j.contains("num_key_value_heads") ? get_int("num_key_value_heads") : c.n_heads;
-  c.d_ffn = get_int("intermediate_size");
+  c.name = k.string("_name_or_path", "");
+  c.n_vocab = k.integer("vocab_size");
+  c.d_model = k.integer("hidden_size");
+  c.n_layers = k.integer("num_hidden_layers");
+  c.n_heads = k.integer("num_attention_heads");
+  c.n_kv_heads = k.integer("num_key_value_heads", c.n_heads);
+  c.d_ffn = k.integer("intermediate_size");
   EKV_CHECK(c.n_heads > 0, source, ": num_attention_heads must be positive");
-  c.head_dim = j.contains("head_dim") && j["head_dim"].is_number_integer()
-                   ? j["head_dim"].get<int64_t>()
-                   : c.d_model / c.n_heads;
+  c.head_dim = k.integer("head_dim", c.d_model / c.n_heads);
   c.rope_dims = c.head_dim;
-  c.n_ctx_train = j.value("max_position_embeddings", int64_t{2048});
-  c.norm_eps = j.value("rms_norm_eps", 1e-6);
-  c.rope_theta = j.value("rope_theta", 10000.0);
-  c.tied_embeddings = j.value("tie_word_embeddings", false);
-  std::string act = j.value("hidden_act", "silu");
+  c.n_ctx_train = k.integer("max_position_embeddings", 2048);
+  c.norm_eps = k.number("rms_norm_eps", 1e-6);
+  c.rope_theta = k.number("rope_theta", 10000.0);
+  c.tied_embeddings = k.boolean("tie_word_embeddings", false);
+  const std::string act = k.string("hidden_act", "silu");
   EKV_CHECK(act == "silu", source, ": unsupported hidden_act '", act, "' (expected silu)");
-  if (j.value("attention_bias", false) || j.value("mlp_bias", false)) {
+  if (k.boolean("attention_bias", false) || k.boolean("mlp_bias", false)) {
     fail(source, ": attention or MLP biases are not supported for model_type ", model_type);
   }
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    const auto& rs = j["rope_scaling"];
-    std::string type = rs.value("rope_type", rs.value("type", ""));
+  if (k.has("rope_scaling")) {
+    const HfKeys rs = k.object("rope_scaling");
+    const std::string type = rs.string("rope_type", rs.string("type", ""));
     if (type == "llama3") {
       c.rope_scaling.kind = RopeScaling::Kind::kLlama3;
-      c.rope_scaling.factor = rs.value("factor", 8.0);
-      c.rope_scaling.low_freq_factor = rs.value("low_freq_factor", 1.0);
-      c.rope_scaling.high_freq_factor = rs.value("high_freq_factor", 4.0);
-      c.rope_scaling.original_context = rs.value("original_max_position_embeddings", int64_t{8192});
+      c.rope_scaling.factor = rs.number("factor", 8.0);
+      c.rope_scaling.low_freq_factor = rs.number("low_freq_factor", 1.0);
+      c.rope_scaling.high_freq_factor = rs.number("high_freq_factor", 4.0);
+      c.rope_scaling.original_context = rs.integer("original_max_position_embeddings", 8192);
+      EKV_CHECK(c.rope_scaling.low_freq_factor > 0 &&
+                    c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor &&
+                    c.rope_scaling.original_context > 0,
+                source, ": rope_scaling needs 0 < low_freq_factor < high_freq_factor and "
+                "original_max_position_embeddings > 0, found ", c.rope_scaling.low_freq_factor,
+                ", ", c.rope_scaling.high_freq_factor, ", ", c.rope_scaling.original_context);
     } else if (type == "linear") {
       c.rope_scaling.kind = RopeScaling::Kind::kLinear;
-      c.rope_scaling.factor = rs.value("factor", 1.0);
+      c.rope_scaling.factor = rs.number("factor", 1.0);
     } else if (!type.empty() && type != "default") {
       fail(source, ": unsupported rope_scaling type '", type, "'");
     }

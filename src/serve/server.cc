@@ -1,8 +1,10 @@
 #include "serve/server.h"
 
 #include <httplib.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <nlohmann/json.hpp>
@@ -67,6 +69,34 @@ void send_error(httplib::Response& res, int status, const std::string& message,
                 const std::string& type, const std::string& param = "") {
   send_json(res, status, error_object(message, type, param, status));
 }
+
+// Compares in time that depends on the lengths only, so a key cannot be guessed byte by byte.
+bool same_secret(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+// The host part of a Host header: "[::1]:8080" -> "::1", "localhost:80" -> "localhost".
+std::string host_name(const std::string& header) {
+  if (!header.empty() && header[0] == '[') {
+    const size_t end = header.find(']');
+    return end == std::string::npos ? header : header.substr(1, end - 1);
+  }
+  return header.substr(0, header.rfind(':') == std::string::npos ? header.size()
+                                                                  : header.rfind(':'));
+}
+
+// An IPv4 or IPv6 address literal (which DNS rebinding cannot forge), or a loopback name.
+bool names_this_machine(const std::string& name, const std::string& bound) {
+  if (name == "localhost" || name == bound) return true;
+  unsigned char buf[16];
+  return inet_pton(AF_INET, name.c_str(), buf) == 1 || inet_pton(AF_INET6, name.c_str(), buf) == 1;
+}
+
+// Client text quoted in a refusal, cut short.
+std::string quoted(const std::string& s) { return s.size() > 80 ? s.substr(0, 80) + "..." : s; }
 
 // Waits for sequence i's next chunk; nullopt when the client went away meanwhile. Chunks may
 // arrive faster than kPoll, so the client is looked at by the clock, not only when idle.
@@ -180,7 +210,74 @@ void Server::stop(double drain_seconds) {
   http_->stop();
 }
 
+bool Server::admit(const httplib::Request& req, httplib::Response& res) {
+  const std::string origin = req.get_header_value("Origin");
+  if (!origin.empty()) {
+    const auto& allowed = options_.allowed_origins;
+    const bool listed = std::find(allowed.begin(), allowed.end(), origin) != allowed.end() ||
+                        std::find(allowed.begin(), allowed.end(), "*") != allowed.end();
+    if (!listed) {
+      send_error(res, 403,
+                 cat("cross-origin requests from '", quoted(origin),
+                     "' are refused (eigenkv serve --allow-origin lists the allowed ones)"),
+                 "permission_error");
+      return false;
+    }
+    res.set_header("Access-Control-Allow-Origin", origin);
+    res.set_header("Vary", "Origin");
+  }
+  const bool open = options_.open_health && (req.path == "/health" || req.path == "/metrics");
+  if (!options_.api_keys.empty()) {
+    if (open || req.method == "OPTIONS") return true;
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string prefix = "Bearer ";
+    bool ok = false;
+    if (auth.compare(0, prefix.size(), prefix) == 0) {
+      const std::string given = auth.substr(prefix.size());
+      for (const std::string& key : options_.api_keys) ok |= same_secret(given, key);
+    }
+    if (!ok) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      send_json(res, 401,
+                {{"error",
+                  {{"message", auth.empty() ? "this server needs an API key: send "
+                                              "'Authorization: Bearer KEY'"
+                                            : "the API key is not valid"},
+                   {"type", "invalid_request_error"},
+                   {"param", nullptr},
+                   {"code", "invalid_api_key"}}}});
+      return false;
+    }
+    return true;
+  }
+  const std::string host = req.get_header_value("Host");
+  if (!names_this_machine(host_name(host), options_.host)) {
+    send_error(res, 403,
+               cat("the Host header '", quoted(host),
+                   "' does not name this server (a guard against DNS rebinding; give the "
+                   "server an --api-key to serve other names)"),
+               "permission_error");
+    return false;
+  }
+  return true;
+}
+
 void Server::install_routes() {
+  http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (admit(req, res)) return httplib::Server::HandlerResponse::Unhandled;
+    res.set_header("Connection", "close");
+    metrics_.count_request("refused", res.status);
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  // A browser's preflight for an allowed origin (admit() has refused the others).
+  http_->Options(".*", [](const httplib::Request& req, httplib::Response& res) {
+    res.status = 204;
+    res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    res.set_header("Access-Control-Allow-Headers",
+                   req.get_header_value("Access-Control-Request-Headers").empty()
+                       ? "Content-Type, Authorization"
+                       : req.get_header_value("Access-Control-Request-Headers"));
+  });
   // Every JSON endpoint turns engine errors into an error object and records the request.
   // The body is read here, chunked or not, under max_body_bytes: httplib's own limit holds for
   // Content-Length bodies only.

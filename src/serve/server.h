@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 #include "serve/chat_template.h"
@@ -34,6 +35,14 @@ struct ServerOptions {
   size_t max_body_bytes = size_t{8} << 20;
   std::string model_id;  // what /v1/models lists and responses name
   int http_threads = 0;  // 0: enough for every sequence to have a waiting client, plus spare
+  // Access. With keys, every request needs "Authorization: Bearer KEY" (401 otherwise), except
+  // /health and /metrics when open_health. Without keys, the Host header must name this machine
+  // (a loopback name, an IP address or `host`), which stops DNS rebinding. A request with an
+  // Origin header (a browser's cross-site request) is refused unless that origin is listed
+  // ("*": any).
+  std::vector<std::string> api_keys;
+  bool open_health = false;
+  std::vector<std::string> allowed_origins;
 };
 
 class Server {
@@ -53,6 +62,8 @@ class Server {
 
  private:
   void install_routes();
+  // The access rules above: true when the request may go on, else `res` holds the refusal.
+  bool admit(const httplib::Request& req, httplib::Response& res);
   // body: the request's body, read by the route under max_body_bytes.
   void handle_completions(const httplib::Request& req, const std::string& body,
                           httplib::Response& res);
