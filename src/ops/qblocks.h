@@ -11,26 +11,17 @@
 
 namespace eigenkv::ops::blocks {
 
-inline float load_f32(const uint8_t* p) {
-  float v;
-  std::memcpy(&v, p, 4);
+// A T stored (little-endian, any alignment) at p.
+template <typename T>
+inline T load_as(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
   return v;
 }
-inline uint16_t load_u16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline int16_t load_i16(const uint8_t* p) {
-  int16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline uint32_t load_u32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
+inline float load_f32(const uint8_t* p) { return load_as<float>(p); }
+inline uint16_t load_u16(const uint8_t* p) { return load_as<uint16_t>(p); }
+inline int16_t load_i16(const uint8_t* p) { return load_as<int16_t>(p); }
+inline uint32_t load_u32(const uint8_t* p) { return load_as<uint32_t>(p); }
 inline float load_half(const uint8_t* p) { return fp16_to_fp32(load_u16(p)); }
 
 // ---- Blocks unpacked to integers (the reference and the portable kernels) ----
