@@ -164,6 +164,87 @@ TEST(Request, ChatMessagesAndTokenLimits) {
   EXPECT_FALSE(b.max_tokens_given);
 }
 
+// Seeded mutations of valid request bodies (bytes flipped, inserted and cut; values swapped for
+// other types, huge numbers, deep nesting, long strings; invalid UTF-8): parsing each gives a
+// request or an ApiError with a 4xx status and a short message, never another exception.
+TEST(Request, MutatedBodiesGiveRequestsOrApiErrors) {
+  EKV_REQUIRE_SHARED("models/stories260K.gguf");
+  const auto tokenizer = small_tokenizer();
+  const RequestLimits limits{256, 200, 16, 20};
+  const std::vector<std::pair<bool, std::string>> seeds = {
+      {false, R"({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0.7})"},
+      {false, R"({"prompt": [1, 2, 3], "logprobs": 2, "echo": true, "stop": ["\n", "."]})"},
+      {false, R"({"prompt": ["a", "b"], "top_p": 0.9, "seed": 3, "logit_bias": {"5": -100}})"},
+      {true, R"({"messages": [{"role": "system", "content": "Be brief."},
+                 {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                 "max_tokens": 4, "logprobs": true, "top_logprobs": 2, "stream": true})"},
+  };
+  const std::vector<std::string> values = {
+      "null", "true", "-1", "0", "1e999", "-1e999", std::string(400, '9'), "\"\"", "[]", "{}",
+      std::string(100, '[') + std::string(100, ']'), "\"" + std::string(5000, 'x') + "\"",
+      "\"\xff\xfe\"", "\"\\ud800\"", "[1, \"a\", null]", "{\"a\": {\"b\": [1]}}"};
+  std::mt19937 rng(20261204);
+  int requests = 0, errors = 0;
+  for (int i = 0; i < 3000; ++i) {
+    const auto& [chat, seed] = seeds[rng() % seeds.size()];
+    std::string body = seed;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !body.empty(); ++e) {
+      const size_t at = rng() % body.size();
+      switch (rng() % 6) {
+        case 0: body[at] = static_cast<char>(rng() % 256); break;  // flip a byte
+        case 1: body.insert(at, 1, "{}[]\",:0-e\\"[rng() % 12]); break;
+        case 2: body.erase(at, 1 + rng() % 8); break;
+        case 3: body.resize(at); break;  // truncate
+        default: {
+          // Swap the value after a ':' for another type.
+          const size_t colon = body.find(':', at);
+          if (colon == std::string::npos) break;
+          size_t end = colon + 1, depth = 0;
+          bool in_string = false;
+          for (; end < body.size(); ++end) {
+            const char c = body[end];
+            if (in_string) {
+              if (c == '\\') ++end;
+              else if (c == '"') in_string = false;
+            } else if (c == '"') {
+              in_string = true;
+            } else if (c == '[' || c == '{') {
+              ++depth;
+            } else if ((c == ']' || c == '}') && depth-- == 0) {
+              break;
+            } else if (c == ',' && depth == 0) {
+              break;
+            }
+          }
+          body = body.substr(0, colon + 1) + " " + values[rng() % values.size()] +
+                 body.substr(std::min(end, body.size()));
+        }
+      }
+    }
+    try {
+      const json j = parse_body(body);
+      if (chat) {
+        parse_chat_request(j, *tokenizer, limits);
+      } else {
+        parse_completion_request(j, *tokenizer, limits);
+      }
+      ++requests;
+    } catch (const ApiError& e) {
+      ++errors;
+      EXPECT_GE(e.status(), 400) << body;
+      EXPECT_LT(e.status(), 500) << body;
+      EXPECT_LT(std::string(e.what()).size(), 600u) << body;
+      EXPECT_LT(e.param().size(), 200u) << body;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not an ApiError: " << e.what() << "\nbody: " << body.substr(0, 300);
+    }
+  }
+  // Both outcomes occur (a mutation that breaks nothing, one that breaks the request).
+  EXPECT_GT(requests, 50);
+  EXPECT_GT(errors, 1000);
+}
+
 TEST(ChatTemplate, DetectsFamiliesFromTemplateText) {
   EXPECT_EQ(detect_chat_family(""), ChatFamily::kPlain);
   EXPECT_EQ(detect_chat_family("{% for m in messages %}{{ m.content }}{% endfor %}"),

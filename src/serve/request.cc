@@ -388,7 +388,7 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const tok::Tokenizer&
     mf.reject_unknown();
     if (msg.role != "system" && msg.role != "user" && msg.role != "assistant") {
       throw bad("messages", cat("message ", i, ": role must be system, user or assistant, found '",
-                                msg.role, "'"));
+                                brief(msg.role), "'"));
     }
     r.messages.push_back(std::move(msg));
   }
