@@ -15,17 +15,8 @@ namespace {
 
 using nlohmann::json;
 
-// Client text quoted in an error is cut to this many bytes, so an error never echoes a huge value.
-constexpr size_t kQuoteBytes = 100;
-
-// s, or its first kQuoteBytes bytes (not splitting a UTF-8 sequence) and how long it was.
-std::string brief(const std::string& s) {
-  if (s.size() <= kQuoteBytes + 20) return s;
-  size_t n = kQuoteBytes;
-  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-  return cat(s.substr(0, n), "... (", s.size(), " bytes)");
-}
-std::string brief(const json& v) { return brief(dump(v)); }
+using serve::brief;  // the string overload (request.h), beside this one
+std::string brief(const json& v) { return serve::brief(dump(v)); }
 
 ApiError bad(const std::string& param, const std::string& message) {
   return ApiError(400, message, brief(param));
@@ -306,6 +297,14 @@ std::string message_content(Fields& mf, size_t index) {
 }
 
 }  // namespace
+
+std::string brief(const std::string& s) {
+  constexpr size_t kQuoteBytes = 100;
+  if (s.size() <= kQuoteBytes + 20) return s;
+  size_t n = kQuoteBytes;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return cat(s.substr(0, n), "... (", s.size(), " bytes)");
+}
 
 nlohmann::json parse_body(const std::string& body) {
   check_nesting(body);

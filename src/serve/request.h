@@ -73,6 +73,10 @@ struct ChatRequest {
   bool max_tokens_given = false;
 };
 
+// Client text as an error may quote it: s, or its first 100 bytes (not splitting a UTF-8
+// sequence) and how long it was, so that an error never echoes a huge value.
+std::string brief(const std::string& s);
+
 // Parses the body text; throws ApiError(400) for invalid JSON (including non-UTF-8 bytes) or a
 // body that is not an object.
 nlohmann::json parse_body(const std::string& body);

@@ -84,8 +84,7 @@ std::string host_name(const std::string& header) {
     const size_t end = header.find(']');
     return end == std::string::npos ? header : header.substr(1, end - 1);
   }
-  return header.substr(0, header.rfind(':') == std::string::npos ? header.size()
-                                                                  : header.rfind(':'));
+  return header.substr(0, header.rfind(':'));  // npos: the whole header
 }
 
 // An IPv4 or IPv6 address literal (which DNS rebinding cannot forge), or a loopback name.
@@ -94,9 +93,6 @@ bool names_this_machine(const std::string& name, const std::string& bound) {
   unsigned char buf[16];
   return inet_pton(AF_INET, name.c_str(), buf) == 1 || inet_pton(AF_INET6, name.c_str(), buf) == 1;
 }
-
-// Client text quoted in a refusal, cut short.
-std::string quoted(const std::string& s) { return s.size() > 80 ? s.substr(0, 80) + "..." : s; }
 
 // Waits for sequence i's next chunk; nullopt when the client went away meanwhile. Chunks may
 // arrive faster than kPoll, so the client is looked at by the clock, not only when idle.
@@ -218,7 +214,7 @@ bool Server::admit(const httplib::Request& req, httplib::Response& res) {
                         std::find(allowed.begin(), allowed.end(), "*") != allowed.end();
     if (!listed) {
       send_error(res, 403,
-                 cat("cross-origin requests from '", quoted(origin),
+                 cat("cross-origin requests from '", brief(origin),
                      "' are refused (eigenkv serve --allow-origin lists the allowed ones)"),
                  "permission_error");
       return false;
@@ -253,7 +249,7 @@ bool Server::admit(const httplib::Request& req, httplib::Response& res) {
   const std::string host = req.get_header_value("Host");
   if (!names_this_machine(host_name(host), options_.host)) {
     send_error(res, 403,
-               cat("the Host header '", quoted(host),
+               cat("the Host header '", brief(host),
                    "' does not name this server (a guard against DNS rebinding; give the "
                    "server an --api-key to serve other names)"),
                "permission_error");
