@@ -1,5 +1,6 @@
 // Decode attention over a cache of each row type: one KV head, a GQA group of four queries
-// (tinystories-c4-gqa's), the whole context in one range (one thread). Counters: cache bytes read
+// (tinystories-c4-gqa's, Llama-3-8B's, Mistral-7B's) or eight (TinyLlama-1.1B's, Llama-3-70B's),
+// the whole context in one range (one thread). Counters: cache bytes read
 // per second and nanoseconds per cached position; `eigenkv bench --kv-sweep` gives the
 // whole-model figures with ratios. Depths 1024-16384 are the decode depths compared across row
 // types (int8/int4 against f16); 65536 is a long context (keys and values of width 64: 9 MB as
@@ -18,7 +19,7 @@ namespace {
 
 void BM_Attention(benchmark::State& state) {
   const KvType type = static_cast<KvType>(state.range(0));
-  const int64_t width = state.range(1), n = state.range(2), queries = 4;
+  const int64_t width = state.range(1), n = state.range(2), queries = state.range(3);
   const RowFormat f = type == KvType::kMixed ? RowFormat::mixed(width, width / 4)
                                              : RowFormat::uniform(type, width);
   std::mt19937 rng(1);
@@ -53,18 +54,21 @@ void BM_Attention(benchmark::State& state) {
   const std::string path = integer_key_path(f, queries)
                                ? std::string(" integer ") + integer_attention_target()
                                : std::string(" float");
-  state.SetLabel(f.describe() + " width " + std::to_string(width) + path);
+  state.SetLabel(f.describe() + " width " + std::to_string(width) + ", " + std::to_string(queries) +
+                 " queries" + path);
 }
 
 void Shapes(benchmark::internal::Benchmark* b) {
   for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4, KvType::kMixed}) {
     for (int64_t w : {64, 32}) {
-      for (int64_t n : {1024, 4096, 16384, 65536}) b->Args({static_cast<int64_t>(t), w, n});
+      for (int64_t n : {1024, 4096, 16384, 65536}) {
+        for (int64_t queries : {4, 8}) b->Args({static_cast<int64_t>(t), w, n, queries});
+      }
     }
   }
 }
 
-BENCHMARK(BM_Attention)->Apply(Shapes)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Attention)->Apply(Shapes)->ArgNames({"type", "width", "depth", "queries"})->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace eigenkv::ops

@@ -323,7 +323,8 @@ TEST(KvKernel, IntegerPathTargetFollowsTheCpu) {
   const bool any = target != "none";
   EXPECT_EQ(ops::integer_key_path(i8, 1), any);
   EXPECT_EQ(ops::integer_key_path(i4, 4), any);
-  EXPECT_FALSE(ops::integer_key_path(i8, 5));  // prefill-sized blocks: the tiled float path
+  EXPECT_EQ(ops::integer_key_path(i8, 8), any);  // a GQA group of 8, in sub-blocks of 4
+  EXPECT_FALSE(ops::integer_key_path(i8, 9));  // prefill-sized blocks: the tiled float path
   EXPECT_FALSE(ops::integer_key_path(RowFormat::uniform(KvType::kF16, 64), 1));
   EXPECT_FALSE(ops::integer_key_path(RowFormat::mixed(64, 16), 1));
 #if defined(__x86_64__) || defined(__i386__)
@@ -381,8 +382,8 @@ TEST(KvKernel, IntegerPathScoresTheRoundedQuery) {
 }
 
 // The integer path over head widths / ranks with short last groups (17, 40, 100) and whole ones
-// (64), int8 and int4 keys and values (and each with a float partner), a GQA group of 4 queries
-// with their own limits, keys spanning several 64-row tiles and 8/16-row blocks with a ragged
+// (64), int8 and int4 keys and values (and each with a float partner), GQA groups of 4 and 7
+// queries (sub-blocks of 4 and 3) with their own limits, keys spanning several 64-row tiles and 8/16-row blocks with a ragged
 // tail, ranges cut off the block grid, and a 4096-key context.
 TEST(KvKernel, IntegerPathOddWidthsTilesAndLongContext) {
   for_each_target([](int64_t) {
@@ -400,18 +401,24 @@ TEST(KvKernel, IntegerPathOddWidthsTilesAndLongContext) {
           const RowFormat kf = RowFormat::uniform(p.key, w), vf = RowFormat::uniform(p.value, w);
           const TestCache k(kf, random_vector(n * w, rng), n);
           const TestCache v(vf, random_vector(n * w, rng, 2.0f), n);
-          const int64_t nq = 4;
-          const std::vector<float> q = random_vector(nq * w, rng);
-          std::vector<int64_t> limit(nq);
-          for (int64_t i = 0; i < nq; ++i) limit[i] = std::max<int64_t>(1, n - 3 * i);
-          std::vector<int64_t> cuts = {0, n};
-          if (n == 211) cuts = {0, 37, 150, 211};
-          if (n == 4096) cuts = {0, 1000, 4096};
-          // Scores of spread ~ sqrt(w) / 2: the softmax picks out a few keys even among 4096.
-          const std::string what = kf.describe() + "/" + vf.describe() + " width " +
-                                   std::to_string(w) + " keys " + std::to_string(n);
-          check_attention(k, v, q, nq, limit, cuts, 0.5f, what);
-          if (::testing::Test::HasFailure()) return;
+          for (int64_t nq : {4, 7}) {
+            if (nq == 7 && n == 4096) continue;
+            const std::vector<float> q = random_vector(nq * w, rng);
+            std::vector<int64_t> limit(nq);
+            for (int64_t i = 0; i < nq; ++i) limit[i] = std::max<int64_t>(1, n - 3 * i);
+            std::vector<int64_t> cuts = {0, n};
+            if (n == 211) cuts = {0, 37, 150, 211};
+            if (n == 4096) cuts = {0, 1000, 4096};
+            // Scores of spread ~ sqrt(w) / 2: the softmax picks out a few keys even among 4096.
+            const std::string what = kf.describe() + "/" + vf.describe() + " width " +
+                                     std::to_string(w) + " keys " + std::to_string(n) + ", " +
+                                     std::to_string(nq) + " queries";
+            ASSERT_EQ(ops::integer_key_path(kf, nq), kf.type == KvType::kInt8 || kf.type == KvType::kInt4
+                                                         ? std::string(ops::integer_attention_target()) != "none"
+                                                         : false);
+            check_attention(k, v, q, nq, limit, cuts, 0.5f, what);
+            if (::testing::Test::HasFailure()) return;
+          }
         }
       }
     }

@@ -174,6 +174,19 @@ void DecodeRows(const KvRows& rows, int64_t begin, int64_t n, float* out) {
 // are multiples of 32. Everything else takes the tile path.
 
 constexpr int64_t kMaxFusedQueries = 4;
+// Decode-sized blocks of up to kMaxSplitQueries queries (GQA groups of 8: TinyLlama-1.1B,
+// Llama-3-70B; 7: Qwen2-7B) take the fused and integer paths in sub-blocks of kMaxFusedQueries:
+// every sub-block meets the same tile of rows while it is in L1, so the cache is still read from
+// memory once. Larger blocks (prefill) decode each tile once for all their queries.
+constexpr int64_t kMaxSplitQueries = 2 * kMaxFusedQueries;
+constexpr int64_t kSubBlocks = kMaxSplitQueries / kMaxFusedQueries;
+
+// Queries [first, first + count) of sub-block b of a block of n.
+inline int64_t SubFirst(int64_t b) { return b * kMaxFusedQueries; }
+inline int SubCount(int64_t n, int64_t b) {
+  return static_cast<int>(std::min(kMaxFusedQueries, n - SubFirst(b)));
+}
+inline int64_t SubBlockCount(int64_t n) { return (n + kMaxFusedQueries - 1) / kMaxFusedQueries; }
 
 bool FusedFormat(const RowFormat& f, int64_t lanes) {
   switch (f.type) {
@@ -1168,7 +1181,7 @@ constexpr bool kIntegerPath = false;
 
 // Whether blocks of n_queries read rows of this format on the integer path.
 bool IntegerRows(const RowFormat& f, int64_t n_queries) {
-  return kIntegerPath && n_queries <= kMaxFusedQueries &&
+  return kIntegerPath && n_queries <= kMaxSplitQueries &&
          (f.type == KvType::kInt8 || f.type == KvType::kInt4);
 }
 
@@ -1218,17 +1231,27 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
   const int64_t kbytes = keys.format.bytes(), vbytes = values.format.bytes();
   const auto neg_inf = hn::Set(df, -INFINITY);
 
-  const bool fused_keys = !rebuild && qb.n <= kMaxFusedQueries && FusedFormat(keys.format, L);
-  const bool fused_values = qb.n <= kMaxFusedQueries && FusedFormat(values.format, L);
+  // Decode-sized blocks: the fused and integer paths, a sub-block of queries at a time.
+  const bool split = qb.n <= kMaxSplitQueries;
+  const int64_t subs = split ? SubBlockCount(qb.n) : 0;
+  const bool fused_keys = !rebuild && split && FusedFormat(keys.format, L);
+  const bool fused_values = split && FusedFormat(values.format, L);
   const bool int_keys = !rebuild && IntegerRows(keys.format, qb.n);
   const bool int_values = IntegerRows(values.format, qb.n);
-#if EIGENKV_INTEGER_ATTENTION
-  thread_local IntQueries iq;
-  if (int_keys) QuantizeQueries(keys.format.type, s.queries.data(), qb.n, kpad, kw, iq);
-#endif
   const int64_t sstride = round_up(kAttentionTile, L);
+#if EIGENKV_INTEGER_ATTENTION
+  thread_local IntQueries iq[kSubBlocks];
+  if (int_keys) {
+    for (int64_t b = 0; b < subs; ++b)
+      QuantizeQueries(keys.format.type, s.queries.data() + SubFirst(b) * kpad, SubCount(qb.n, b),
+                      kpad, kw, iq[b]);
+  }
+#endif
   s.scores.resize(static_cast<size_t>(qb.n * sstride));
-  const int nq = static_cast<int>(qb.n);
+  // Sub-block b's queries, score rows and output rows.
+  const auto sub_q = [&](int64_t b) { return s.queries.data() + SubFirst(b) * kpad; };
+  const auto sub_sc = [&](int64_t b) { return s.scores.data() + SubFirst(b) * sstride; };
+  const auto sub_out = [&](int64_t b) { return part.out.data() + SubFirst(b) * vpad; };
 
   for (int64_t t0 = begin; t0 < end; t0 += kAttentionTile) {
     const int64_t rows = std::min(kAttentionTile, end - t0);
@@ -1246,24 +1269,25 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
     if (int_keys) {
 #if EIGENKV_INTEGER_ATTENTION
       const int64_t blocks = rows / kIntBlock;
-      ScoresInt(nq, keys.format.type, keys, t0, blocks, iq, scale, s.scores.data(), sstride);
+      for (int64_t b = 0; b < subs; ++b)
+        ScoresInt(SubCount(qb.n, b), keys.format.type, keys, t0, blocks, iq[b], scale, sub_sc(b), sstride);
       // The tile's last rows short of a block: the fused float path, or (short groups) decoded
       // first.
       const int64_t done = kIntBlock * blocks;
-      if (rows > done && fused_keys) {
-        ScoresFused(nq, keys, t0 + done, rows - done, s.queries.data(), kpad, scale,
-                    s.scores.data() + done, sstride);
-      } else if (rows > done) {
+      if (rows > done && !fused_keys) {
         for (int64_t r = done; r < rows; ++r)
           DecodeRow(keys.format, keys.data + (t0 + r) * kbytes, nullptr, s.keys.data() + r * kpad, kpad);
-        const KvRows tile{reinterpret_cast<const uint8_t*>(s.keys.data()),
-                          RowFormat::uniform(KvType::kF32, kpad), nullptr};
-        ScoresFused(nq, tile, done, rows - done, s.queries.data(), kpad, scale,
-                    s.scores.data() + done, sstride);
+      }
+      const KvRows decoded{reinterpret_cast<const uint8_t*>(s.keys.data()),
+                           RowFormat::uniform(KvType::kF32, kpad), nullptr};
+      for (int64_t b = 0; b < subs && rows > done; ++b) {
+        ScoresFused(SubCount(qb.n, b), fused_keys ? keys : decoded, fused_keys ? t0 + done : done,
+                    rows - done, sub_q(b), kpad, scale, sub_sc(b) + done, sstride);
       }
 #endif
     } else if (fused_keys) {
-      ScoresFused(nq, keys, t0, rows, s.queries.data(), kpad, scale, s.scores.data(), sstride);
+      for (int64_t b = 0; b < subs; ++b)
+        ScoresFused(SubCount(qb.n, b), keys, t0, rows, sub_q(b), kpad, scale, sub_sc(b), sstride);
     } else {
       for (int64_t r = 0; r < rows; ++r) {
         const uint8_t* row = keys.data + (t0 + r) * kbytes;
@@ -1279,12 +1303,11 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
         if (rebuild->rope) rebuild->rope->rotate(k, 1, kw, t0 + r);
       }
       // Decode-sized blocks score the decoded tile as float32 rows on the fused path.
-      if (qb.n <= kMaxFusedQueries) {
-        const KvRows tile{reinterpret_cast<const uint8_t*>(s.keys.data()),
-                          RowFormat::uniform(KvType::kF32, kpad), nullptr};
-        ScoresFused(nq, tile, 0, rows, s.queries.data(), kpad, scale, s.scores.data(), sstride);
-      }
-      for (int64_t i = 0; i < qb.n && qb.n > kMaxFusedQueries; ++i) {
+      const KvRows tile{reinterpret_cast<const uint8_t*>(s.keys.data()),
+                        RowFormat::uniform(KvType::kF32, kpad), nullptr};
+      for (int64_t b = 0; b < subs; ++b)
+        ScoresFused(SubCount(qb.n, b), tile, 0, rows, sub_q(b), kpad, scale, sub_sc(b), sstride);
+      for (int64_t i = 0; i < qb.n && !split; ++i) {
         const int64_t valid = std::min(qb.limit[i], t0 + rows) - t0;
         const float* q = s.queries.data() + i * kpad;
         float* sc = s.scores.data() + i * sstride;
@@ -1351,22 +1374,25 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
     // 3. Weighted sum of the values (weights past a query's limit are 0).
     if (int_values) {
 #if EIGENKV_INTEGER_ATTENTION
-      ValuesInt(nq, values.format.type, values, t0, rows_used, s.scores.data(), sstride,
-                part.out.data(), vpad);
+      for (int64_t b = 0; b < subs; ++b)
+        ValuesInt(SubCount(qb.n, b), values.format.type, values, t0, rows_used, sub_sc(b), sstride,
+                  sub_out(b), vpad);
 #endif
       continue;
     }
     if (fused_values) {
-      ValuesFused(nq, values, t0, rows_used, s.scores.data(), sstride, part.out.data(), vpad);
+      for (int64_t b = 0; b < subs; ++b)
+        ValuesFused(SubCount(qb.n, b), values, t0, rows_used, sub_sc(b), sstride, sub_out(b), vpad);
       continue;
     }
     for (int64_t r = 0; r < rows_used; ++r)
       DecodeRow(values.format, values.data + (t0 + r) * vbytes, nullptr,
                 s.values.data() + r * vpad, vpad);
-    if (qb.n <= kMaxFusedQueries) {
+    if (split) {
       const KvRows tile{reinterpret_cast<const uint8_t*>(s.values.data()),
                         RowFormat::uniform(KvType::kF32, vpad), nullptr};
-      ValuesFused(nq, tile, 0, rows_used, s.scores.data(), sstride, part.out.data(), vpad);
+      for (int64_t b = 0; b < subs; ++b)
+        ValuesFused(SubCount(qb.n, b), tile, 0, rows_used, sub_sc(b), sstride, sub_out(b), vpad);
       continue;
     }
     for (int64_t i = 0; i < qb.n; ++i) {
