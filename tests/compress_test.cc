@@ -119,9 +119,10 @@ TEST(EigenBasis, RejectsNonFiniteGram) {
 // A random Llama-shaped model, so every key mode and head layout can be checked.
 
 std::unique_ptr<model::Model> synthetic_model(int64_t n_heads, int64_t n_kv, bool rope,
-                                              uint64_t seed) {
+                                              uint64_t seed, bool qwen2 = false) {
   model::ModelConfig c;
-  c.architecture = "llama";
+  // qwen2: q/k/v biases and rotate-half RoPE pairs.
+  c.arch = model::arch_for_gguf(qwen2 ? "qwen2" : "llama", "test");
   c.n_vocab = 64;
   c.d_model = 48;
   c.n_layers = 2;
@@ -131,7 +132,7 @@ std::unique_ptr<model::Model> synthetic_model(int64_t n_heads, int64_t n_kv, boo
   c.d_ffn = 40;
   c.n_ctx_train = 128;
   c.rope_dims = c.head_dim;
-  c.position = rope ? model::PositionKind::kRope : model::PositionKind::kNone;
+  c.arch.position = rope ? model::PositionKind::kRope : model::PositionKind::kNone;
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0, 0.3f);
   auto matrix = [&](int64_t rows, int64_t cols) {
@@ -158,6 +159,11 @@ std::unique_ptr<model::Model> synthetic_model(int64_t n_heads, int64_t n_kv, boo
     L.w_gate = matrix(c.d_ffn, c.d_model);
     L.w_up = matrix(c.d_ffn, c.d_model);
     L.w_down = matrix(c.d_model, c.d_ffn);
+    if (qwen2) {
+      for (auto [bias, n] : {std::pair{&L.bq, n_heads}, {&L.bk, n_kv}, {&L.bv, n_kv}}) {
+        for (int64_t i = 0; i < n * c.head_dim; ++i) bias->push_back(normal(rng));
+      }
+    }
     L.key_rank = c.head_dim;
     L.value_rank = c.head_dim;
     w.layers.push_back(std::move(L));
@@ -180,8 +186,9 @@ std::vector<Eigen::MatrixXd> random_orthonormal(int64_t count, int64_t d, std::m
 }
 
 // With every rank at d_h and any orthonormal bases, a folded model computes the same function.
-void expect_full_rank_fold_is_exact(int64_t n_heads, int64_t n_kv, bool rope, KeyMode mode) {
-  auto m = synthetic_model(n_heads, n_kv, rope, 17);
+void expect_full_rank_fold_is_exact(int64_t n_heads, int64_t n_kv, bool rope, KeyMode mode,
+                                    bool qwen2 = false) {
+  auto m = synthetic_model(n_heads, n_kv, rope, 17, qwen2);
   std::vector<int32_t> ids;
   for (int i = 0; i < 40; ++i) ids.push_back((i * 7 + 3) % 64);
   const std::vector<float> before = logits_of(*m, ids);
@@ -195,7 +202,8 @@ void expect_full_rank_fold_is_exact(int64_t n_heads, int64_t n_kv, bool rope, Ke
   }
   m->set_weights(std::move(w));
   EXPECT_LT(max_relative_diff(logits_of(*m, ids), before), 1e-4)
-      << "heads " << n_heads << "/" << n_kv << " mode " << model::key_mode_name(mode);
+      << "heads " << n_heads << "/" << n_kv << " mode " << model::key_mode_name(mode)
+      << (qwen2 ? " (q/k/v biases, rotate-half RoPE)" : "");
 }
 
 TEST(Fold, FullRankReproducesLogitsInEveryMode) {
@@ -203,6 +211,9 @@ TEST(Fold, FullRankReproducesLogitsInEveryMode) {
     expect_full_rank_fold_is_exact(nh, nkv, true, KeyMode::kPre);
     expect_full_rank_fold_is_exact(nh, nkv, true, KeyMode::kPost);
     expect_full_rank_fold_is_exact(nh, nkv, false, KeyMode::kNoRope);
+    for (KeyMode mode : {KeyMode::kPre, KeyMode::kPost})
+      expect_full_rank_fold_is_exact(nh, nkv, true, mode, true);
+    expect_full_rank_fold_is_exact(nh, nkv, false, KeyMode::kNoRope, true);
   }
 }
 

@@ -35,9 +35,10 @@ using model::KeyMode;
 
 // A random one-layer Llama-shaped model with non-trivial norm weights.
 std::unique_ptr<model::Model> random_model(int64_t n_heads, int64_t n_kv, int64_t head_dim,
-                                           bool rope, uint64_t seed) {
+                                           bool rope, uint64_t seed, bool qwen2 = false) {
   model::ModelConfig c;
-  c.architecture = "llama";
+  // qwen2: q/k/v biases and rotate-half RoPE pairs.
+  c.arch = model::arch_for_gguf(qwen2 ? "qwen2" : "llama", "test");
   c.n_vocab = 32;
   c.d_model = 16;
   c.n_layers = 2;
@@ -47,7 +48,7 @@ std::unique_ptr<model::Model> random_model(int64_t n_heads, int64_t n_kv, int64_
   c.d_ffn = 20;
   c.n_ctx_train = 64;
   c.rope_dims = head_dim;
-  c.position = rope ? model::PositionKind::kRope : model::PositionKind::kNone;
+  c.arch.position = rope ? model::PositionKind::kRope : model::PositionKind::kNone;
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0, 0.4f);
   std::uniform_real_distribution<float> gain(0.5f, 1.5f);
@@ -78,6 +79,11 @@ std::unique_ptr<model::Model> random_model(int64_t n_heads, int64_t n_kv, int64_
     L.w_gate = matrix(c.d_ffn, c.d_model);
     L.w_up = matrix(c.d_ffn, c.d_model);
     L.w_down = matrix(c.d_model, c.d_ffn);
+    if (qwen2) {
+      for (auto [bias, n] : {std::pair{&L.bq, n_heads}, {&L.bk, n_kv}, {&L.bv, n_kv}}) {
+        for (int64_t i = 0; i < n * head_dim; ++i) bias->push_back(normal(rng));
+      }
+    }
     L.key_rank = head_dim;
     L.value_rank = head_dim;
     w.layers.push_back(std::move(L));
@@ -134,19 +140,20 @@ struct ModeCase {
   int64_t n_heads, n_kv;
   bool rope;
   KeyMode mode;
+  bool qwen2 = false;  // q/k/v biases, rotate-half RoPE
 };
 
-const ModeCase kModes[] = {{4, 2, true, KeyMode::kPre},
-                           {4, 2, true, KeyMode::kPost},
-                           {2, 2, true, KeyMode::kPre},
-                           {3, 1, false, KeyMode::kNoRope}};
+const ModeCase kModes[] = {{4, 2, true, KeyMode::kPre},         {4, 2, true, KeyMode::kPost},
+                           {2, 2, true, KeyMode::kPre},         {3, 1, false, KeyMode::kNoRope},
+                           {4, 2, true, KeyMode::kPre, true},   {4, 2, true, KeyMode::kPost, true},
+                           {3, 1, false, KeyMode::kNoRope, true}};
 
 // ---------------------------------------------------------------------------------------------
 
 TEST(LayerGrad, MatchesCentralFiniteDifferencesInFloat64) {
   for (const ModeCase& mc : kModes) {
     const int64_t dh = 6;
-    auto m = random_model(mc.n_heads, mc.n_kv, dh, mc.rope, 3);
+    auto m = random_model(mc.n_heads, mc.n_kv, dh, mc.rope, 3, mc.qwen2);
     const Window win = layer_window(*m, 7, 5);
     const auto c = compress::layer_constants(m->config(), m->weights().layers[0], mc.mode,
                                              model::rope_inverse_frequencies(m->config()), 8);
@@ -184,7 +191,7 @@ TEST(LayerGrad, MatchesCentralFiniteDifferencesInFloat64) {
         }
       }
       EXPECT_GT(scale, 1e-3);
-      EXPECT_LT(worst / scale, 1e-6) << model::key_mode_name(mc.mode) << " heads " << mc.n_heads
+      EXPECT_LT(worst / scale, 1e-6) << model::key_mode_name(mc.mode) << (mc.qwen2 ? " qwen2" : "") << " heads " << mc.n_heads
                                      << "/" << mc.n_kv << " ranks " << rk << "/" << rv;
     }
   }
@@ -193,7 +200,7 @@ TEST(LayerGrad, MatchesCentralFiniteDifferencesInFloat64) {
 TEST(LayerGrad, Float64LayerMatchesTheEnginesFoldedLayer) {
   for (const ModeCase& mc : kModes) {
     const int64_t dh = 8;
-    auto m = random_model(mc.n_heads, mc.n_kv, dh, mc.rope, 4);
+    auto m = random_model(mc.n_heads, mc.n_kv, dh, mc.rope, 4, mc.qwen2);
     const Window win = layer_window(*m, 20, 6);
     const auto c = compress::layer_constants(m->config(), m->weights().layers[0], mc.mode,
                                              model::rope_inverse_frequencies(m->config()), 20);
@@ -210,7 +217,7 @@ TEST(LayerGrad, Float64LayerMatchesTheEnginesFoldedLayer) {
                                                b.value, rk, rv);
       const compress::Candidate engine = compress::measure_layer(*m, 0, folded, samples);
       EXPECT_NEAR(std::sqrt(d / w.target_sq), engine.error, 1e-5)
-          << model::key_mode_name(mc.mode) << " ranks " << rk << "/" << rv;
+          << model::key_mode_name(mc.mode) << (mc.qwen2 ? " qwen2" : "") << " ranks " << rk << "/" << rv;
     }
   }
 }

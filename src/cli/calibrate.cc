@@ -74,7 +74,7 @@ compress::CalibrationOptions options_from(const CalibrateFlags& f, const model::
   }
   EKV_CHECK(f.method == "eigen" || f.method == "stief", "unknown --method '", f.method,
             "' (this build offers: eigen, stief)");
-  if (model.config().position == model::PositionKind::kRope) {
+  if (model.config().rope()) {
     EKV_CHECK(f.rope == "pre" || f.rope == "post", "--rope must be pre or post, found '", f.rope,
               "'");
     o.key_mode = model::key_mode_from_name(f.rope);

@@ -19,7 +19,7 @@ void run(const InfoFlags& f) {
   const int64_t kv = model->kv_bytes_per_token();
   const int64_t kv_full = c.full_kv_bytes_per_token(sizeof(float));
   nlohmann::json j = {{"path", model->path()},
-                      {"architecture", c.architecture},
+                      {"architecture", c.arch.name},
                       {"name", c.name},
                       {"n_vocab", c.n_vocab},
                       {"d_model", c.d_model},
@@ -60,7 +60,7 @@ void run(const InfoFlags& f) {
     return;
   }
   std::printf("model:          %s\n", model->path().c_str());
-  std::printf("architecture:   %s (%s)\n", c.architecture.c_str(), c.name.c_str());
+  std::printf("architecture:   %s (%s)\n", c.arch.name.c_str(), c.name.c_str());
   std::printf(
       "shape:          %lld layers, d_model %lld, %lld heads / %lld KV heads of %lld, "
       "FFN %lld, vocab %lld\n",

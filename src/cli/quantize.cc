@@ -102,7 +102,7 @@ void run_hf(const QuantizeFlags& f, ops::QuantMix mix) {
   const auto model = model::Model::load(f.model);
   const model::ModelConfig& c = model->config();
   ops::QuantModelInfo info;
-  info.architecture = "llama";
+  info.architecture = c.arch.name;
   info.n_layers = c.n_layers;
   info.n_heads = c.n_heads;
   info.n_kv_heads = c.n_kv_heads;

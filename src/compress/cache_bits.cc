@@ -26,6 +26,15 @@ Matrix keep_rows(const Matrix& m, int64_t block, int64_t keep) {
   return out;
 }
 
+// Keeps the first `keep` of every block of `block` entries (a bias); empty stays empty.
+std::vector<float> keep_entries(const std::vector<float>& b, int64_t block, int64_t keep) {
+  std::vector<float> out;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (static_cast<int64_t>(i) % block < keep) out.push_back(b[i]);
+  }
+  return out;
+}
+
 // Keeps the first `keep` of every block of `block` columns.
 Matrix keep_cols(const Matrix& m, int64_t block, int64_t keep) {
   Matrix out;
@@ -65,11 +74,16 @@ LayerWeights truncate_layer(const LayerWeights& L, int64_t rk, int64_t rv) {
   LayerWeights out = L;
   using model::Weight;
   out.wv = Weight::from_float(keep_rows(L.wv.to_float(), L.value_rank, rv));
+  out.bv = keep_entries(L.bv, L.value_rank, rv);
   out.wo = Weight::from_float(keep_cols(L.wo.to_float(), L.value_rank, rv));
-  if (L.key_mode == model::KeyMode::kPre || L.key_mode == model::KeyMode::kNoRope)
+  if (L.key_mode == model::KeyMode::kPre || L.key_mode == model::KeyMode::kNoRope) {
     out.wk = Weight::from_float(keep_rows(L.wk.to_float(), L.key_rank, rk));
-  if (L.key_mode == model::KeyMode::kNoRope)
+    out.bk = keep_entries(L.bk, L.key_rank, rk);
+  }
+  if (L.key_mode == model::KeyMode::kNoRope) {
     out.wq = Weight::from_float(keep_rows(L.wq.to_float(), L.key_rank, rk));
+    out.bq = keep_entries(L.bq, L.key_rank, rk);
+  }
   for (Matrix& u : out.key_basis) u = keep_cols(u, u.cols, rk);
   out.key_rank = rk;
   out.value_rank = rv;

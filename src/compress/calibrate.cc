@@ -93,7 +93,7 @@ int64_t checked_windows(const model::Model& model, const std::vector<int32_t>& i
   const model::ModelConfig& config = model.config();
   EKV_CHECK(!model.is_compressed(), model.path(),
             ": the model is already compressed; calibrate the original model instead");
-  const bool rope = config.position == model::PositionKind::kRope;
+  const bool rope = config.rope();
   EKV_CHECK(o.key_mode != model::KeyMode::kFull, "calibration needs a low-rank key mode");
   EKV_CHECK(rope || o.key_mode == model::KeyMode::kNoRope,
             "the model has no RoPE: use the no-RoPE key mode");

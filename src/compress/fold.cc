@@ -44,6 +44,23 @@ Matrix project_heads(const Matrix& w, const std::vector<Eigen::MatrixXd>& bases,
   return out;
 }
 
+// The same for a bias (one entry per row of W): U_j^T b_h per head, exact as for the weights,
+// since U^T (W x + b) = (U^T W) x + U^T b. Empty stays empty.
+std::vector<float> project_bias(const std::vector<float>& b, const std::vector<Eigen::MatrixXd>& bases,
+                                int64_t n_heads, int64_t head_dim, int64_t rank,
+                                int64_t heads_per_basis) {
+  if (b.empty()) return {};
+  std::vector<float> out(static_cast<size_t>(n_heads * rank));
+  for (int64_t h = 0; h < n_heads; ++h) {
+    const Eigen::MatrixXd u = bases[h / heads_per_basis].leftCols(rank);
+    Eigen::VectorXd bh(head_dim);
+    for (int64_t i = 0; i < head_dim; ++i) bh(i) = b[h * head_dim + i];
+    const Eigen::VectorXd p = u.transpose() * bh;
+    for (int64_t r = 0; r < rank; ++r) out[h * rank + r] = static_cast<float>(p(r));
+  }
+  return out;
+}
+
 }  // namespace
 
 model::LayerWeights fold_layer(const model::LayerWeights& full, const model::ModelConfig& c,
@@ -77,6 +94,7 @@ model::LayerWeights fold_layer(const model::LayerWeights& full, const model::Mod
   // The folded matrices are computed in float64 from float32 copies of the stored ones.
   L.wv = model::Weight::from_float(
       project_heads(full.wv.to_float(), value_bases, nkv, dh, value_rank, 1));
+  L.bv = project_bias(full.bv, value_bases, nkv, dh, value_rank, 1);
   const Matrix full_wo = full.wo.to_float();
   Matrix wo = make(c.d_model, nh * value_rank);
   for (int64_t h = 0; h < nh; ++h) {
@@ -96,10 +114,12 @@ model::LayerWeights fold_layer(const model::LayerWeights& full, const model::Mod
   if (mode == model::KeyMode::kPre || mode == model::KeyMode::kNoRope) {
     L.wk = model::Weight::from_float(
         project_heads(full.wk.to_float(), key_bases, nkv, dh, key_rank, 1));
+    L.bk = project_bias(full.bk, key_bases, nkv, dh, key_rank, 1);
   }
   if (mode == model::KeyMode::kNoRope) {
     L.wq = model::Weight::from_float(
         project_heads(full.wq.to_float(), key_bases, nh, dh, key_rank, g));
+    L.bq = project_bias(full.bq, key_bases, nh, dh, key_rank, g);
   }
   if (mode == model::KeyMode::kPre || mode == model::KeyMode::kPost) {
     for (int64_t j = 0; j < nkv; ++j) {

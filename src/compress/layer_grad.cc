@@ -22,18 +22,29 @@ Eigen::RowVectorXd to_double(const std::vector<float>& v) {
       .cast<double>();
 }
 
-// Rows of x [T, d_h] rotated by RoPE at positions 0..T-1 (adjacent pairs); sign -1 inverts.
+// Rows of x [T, d_h] rotated by RoPE at positions 0..T-1 (the model's pairs); sign -1 inverts.
 void rotate_rows(const LayerConstants& c, MatrixXd& x, double sign) {
   if (!c.rope) return;
   const int64_t half = c.rope_cos.cols();
   for (int64_t t = 0; t < x.rows(); ++t) {
     for (int64_t i = 0; i < half; ++i) {
+      const int64_t p0 = c.rope_halves ? i : 2 * i, p1 = c.rope_halves ? i + half : 2 * i + 1;
       const double co = c.rope_cos(t, i), si = sign * c.rope_sin(t, i);
-      const double a = x(t, 2 * i), b = x(t, 2 * i + 1);
-      x(t, 2 * i) = a * co - b * si;
-      x(t, 2 * i + 1) = a * si + b * co;
+      const double a = x(t, p0), b = x(t, p1);
+      x(t, p0) = a * co - b * si;
+      x(t, p1) = a * si + b * co;
     }
   }
+}
+
+// Rows of x with the bias b added (nothing when b is empty).
+void add_bias(MatrixXd& x, const Eigen::RowVectorXd& b) {
+  if (b.size() > 0) x.rowwise() += b;
+}
+
+Eigen::RowVectorXd bias_to_double(const std::vector<float>& v) {
+  if (v.empty()) return Eigen::RowVectorXd();
+  return to_double(v);
 }
 
 // RMSNorm rows of x with weight w: [T, d].
@@ -96,6 +107,7 @@ Forward run_forward(const LayerConstants& c, const WindowInputs& w, const LayerB
     f.attn.push_back(std::move(s));
   }
   f.h1 = w.x + heads * c.wo.transpose();
+  add_bias(f.h1, c.bo);
   const MatrixXd hn = rms_norm(f.h1, c.ffn_norm, c.norm_eps, &f.h1_inv_rms);
   f.gate = hn * c.w_gate.transpose();
   f.up = hn * c.w_up.transpose();
@@ -172,13 +184,22 @@ LayerConstants layer_constants(const model::ModelConfig& config, const model::La
   c.d_ffn = config.d_ffn;
   c.norm_eps = config.norm_eps;
   c.key_mode = key_mode;
-  c.rope = config.position == model::PositionKind::kRope;
+  c.rope = config.rope();
   EKV_CHECK(c.rope == (key_mode != model::KeyMode::kNoRope), "key mode ",
             model::key_mode_name(key_mode), " does not fit the model's positions");
   c.wq = to_double(layer.wq);
   c.wk = to_double(layer.wk);
   c.wv = to_double(layer.wv);
   c.wo = to_double(layer.wo);
+  c.bq = bias_to_double(layer.bq);
+  c.bk = bias_to_double(layer.bk);
+  c.bv = bias_to_double(layer.bv);
+  c.bo = bias_to_double(layer.bo);
+  c.rope_halves = config.arch.rope_layout == model::RopeLayout::kHalves;
+  EKV_CHECK(config.arch.norm == model::NormKind::kRms && config.arch.ffn == model::FfnKind::kSwiGlu &&
+                !config.arch.norm_bias && !config.arch.ffn_bias,
+            "StiefAttention's layer gradient covers RMSNorm and SwiGLU layers; architecture ",
+            config.arch.name, " has others");
   c.w_gate = to_double(layer.w_gate);
   c.w_up = to_double(layer.w_up);
   c.w_down = to_double(layer.w_down);
@@ -210,9 +231,12 @@ WindowInputs window_inputs(const LayerConstants& c, const float* x, const float*
   w.target = Eigen::Map<const RowMajorF>(target, n_tokens, c.d_model).cast<double>();
   w.target_sq = w.target.squaredNorm();
   const MatrixXd xn = rms_norm(w.x, c.attn_norm, c.norm_eps, nullptr);  // [T, d_model]
-  const MatrixXd q = xn * c.wq.transpose();                             // [T, n_heads * d_h]
-  const MatrixXd k = xn * c.wk.transpose();                             // [T, n_kv * d_h]
-  const MatrixXd v = xn * c.wv.transpose();                             // [T, n_kv * d_h]
+  MatrixXd q = xn * c.wq.transpose();  // [T, n_heads * d_h]
+  MatrixXd k = xn * c.wk.transpose();  // [T, n_kv * d_h]
+  MatrixXd v = xn * c.wv.transpose();  // [T, n_kv * d_h]
+  add_bias(q, c.bq);
+  add_bias(k, c.bk);
+  add_bias(v, c.bv);
   for (int64_t h = 0; h < c.n_heads; ++h) {
     w.q.push_back(q.middleCols(h * dh, dh));
     rotate_rows(c, w.q.back(), 1.0);

@@ -23,6 +23,8 @@ struct LayerConstants {
   bool rope = true;
   Eigen::MatrixXd wq, wk, wv;          // [n_heads * d_h | n_kv * d_h, d_model]
   Eigen::MatrixXd wo;                  // [d_model, n_heads * d_h]
+  Eigen::RowVectorXd bq, bk, bv, bo;   // the projections' biases, or empty
+  bool rope_halves = false;            // RoPE pairs (i, i + half) instead of (2i, 2i + 1)
   Eigen::MatrixXd w_gate, w_up;        // [d_ffn, d_model]
   Eigen::MatrixXd w_down;              // [d_model, d_ffn]
   Eigen::RowVectorXd attn_norm;        // [d_model]

@@ -37,12 +37,8 @@ void ModelConfig::validate(const std::string& source) const {
 
 ModelConfig config_from_gguf(const io::GgufFile& gguf) {
   ModelConfig c;
-  c.architecture = gguf.get_string("general.architecture");
-  if (c.architecture != "llama") {
-    fail(gguf.path(), ": unsupported architecture '", c.architecture,
-         "' (eigenkv runs 'llama'-family models: Llama 1/2/3, TinyLlama, SmolLM, Mistral)");
-  }
-  const std::string a = c.architecture + ".";
+  c.arch = arch_for_gguf(gguf.get_string("general.architecture"), gguf.path());
+  const std::string a = c.arch.name + ".";
   c.name = gguf.find_string("general.name").value_or("");
   c.d_model = gguf.get_int(a + "embedding_length");
   c.n_layers = gguf.get_int(a + "block_count");
@@ -60,7 +56,11 @@ ModelConfig config_from_gguf(const io::GgufFile& gguf) {
   } else if (const auto* t = gguf.find_tensor("token_embd.weight")) {
     c.n_vocab = t->shape[0];
   }
-  c.tied_embeddings = gguf.find_tensor("output.weight") == nullptr;
+  c.tied_embeddings = gguf.find_tensor(gguf_tensor_map().output) == nullptr;
+  if (auto window = gguf.find_int(a + "attention.sliding_window"); window && *window > 0) {
+    fail(gguf.path(), ": ", a, "attention.sliding_window = ", *window,
+         ": sliding-window attention is not built");
+  }
   if (auto type = gguf.find_string(a + "rope.scaling.type"); type && *type == "linear") {
     c.rope_scaling.kind = RopeScaling::Kind::kLinear;
     c.rope_scaling.factor = gguf.get_float(a + "rope.scaling.factor");
@@ -133,15 +133,29 @@ ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
   ModelConfig c;
   const HfKeys k(j, source);
   const std::string model_type = k.string("model_type", "");
-  if (model_type != "llama" && model_type != "mistral") {
+  if (model_type == "llama" || model_type == "mistral") {
+    c.arch = arch_for_gguf("llama", source);
+    // The loader permutes Llama's rotate-half q/k rows into adjacent pairs (GGUF's order).
+    if (model_type == "mistral" && k.has("sliding_window")) {
+      fail(source, ": sliding-window attention (sliding_window=", j["sliding_window"].dump(),
+           ") is not built");
+    }
+  } else if (model_type == "qwen2") {
+    c.arch = arch_for_gguf("qwen2", source);  // q/k rows stay as stored: rotate-half RoPE
+    if (k.boolean("use_sliding_window", false)) {
+      fail(source, ": use_sliding_window = true: sliding-window attention is not built");
+    }
+    if (j.contains("layer_types") && j["layer_types"].is_array()) {
+      for (const auto& t : j["layer_types"]) {
+        if (!t.is_string() || t.get<std::string>() != "full_attention") {
+          fail(source, ": layer_types holds ", t.dump(), ": only full_attention layers are built");
+        }
+      }
+    }
+  } else {
     fail(source, ": unsupported model_type '", model_type,
-         "' (eigenkv runs Llama-family models: llama, mistral)");
+         "' (eigenkv runs llama, mistral and qwen2; opt and mpt are not built yet)");
   }
-  if (model_type == "mistral" && k.has("sliding_window")) {
-    fail(source, ": sliding-window attention (sliding_window=", j["sliding_window"].dump(),
-         ") is not supported");
-  }
-  c.architecture = "llama";
   c.name = k.string("_name_or_path", "");
   c.n_vocab = k.integer("vocab_size");
   c.d_model = k.integer("hidden_size");
@@ -158,8 +172,11 @@ ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
   c.tied_embeddings = k.boolean("tie_word_embeddings", false);
   const std::string act = k.string("hidden_act", "silu");
   EKV_CHECK(act == "silu", source, ": unsupported hidden_act '", act, "' (expected silu)");
-  if (k.boolean("attention_bias", false) || k.boolean("mlp_bias", false)) {
-    fail(source, ": attention or MLP biases are not supported for model_type ", model_type);
+  if (model_type != "qwen2" && k.boolean("attention_bias", false)) {
+    fail(source, ": attention_bias = true is not built for model_type ", model_type);
+  }
+  if (k.boolean("mlp_bias", false)) {
+    fail(source, ": mlp_bias = true is not built for model_type ", model_type);
   }
   if (k.has("rope_scaling")) {
     const HfKeys rs = k.object("rope_scaling");

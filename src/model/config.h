@@ -1,6 +1,6 @@
-// ModelConfig: the shapes and numeric constants of a decoder-only transformer, filled from GGUF
-// metadata or a Hugging Face config.json. The forward pass branches on its enum fields, never on
-// model names.
+// ModelConfig: the shapes and numeric constants of a decoder-only transformer and its family's
+// ArchSpec, filled from GGUF metadata or a Hugging Face config.json. The forward pass branches on
+// the spec's fields, never on model names.
 #pragma once
 
 #include <cstdint>
@@ -8,15 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "model/arch.h"
+
 namespace eigenkv::io {
 class GgufFile;
 }
 
 namespace eigenkv::model {
 
-enum class NormKind { kRms, kLayer };
-enum class PositionKind { kRope, kNone };
-enum class FfnKind { kSwiGlu };
 
 // Llama-3 style frequency scaling of RoPE; kind kNone leaves the frequencies alone.
 struct RopeScaling {
@@ -28,7 +27,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string architecture;  // "llama"
+  ArchSpec arch;  // the family: norms, activation, positions, biases
   std::string name;
   int64_t n_vocab = 0;
   int64_t d_model = 0;
@@ -39,14 +38,12 @@ struct ModelConfig {
   int64_t d_ffn = 0;
   int64_t n_ctx_train = 0;
   double norm_eps = 1e-5;
-  NormKind norm = NormKind::kRms;
-  PositionKind position = PositionKind::kRope;
-  FfnKind ffn = FfnKind::kSwiGlu;
   double rope_theta = 10000.0;
   int64_t rope_dims = 0;  // leading dimensions of each head that are rotated (= head_dim for Llama)
   RopeScaling rope_scaling;
   bool tied_embeddings = false;
 
+  bool rope() const { return arch.position == PositionKind::kRope; }
   int64_t group_size() const { return n_heads / n_kv_heads; }  // query heads per KV head
   // Bytes the uncompressed K/V cache takes per token at `bytes_per_number` (4 for f32).
   int64_t full_kv_bytes_per_token(int64_t bytes_per_number) const {

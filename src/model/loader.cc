@@ -65,7 +65,7 @@ std::vector<LayerSpec> read_compression(const io::GgufFile& file, const ModelCon
             " is not supported (this build reads version ", kCompressedFormatVersion, ")");
   const KeyMode mode = key_mode_from_name(file.get_string("eigenkv.key_mode"));
   EKV_CHECK(mode != KeyMode::kFull, file.path(), ": eigenkv.key_mode 'full' is not a compression");
-  EKV_CHECK((mode == KeyMode::kNoRope) == (c.position != PositionKind::kRope), file.path(),
+  EKV_CHECK((mode == KeyMode::kNoRope) == (!c.rope()), file.path(),
             ": eigenkv.key_mode '", key_mode_name(mode), "' does not fit the model's positions");
   const auto& key_ranks = file.get_number_array("eigenkv.key_ranks");
   const auto& value_ranks = file.get_number_array("eigenkv.value_ranks");

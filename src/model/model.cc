@@ -25,7 +25,8 @@ Model::Model(ModelConfig config, ModelWeights weights, std::unique_ptr<tok::Toke
   if (!weights_.rope_freq_factors.empty()) {
     for (size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] /= weights_.rope_freq_factors[i];
   }
-  rope_ = ops::RopeTable(std::move(inv_freq), std::max<int64_t>(config_.n_ctx_train, 4096));
+  rope_ = ops::RopeTable(std::move(inv_freq), std::max<int64_t>(config_.n_ctx_train, 4096),
+                         config_.arch.rope_layout);
   if (has_cache_allotment()) cache_types_ = {ops::KvType::kMixed, ops::KvType::kMixed};
 }
 
@@ -115,7 +116,7 @@ void Model::attend_cached(const LayerWeights& L, const float* qs, int64_t sw, in
   const int64_t dh = config_.head_dim, nh = config_.n_heads, nkv = config_.n_kv_heads;
   const int64_t g = config_.group_size(), rk = L.key_rank, rv = L.value_rank;
   const int64_t n_keys = p0 + n_tokens;
-  const bool rope = config_.position == PositionKind::kRope;
+  const bool rope = config_.rope();
   // kPre: U_K^T per KV head, [r_K, d_h], to rebuild cached keys inside the kernel.
   std::vector<std::vector<float>> basis_t;
   std::vector<ops::KeyRebuild> rebuild;
@@ -185,13 +186,6 @@ void Model::attend_cached(const LayerWeights& L, const float* qs, int64_t sw, in
   }
 }
 
-void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_tokens, float* q,
-                        float* k, float* v) const {
-  ops::matmul(x_norm, n_tokens, L.wq.view(), q);
-  ops::matmul(x_norm, n_tokens, L.wk.view(), k);
-  ops::matmul(x_norm, n_tokens, L.wv.view(), v);
-}
-
 void Model::attend_sequence(int64_t layer, const LayerWeights& L, float* q_in, float* k_in,
                             const float* v, int64_t n_tokens, kv::KvCache& cache, int64_t cl,
                             float* heads_out, ForwardTap* tap) const {
@@ -201,7 +195,7 @@ void Model::attend_sequence(int64_t layer, const LayerWeights& L, float* q_in, f
   const int64_t qw = L.query_width(dh);     // query width per head from W_q
   const int64_t kw = L.key_proj_width(dh);  // key width per KV head from W_k
   const int64_t rk = L.key_rank, rv = L.value_rank;
-  const bool rope = config_.position == PositionKind::kRope;
+  const bool rope = config_.rope();
   EKV_CHECK(cache.layer(cl).key_width == rk && cache.layer(cl).value_width == rv, "KV cache layer ",
             cl, " has widths ", cache.layer(cl).key_width, "/", cache.layer(cl).value_width,
             ", the model's layer ", layer, " needs ", rk, "/", rv);
@@ -252,76 +246,6 @@ void Model::attend_sequence(int64_t layer, const LayerWeights& L, float* q_in, f
   attention_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
                        std::chrono::steady_clock::now() - attention_start)
                        .count();
-}
-
-void Model::attention_block(int64_t layer, const LayerWeights& L, const float* x_norm,
-                            int64_t n_tokens, kv::KvCache& cache, int64_t cl, float* attn_out,
-                            ForwardTap* tap) const {
-  const int64_t dh = config_.head_dim;
-  const int64_t nh = config_.n_heads, nkv = config_.n_kv_heads, rv = L.value_rank;
-  std::vector<float> q(static_cast<size_t>(n_tokens * nh * L.query_width(dh)));  // [T, n_heads, q_width]
-  std::vector<float> k(static_cast<size_t>(n_tokens * nkv * L.key_proj_width(dh)));  // [T, n_kv, k_width]
-  std::vector<float> v(static_cast<size_t>(n_tokens * nkv * rv));  // [T, n_kv, r_V]
-  project_qkv(L, x_norm, n_tokens, q.data(), k.data(), v.data());
-  std::vector<float> heads_out(static_cast<size_t>(n_tokens * nh * rv));  // [T, n_heads, r_V]
-  attend_sequence(layer, L, q.data(), k.data(), v.data(), n_tokens, cache, cl, heads_out.data(),
-                  tap);
-  ops::matmul(heads_out.data(), n_tokens, L.wo.view(), attn_out);
-}
-
-void Model::ffn_block(const LayerWeights& L, const float* x_norm, int64_t n_tokens,
-                      float* ffn_out) const {
-  const int64_t f = config_.d_ffn;
-  std::vector<float> gate(static_cast<size_t>(n_tokens * f));  // [T, d_ffn]
-  std::vector<float> up(static_cast<size_t>(n_tokens * f));    // [T, d_ffn]
-  ops::matmul(x_norm, n_tokens, L.w_gate.view(), gate.data());
-  ops::matmul(x_norm, n_tokens, L.w_up.view(), up.data());
-  ops::swiglu(gate.data(), up.data(), n_tokens * f);
-  ops::matmul(gate.data(), n_tokens, L.w_down.view(), ffn_out);
-}
-
-void Model::layer_forward(int64_t layer, const LayerWeights& L, float* x, int64_t n,
-                          kv::KvCache& cache, int64_t cache_layer, ForwardTap* tap) const {
-  const int64_t d = config_.d_model;
-  std::vector<float> input(tap ? static_cast<size_t>(n * d) : 0);
-  if (tap) std::copy(x, x + n * d, input.begin());
-  std::vector<float> x_norm(static_cast<size_t>(n * d));  // [T, d_model]
-  std::vector<float> delta(static_cast<size_t>(n * d));   // [T, d_model]
-  ops::rms_norm(x, L.attn_norm.data(), n, d, config_.norm_eps, x_norm.data());
-  attention_block(layer, L, x_norm.data(), n, cache, cache_layer, delta.data(), tap);
-  for (int64_t i = 0; i < n * d; ++i) x[i] += delta[i];
-  ops::rms_norm(x, L.ffn_norm.data(), n, d, config_.norm_eps, x_norm.data());
-  ffn_block(L, x_norm.data(), n, delta.data());
-  for (int64_t i = 0; i < n * d; ++i) x[i] += delta[i];
-  if (tap) tap->on_layer(layer, n, input.data(), x);
-}
-
-void Model::forward(std::span<const int32_t> tokens, kv::KvCache& cache, float* logits,
-                    bool all_logits, ForwardTap* tap) const {
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  const int64_t d = config_.d_model;
-  EKV_CHECK(n > 0, "forward called with no tokens");
-  EKV_CHECK(cache.size() + n <= cache.capacity(), "context is full: ", cache.size(), " + ", n,
-            " tokens exceed the context of ", cache.capacity());
-  EKV_CHECK(cache.n_layers() == config_.n_layers, "the KV cache has ", cache.n_layers(),
-            " layers, the model ", config_.n_layers);
-  std::vector<float> x(static_cast<size_t>(n * d));  // [T, d_model] residual stream
-  for (int64_t t = 0; t < n; ++t) {
-    const int32_t id = tokens[t];
-    EKV_CHECK(id >= 0 && id < config_.n_vocab, "token id ", id, " is outside the vocabulary of ",
-              config_.n_vocab);
-    weights_.token_embedding.row_to_float(id, x.data() + t * d);
-  }
-  for (int64_t l = 0; l < config_.n_layers; ++l) {
-    layer_forward(l, weights_.layers[l], x.data(), n, cache, l, tap);
-  }
-  cache.advance(n);
-  const int64_t first = all_logits ? 0 : n - 1;
-  const int64_t rows = n - first;
-  std::vector<float> x_norm(static_cast<size_t>(rows * d));
-  ops::rms_norm(x.data() + first * d, weights_.output_norm.data(), rows, d, config_.norm_eps,
-                x_norm.data());
-  ops::matmul(x_norm.data(), rows, weights_.output.view(), logits);
 }
 
 }  // namespace eigenkv::model

@@ -1,4 +1,5 @@
-// A loaded Llama-family model: config, float32 weights, tokenizer, and the forward pass.
+// A loaded model (any family ArchSpec describes): config, typed weights, tokenizer, and the
+// forward pass.
 // Thread-compatible: one forward call at a time per KvCache; const calls may share the model.
 #pragma once
 
@@ -121,10 +122,21 @@ class Model {
   void reset_attention_seconds() const { attention_ns_.store(0); }
 
  private:
-  void attention_block(int64_t layer, const LayerWeights& w, const float* x_norm, int64_t n_tokens,
-                       kv::KvCache& cache, int64_t cache_layer, float* attn_out,
-                       ForwardTap* tap) const;
-  // q/k/v projections of n_tokens rows: q [T, n_heads * q_width], k [T, n_kv * k_width],
+  // Rows [first, first + n) of a stacked batch belong to the sequence whose cache this is.
+  struct RowSegment {
+    int64_t first = 0;
+    int64_t n = 0;
+    kv::KvCache* cache = nullptr;
+  };
+  // forward() and forward_batch(): `tap` needs a batch of one sequence.
+  void run_batch(std::span<BatchSequence> batch, ForwardTap* tap) const;
+  // The decoder layer of every family (its ArchSpec shapes it) on the stacked rows x in place;
+  // attention per segment against cache layer `cl`. Does not advance the caches.
+  void decoder_layer(int64_t layer, const LayerWeights& w, float* x,
+                     std::span<const RowSegment> segments, int64_t cl, ForwardTap* tap) const;
+  // The family's normalization of `rows` rows of width d_model.
+  void norm(const float* x, const std::vector<float>& weight, int64_t rows, float* out) const;
+  // q/k/v projections of n_tokens rows, biases added: q [T, n_heads * q_width], k [T, n_kv * k_width],
   // v [T, n_kv * r_V] (widths as LayerWeights::query_width / key_proj_width give them).
   void project_qkv(const LayerWeights& w, const float* x_norm, int64_t n_tokens, float* q, float* k,
                    float* v) const;

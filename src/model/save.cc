@@ -18,21 +18,22 @@ using io::GgufValueType;
 // llama.* keys and the tokenizer for a model that did not come from a GGUF file.
 void write_config_metadata(const Model& model, io::GgufWriter& w) {
   const ModelConfig& c = model.config();
-  w.set_string("general.architecture", "llama");
+  const std::string a = c.arch.name + ".";
+  w.set_string("general.architecture", c.arch.name);
   w.set_string("general.name",
                c.name.empty() ? std::filesystem::path(model.path()).filename().string() : c.name);
-  w.set_int("llama.context_length", c.n_ctx_train);
-  w.set_int("llama.embedding_length", c.d_model);
-  w.set_int("llama.block_count", c.n_layers);
-  w.set_int("llama.feed_forward_length", c.d_ffn);
-  w.set_int("llama.attention.head_count", c.n_heads);
-  w.set_int("llama.attention.head_count_kv", c.n_kv_heads);
-  w.set_int("llama.attention.key_length", c.head_dim);
-  w.set_int("llama.attention.value_length", c.head_dim);
-  w.set_float("llama.attention.layer_norm_rms_epsilon", c.norm_eps);
-  w.set_float("llama.rope.freq_base", c.rope_theta);
-  w.set_int("llama.rope.dimension_count", c.rope_dims);
-  w.set_int("llama.vocab_size", c.n_vocab);
+  w.set_int(a + "context_length", c.n_ctx_train);
+  w.set_int(a + "embedding_length", c.d_model);
+  w.set_int(a + "block_count", c.n_layers);
+  w.set_int(a + "feed_forward_length", c.d_ffn);
+  w.set_int(a + "attention.head_count", c.n_heads);
+  w.set_int(a + "attention.head_count_kv", c.n_kv_heads);
+  w.set_int(a + "attention.key_length", c.head_dim);
+  w.set_int(a + "attention.value_length", c.head_dim);
+  w.set_float(a + "attention.layer_norm_rms_epsilon", c.norm_eps);
+  w.set_float(a + "rope.freq_base", c.rope_theta);
+  w.set_int(a + "rope.dimension_count", c.rope_dims);
+  w.set_int(a + "vocab_size", c.n_vocab);
   EKV_CHECK(!model.tokenizer_json().empty(), model.path(),
             ": the model's tokenizer.json text is not available to embed");
   w.set_string("tokenizer.huggingface.json", model.tokenizer_json());
@@ -125,10 +126,11 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
     fail(model.path(), ": saving a model with Hugging Face rope_scaling to GGUF is not supported");
   }
   const int64_t d = c.d_model;
+  const TensorMap& n = gguf_tensor_map();
   WeightWriter weight_writer(w, options);
-  weight_writer.add("token_embd.weight", weights.token_embedding, weights.token_embedding);
-  w.add_f32_tensor("output_norm.weight", {d}, weights.output_norm.data());
-  if (!c.tied_embeddings) weight_writer.add("output.weight", weights.output, weights.output);
+  weight_writer.add(n.embedding, weights.token_embedding, weights.token_embedding);
+  w.add_f32_tensor(n.output_norm, {d}, weights.output_norm.data());
+  if (!c.tied_embeddings) weight_writer.add(n.output, weights.output, weights.output);
   if (!weights.rope_freq_factors.empty()) {
     w.add_f32_tensor("rope_freqs.weight", {static_cast<int64_t>(weights.rope_freq_factors.size())},
                      weights.rope_freq_factors.data());
@@ -138,18 +140,26 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
   std::vector<double> key_ranks, value_ranks, key_bits8, value_bits8;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = weights.layers[l];
-    auto add = [&](const char* pattern, const Weight& m) {
+    auto add = [&](const std::string& pattern, const Weight& m) {
       weight_writer.add(layer_name(pattern, l), m, L.w_gate);
     };
-    w.add_f32_tensor(layer_name("blk.{}.attn_norm.weight", l), {d}, L.attn_norm.data());
-    add("blk.{}.attn_q.weight", L.wq);
-    add("blk.{}.attn_k.weight", L.wk);
-    add("blk.{}.attn_v.weight", L.wv);
-    add("blk.{}.attn_output.weight", L.wo);
-    w.add_f32_tensor(layer_name("blk.{}.ffn_norm.weight", l), {d}, L.ffn_norm.data());
-    add("blk.{}.ffn_gate.weight", L.w_gate);
-    add("blk.{}.ffn_up.weight", L.w_up);
-    add("blk.{}.ffn_down.weight", L.w_down);
+    auto add_vector = [&](const std::string& pattern, const std::vector<float>& v) {
+      if (!v.empty())
+        w.add_f32_tensor(layer_name(pattern, l), {static_cast<int64_t>(v.size())}, v.data());
+    };
+    add_vector(n.attn_norm, L.attn_norm);
+    add(n.wq, L.wq);
+    add_vector(n.bq, L.bq);
+    add(n.wk, L.wk);
+    add_vector(n.bk, L.bk);
+    add(n.wv, L.wv);
+    add_vector(n.bv, L.bv);
+    add(n.wo, L.wo);
+    add_vector(n.bo, L.bo);
+    add_vector(n.ffn_norm, L.ffn_norm);
+    add(n.w_gate, L.w_gate);
+    add(n.w_up, L.w_up);
+    add(n.w_down, L.w_down);
     if (!L.key_basis.empty()) {
       for (const Matrix& u : L.key_basis)
         bases[l].insert(bases[l].end(), u.data.begin(), u.data.end());

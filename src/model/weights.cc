@@ -55,13 +55,21 @@ Weight interleave_rotary_rows(const Weight& m, int64_t n_heads, int64_t head_dim
   return Weight::from_bytes(m.type, m.rows, m.cols, std::move(out));
 }
 
-struct TensorNames {
-  std::string embedding, output_norm, output;
-  std::string attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;  // with {} for the layer
-  std::string key_basis;
-};
+// The same permutation of a bias vector (one entry per row); empty stays empty.
+void interleave_rotary_entries(std::vector<float>& b, int64_t n_heads, int64_t head_dim) {
+  if (b.empty()) return;
+  std::vector<float> out(b.size());
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    for (int64_t i = 0; i < half; ++i) {
+      out[h * head_dim + 2 * i] = b[h * head_dim + i];
+      out[h * head_dim + 2 * i + 1] = b[h * head_dim + i + half];
+    }
+  }
+  b = std::move(out);
+}
 
-ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const TensorNames& n,
+ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const TensorMap& n,
                         const std::vector<LayerSpec>& specs) {
   ModelWeights w;
   const int64_t d = c.d_model;
@@ -90,8 +98,12 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
     L.wk = load_weight(source, layer_name(n.wk, l), c.n_kv_heads * L.key_proj_width(hd), d);
     L.wv = load_weight(source, layer_name(n.wv, l), c.n_kv_heads * L.value_rank, d);
     L.wo = load_weight(source, layer_name(n.wo, l), d, c.n_heads * L.value_rank);
+    if (c.arch.q_bias) L.bq = load_vector(source, layer_name(n.bq, l), L.wq.rows);
+    if (c.arch.k_bias) L.bk = load_vector(source, layer_name(n.bk, l), L.wk.rows);
+    if (c.arch.v_bias) L.bv = load_vector(source, layer_name(n.bv, l), L.wv.rows);
+    if (c.arch.o_bias) L.bo = load_vector(source, layer_name(n.bo, l), d);
     if (L.key_mode == KeyMode::kPre || L.key_mode == KeyMode::kPost) {
-      Matrix all = load_matrix(source, layer_name(n.key_basis, l), c.n_kv_heads * hd, L.key_rank);
+      Matrix all = load_matrix(source, layer_name(kGgufKeyBasisName, l), c.n_kv_heads * hd, L.key_rank);
       for (int64_t j = 0; j < c.n_kv_heads; ++j) {
         Matrix u;
         u.rows = hd;
@@ -219,15 +231,10 @@ std::vector<float> load_vector(const TensorSource& source, const std::string& na
 
 ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& config,
                                const std::vector<LayerSpec>& layers) {
-  TensorNames n{"token_embd.weight",       "output_norm.weight",        "output.weight",
-                "blk.{}.attn_norm.weight", "blk.{}.attn_q.weight",      "blk.{}.attn_k.weight",
-                "blk.{}.attn_v.weight",    "blk.{}.attn_output.weight", "blk.{}.ffn_norm.weight",
-                "blk.{}.ffn_gate.weight",  "blk.{}.ffn_up.weight",      "blk.{}.ffn_down.weight",
-                kGgufKeyBasisName};
   EKV_CHECK(layers.empty() || static_cast<int64_t>(layers.size()) == config.n_layers,
             source.label(), ": ", layers.size(), " layer ranks recorded for ", config.n_layers,
             " layers");
-  ModelWeights w = load_named(source, config, n, layers);
+  ModelWeights w = load_named(source, config, gguf_tensor_map(), layers);
   if (source.find("rope_freqs.weight")) {
     w.rope_freq_factors = load_vector(source, "rope_freqs.weight", config.rope_dims / 2);
   }
@@ -235,23 +242,15 @@ ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& co
 }
 
 ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& config) {
-  TensorNames n{"model.embed_tokens.weight",
-                "model.norm.weight",
-                "lm_head.weight",
-                "model.layers.{}.input_layernorm.weight",
-                "model.layers.{}.self_attn.q_proj.weight",
-                "model.layers.{}.self_attn.k_proj.weight",
-                "model.layers.{}.self_attn.v_proj.weight",
-                "model.layers.{}.self_attn.o_proj.weight",
-                "model.layers.{}.post_attention_layernorm.weight",
-                "model.layers.{}.mlp.gate_proj.weight",
-                "model.layers.{}.mlp.up_proj.weight",
-                "model.layers.{}.mlp.down_proj.weight",
-                ""};
-  ModelWeights w = load_named(source, config, n, {});
-  for (LayerWeights& L : w.layers) {
-    L.wq = interleave_rotary_rows(L.wq, config.n_heads, config.head_dim);
-    L.wk = interleave_rotary_rows(L.wk, config.n_kv_heads, config.head_dim);
+  ModelWeights w = load_named(source, config, hf_tensor_map(), {});
+  if (config.arch.rope_layout == RopeLayout::kAdjacentPairs) {
+    // Llama's rows are stored for rotate-half; GGUF's llama layout pairs them up.
+    for (LayerWeights& L : w.layers) {
+      L.wq = interleave_rotary_rows(L.wq, config.n_heads, config.head_dim);
+      L.wk = interleave_rotary_rows(L.wk, config.n_kv_heads, config.head_dim);
+      interleave_rotary_entries(L.bq, config.n_heads, config.head_dim);
+      interleave_rotary_entries(L.bk, config.n_kv_heads, config.head_dim);
+    }
   }
   return w;
 }
@@ -264,7 +263,8 @@ int64_t ModelWeights::decode_bytes_read() const {
       bytes += static_cast<int64_t>(m->nbytes());
     }
     for (const Matrix& u : L.key_basis) floats += u.rows * u.cols;
-    floats += static_cast<int64_t>(L.attn_norm.size() + L.ffn_norm.size());
+    floats += static_cast<int64_t>(L.attn_norm.size() + L.ffn_norm.size() + L.bq.size() +
+                                   L.bk.size() + L.bv.size() + L.bo.size());
   }
   return bytes + floats * static_cast<int64_t>(sizeof(float));
 }

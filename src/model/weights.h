@@ -1,5 +1,6 @@
-// The weights of a Llama-family model in one canonical layout: matrices [out, in] with rows
-// contiguous, and q/k rows of every head in the adjacent-pair RoPE layout (GGUF's). The large
+// The weights of a decoder-only model in one canonical layout: matrices [out, in] with rows
+// contiguous, and q/k rows of every head in the RoPE layout the config's ArchSpec names (GGUF's
+// adjacent pairs for llama, which Hugging Face Llama rows are permuted into; halves for qwen2). The large
 // matrices stay in their stored type where they lie in the mapped file (Weight); only small
 // vectors (norms, bases, cache scales) are float32. Loaders for GGUF and Hugging Face directories
 // fill it.
@@ -74,6 +75,9 @@ struct LayerWeights {
   Weight wk;  // [n_kv_heads * k_width, d_model]; k_width = r_K in kPre/kNoRope mode, else d_h
   Weight wv;  // [n_kv_heads * r_V, d_model]   (r_V = d_h when uncompressed)
   Weight wo;  // [d_model, n_heads * r_V]      (U_V folded in)
+  // Projection biases where the family has them (ArchSpec), else empty; as wide as the rows of
+  // wq, wk, wv and wo (a compressed layer's are projected onto its bases like the weights).
+  std::vector<float> bq, bk, bv, bo;
   std::vector<float> ffn_norm;  // [d_model]
   Weight w_gate;                // [d_ffn, d_model]
   Weight w_up;                  // [d_ffn, d_model]

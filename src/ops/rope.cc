@@ -7,8 +7,8 @@
 
 namespace eigenkv::ops {
 
-RopeTable::RopeTable(std::vector<float> inv_freq, int64_t max_positions)
-    : inv_freq_(std::move(inv_freq)) {
+RopeTable::RopeTable(std::vector<float> inv_freq, int64_t max_positions, RopeLayout layout)
+    : inv_freq_(std::move(inv_freq)), layout_(layout) {
   reserve(max_positions);
 }
 
@@ -53,14 +53,18 @@ void RopeTable::rotate_with_sign(float* x, int64_t n_heads, int64_t head_dim, in
     c = scratch;
     s = scratch + half;
   }
+  // Pair i is (2i, 2i + 1), or (i, i + half) in the halves layout.
+  const int64_t step = layout_ == RopeLayout::kHalves ? 1 : 2;
+  const int64_t other = layout_ == RopeLayout::kHalves ? half : 1;
   for (int64_t h = 0; h < n_heads; ++h) {
     float* v = x + h * head_dim;
     for (int64_t i = 0; i < half; ++i) {
-      const float a = v[2 * i];
-      const float bb = v[2 * i + 1];
+      float* p = v + step * i;
+      const float a = p[0];
+      const float bb = p[other];
       const float si = sign * s[i];
-      v[2 * i] = a * c[i] - bb * si;
-      v[2 * i + 1] = a * si + bb * c[i];
+      p[0] = a * c[i] - bb * si;
+      p[other] = a * si + bb * c[i];
     }
   }
 }

@@ -1,0 +1,163 @@
+// Model families beyond Llama, on the trained tiny models in ../shared/models (each with golden
+// logits from an independent float64 reference of the family's Hugging Face semantics): logits,
+// greedy text, the GGUF round trip, Eigen Attention at full rank, and the refusals of what is not
+// built.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "compress/calibrate.h"
+#include "io/gguf.h"
+#include "model/generate.h"
+#include "model/model.h"
+#include "model/save.h"
+#include "model_test_util.h"
+#include "test_util.h"
+#include "util/error.h"
+
+namespace eigenkv {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::logits_of;
+using testing::max_relative_diff;
+
+constexpr const char* kQwen2 = "models/qwen2-tiny-hf";
+
+nlohmann::json golden(const std::string& model_dir) {
+  std::ifstream in(testing::shared_path(model_dir + "/golden_logits.json"));
+  return nlohmann::json::parse(in);
+}
+
+// Every golden sequence: the last position's logits within 1e-4 of the reference (relative to
+// its largest), and the argmax at every position.
+void expect_golden_logits(const model::Model& m, const nlohmann::json& g, const std::string& what) {
+  const int64_t nv = m.config().n_vocab;
+  int checked = 0;
+  for (const auto& [name, seq] : g["sequences"].items()) {
+    const std::vector<int32_t> ids = seq["ids"].get<std::vector<int32_t>>();
+    const std::vector<float> ref = seq["last_logits"].get<std::vector<float>>();
+    const std::vector<int32_t> argmax = seq["argmax_per_position"].get<std::vector<int32_t>>();
+    ASSERT_EQ(static_cast<int64_t>(ref.size()), nv) << name;
+    const std::vector<float> all = logits_of(m, ids);
+    const std::vector<float> last(all.end() - nv, all.end());
+    EXPECT_LT(max_relative_diff(last, ref), 1e-4) << what << ": sequence " << name;
+    for (size_t t = 0; t < ids.size(); ++t) {
+      const float* row = all.data() + t * nv;
+      EXPECT_EQ(std::max_element(row, row + nv) - row, argmax[t])
+          << what << ": sequence " << name << " position " << t;
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+}
+
+TEST(Qwen2, HuggingFaceLogitsEqualTheGoldenOnes) {
+  EKV_REQUIRE_SHARED(kQwen2);
+  const auto m = model::Model::load(testing::shared_path(kQwen2));
+  EXPECT_EQ(m->config().arch.name, "qwen2");
+  EXPECT_TRUE(m->config().arch.q_bias && m->config().arch.k_bias && m->config().arch.v_bias);
+  EXPECT_FALSE(m->config().arch.o_bias);
+  EXPECT_EQ(m->weights().layers[0].bk.size(), 2u * 64);
+  EXPECT_TRUE(m->weights().layers[0].bo.empty());  // absent, not zero-filled
+  EXPECT_TRUE(m->config().tied_embeddings);
+  expect_golden_logits(*m, golden(kQwen2), "qwen2 (Hugging Face)");
+}
+
+TEST(Qwen2, GreedyTextMatchesTheReference) {
+  EKV_REQUIRE_SHARED(kQwen2);
+  const auto m = model::Model::load(testing::shared_path(kQwen2));
+  const std::vector<int32_t> want =
+      golden(kQwen2)["greedy_from_bos_once_upon_a_time"].get<std::vector<int32_t>>();
+  const std::vector<int32_t> prompt = m->tokenizer().encode("Once upon a time", true);
+  ASSERT_EQ(std::vector<int32_t>(want.begin(), want.begin() + prompt.size()), prompt);
+  model::GenerateOptions o;
+  o.max_tokens = static_cast<int64_t>(want.size() - prompt.size());
+  o.sampler.temperature = 0;
+  o.stop_at_eos = false;
+  const model::GenerateResult r = model::generate(*m, prompt, o);
+  EXPECT_EQ(r.ids, std::vector<int32_t>(want.begin() + prompt.size(), want.end()));
+}
+
+// The GGUF eigenkv writes of a Hugging Face Qwen2 directory is llama.cpp's qwen2 layout (rows as
+// stored, biases as blk.N.attn_q.bias ...), and loads back to the same logits.
+TEST(Qwen2, GgufRoundTripKeepsTheLogits) {
+  EKV_REQUIRE_SHARED(kQwen2);
+  const auto hf = model::Model::load(testing::shared_path(kQwen2));
+  const fs::path out = fs::temp_directory_path() / ("eigenkv_qwen2_" + std::to_string(::getpid()) + ".gguf");
+  model::save_gguf(*hf, out.string());
+  {
+    const io::GgufFile f(out.string());
+    EXPECT_EQ(f.get_string("general.architecture"), "qwen2");
+    EXPECT_EQ(f.get_int("qwen2.block_count"), 4);
+    ASSERT_NE(f.find_tensor("blk.0.attn_q.bias"), nullptr);
+    EXPECT_EQ(f.find_tensor("blk.0.attn_k.bias")->shape, std::vector<int64_t>{128});
+    EXPECT_EQ(f.find_tensor("blk.0.attn_output.bias"), nullptr);
+    EXPECT_EQ(f.find_tensor("output.weight"), nullptr);  // tied: stored once
+  }
+  const auto gg = model::Model::load(out.string());
+  fs::remove(out);
+  EXPECT_EQ(gg->config().arch.rope_layout, model::RopeLayout::kHalves);
+  const std::vector<int32_t> ids = {1, 403, 407, 261, 378, 426, 410, 13, 13, 441};
+  EXPECT_LT(max_relative_diff(logits_of(*gg, ids), logits_of(*hf, ids)), 1e-6);
+  expect_golden_logits(*gg, golden(kQwen2), "qwen2 (GGUF written by eigenkv)");
+}
+
+// Eigen Attention at full rank (threshold 0) keeps the function: the biases fold as U^T b.
+TEST(Qwen2, EigenAtFullRankKeepsTheLogits) {
+  EKV_REQUIRE_SHARED(kQwen2);
+  for (model::KeyMode mode : {model::KeyMode::kPre, model::KeyMode::kPost}) {
+    auto m = model::Model::load(testing::shared_path(kQwen2));
+    const std::vector<int32_t> ids = testing::repo_text_ids(*m, "data/tinystories-calib.txt");
+    const std::vector<int32_t> probe(ids.begin(), ids.begin() + 100);
+    const std::vector<float> before = logits_of(*m, probe);
+    compress::CalibrationOptions o;
+    o.key_mode = mode;
+    o.threshold = 0.0;
+    o.progress = false;
+    o.max_tokens = 1024;
+    compress::calibrate_eigen(*m, ids, o);
+    ASSERT_TRUE(m->is_compressed());
+    EXPECT_FALSE(m->weights().layers[0].bv.empty());
+    EXPECT_LT(max_relative_diff(logits_of(*m, probe), before), 1e-4) << model::key_mode_name(mode);
+  }
+}
+
+// What is not built is refused with the config field named, before any weight is read.
+TEST(Families, UnbuiltVariantsAreRefusedByName) {
+  EKV_REQUIRE_SHARED(kQwen2);
+  std::ifstream in(testing::shared_path(std::string(kQwen2) + "/config.json"));
+  const nlohmann::json base = nlohmann::json::parse(in);
+  auto refusal = [](const nlohmann::json& j) {
+    try {
+      model::config_from_hf(j, "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(refusal(base), "accepted");
+  nlohmann::json j = base;
+  j["use_sliding_window"] = true;
+  EXPECT_NE(refusal(j).find("use_sliding_window"), std::string::npos) << refusal(j);
+  j = base;
+  j["layer_types"][1] = "sliding_attention";
+  EXPECT_NE(refusal(j).find("layer_types"), std::string::npos) << refusal(j);
+  j = base;
+  j["model_type"] = "gpt_bigcode";
+  EXPECT_NE(refusal(j).find("model_type 'gpt_bigcode'"), std::string::npos) << refusal(j);
+  j = base;
+  j["model_type"] = "llama";
+  j["attention_bias"] = true;
+  EXPECT_NE(refusal(j).find("attention_bias"), std::string::npos) << refusal(j);
+  j = base;
+  j["mlp_bias"] = true;
+  EXPECT_NE(refusal(j).find("mlp_bias"), std::string::npos) << refusal(j);
+}
+
+}  // namespace
+}  // namespace eigenkv
