@@ -12,6 +12,7 @@
 
 #include "compress/calibrate.h"
 #include "io/gguf.h"
+#include "kv/kv_cache.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/save.h"
@@ -124,6 +125,87 @@ TEST(Qwen2, EigenAtFullRankKeepsTheLogits) {
     ASSERT_TRUE(m->is_compressed());
     EXPECT_FALSE(m->weights().layers[0].bv.empty());
     EXPECT_LT(max_relative_diff(logits_of(*m, probe), before), 1e-4) << model::key_mode_name(mode);
+  }
+}
+
+constexpr const char* kOpt = "models/opt-tiny-hf";
+
+TEST(Opt, HuggingFaceLogitsEqualTheGoldenOnes) {
+  EKV_REQUIRE_SHARED(kOpt);
+  const auto m = model::Model::load(testing::shared_path(kOpt));
+  const model::ArchSpec& a = m->config().arch;
+  EXPECT_EQ(a.name, "opt");
+  EXPECT_EQ(a.norm, model::NormKind::kLayer);
+  EXPECT_EQ(a.position, model::PositionKind::kLearned);
+  EXPECT_EQ(m->weights().position_embedding.rows, 514);
+  EXPECT_TRUE(m->weights().layers[0].w_gate.empty());  // ReLU: no gate
+  EXPECT_EQ(m->weights().layers[0].bo.size(), 256u);
+  expect_golden_logits(*m, golden(kOpt), "opt (Hugging Face)");
+}
+
+TEST(Opt, GreedyTextMatchesTheReference) {
+  EKV_REQUIRE_SHARED(kOpt);
+  const auto m = model::Model::load(testing::shared_path(kOpt));
+  const std::vector<int32_t> want =
+      golden(kOpt)["greedy_from_bos_once_upon_a_time"].get<std::vector<int32_t>>();
+  const std::vector<int32_t> prompt = m->tokenizer().encode("Once upon a time", true);
+  ASSERT_EQ(std::vector<int32_t>(want.begin(), want.begin() + prompt.size()), prompt);
+  model::GenerateOptions o;
+  o.max_tokens = static_cast<int64_t>(want.size() - prompt.size());
+  o.sampler.temperature = 0;
+  o.stop_at_eos = false;
+  EXPECT_EQ(model::generate(*m, prompt, o).ids,
+            std::vector<int32_t>(want.begin() + prompt.size(), want.end()));
+}
+
+// Without RoPE the key basis folds into both W_q and W_k (and their biases): attention runs
+// wholly in rank space, exact at full rank.
+TEST(Opt, EigenAtFullRankKeepsTheLogits) {
+  EKV_REQUIRE_SHARED(kOpt);
+  auto m = model::Model::load(testing::shared_path(kOpt));
+  const std::vector<int32_t> ids = testing::repo_text_ids(*m, "data/tinystories-calib.txt");
+  const std::vector<int32_t> probe(ids.begin(), ids.begin() + 100);
+  const std::vector<float> before = logits_of(*m, probe);
+  compress::CalibrationOptions o;
+  o.key_mode = model::KeyMode::kNoRope;
+  o.threshold = 0.0;
+  o.progress = false;
+  o.max_tokens = 1024;
+  compress::calibrate_eigen(*m, ids, o);
+  ASSERT_TRUE(m->is_compressed());
+  EXPECT_EQ(m->weights().layers[0].bq.size(), m->weights().layers[0].wq.rows);
+  EXPECT_LT(max_relative_diff(logits_of(*m, probe), before), 1e-4);
+}
+
+TEST(Opt, PositionsPastTheTableAndUnbuiltVariantsAreRefused) {
+  EKV_REQUIRE_SHARED(kOpt);
+  const auto m = model::Model::load(testing::shared_path(kOpt));
+  kv::KvCache cache = m->new_cache(600);
+  std::vector<int32_t> ids(513, 5);
+  std::vector<float> logits(static_cast<size_t>(m->config().n_vocab));
+  try {
+    m->forward(ids, cache, logits.data(), false);
+    ADD_FAILURE() << "513 positions of a 512-position table were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("learned positions"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(cache.size(), 0);
+  const fs::path out = fs::temp_directory_path() / "eigenkv_opt_refused.gguf";
+  EXPECT_THROW(model::save_gguf(*m, out.string()), Error);
+  EXPECT_FALSE(fs::exists(out));
+  std::ifstream in(testing::shared_path(std::string(kOpt) + "/config.json"));
+  const nlohmann::json base = nlohmann::json::parse(in);
+  for (auto [key, value] : {std::pair<const char*, nlohmann::json>{"activation_function", "gelu"},
+                            {"word_embed_proj_dim", 128},
+                            {"layer_norm_elementwise_affine", false}}) {
+    nlohmann::json j = base;
+    j[key] = value;
+    try {
+      model::config_from_hf(j, "config.json");
+      ADD_FAILURE() << key << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+    }
   }
 }
 

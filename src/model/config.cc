@@ -26,7 +26,7 @@ void ModelConfig::validate(const std::string& source) const {
             ": the RoPE scaling factor must be a positive number, found ", rope_scaling.factor);
   EKV_CHECK(n_heads % n_kv_heads == 0, source, ": head count ", n_heads,
             " is not a multiple of the KV head count ", n_kv_heads);
-  EKV_CHECK(head_dim % 2 == 0, source, ": head width ", head_dim, " is odd; RoPE needs pairs");
+  EKV_CHECK(!rope() || head_dim % 2 == 0, source, ": head width ", head_dim, " is odd; RoPE needs pairs");
   EKV_CHECK(rope_dims > 0 && rope_dims <= head_dim && rope_dims % 2 == 0, source,
             ": RoPE dimension count ", rope_dims, " does not fit head width ", head_dim);
   EKV_CHECK(norm_eps > 0 && norm_eps < 1, source, ": norm epsilon ", norm_eps, " is out of range");
@@ -128,11 +128,49 @@ class HfKeys {
 
 }  // namespace
 
+namespace {
+
+// OPTForCausalLM's config.json (transformers' OPTConfig and its defaults).
+ModelConfig opt_config(const nlohmann::json& j, const HfKeys& k, const std::string& source) {
+  ModelConfig c;
+  const bool before = k.boolean("do_layer_norm_before", true);
+  c.arch = opt_arch(k.boolean("enable_bias", true), before);
+  if (before && k.boolean("_remove_final_layer_norm", false)) c.arch.final_norm = false;
+  const std::string act = k.string("activation_function", "relu");
+  EKV_CHECK(act == "relu", source, ": activation_function '", act,
+            "' is not built for OPT (expected relu)");
+  EKV_CHECK(k.boolean("layer_norm_elementwise_affine", true), source,
+            ": layer_norm_elementwise_affine = false is not built");
+  c.name = k.string("_name_or_path", "");
+  c.n_vocab = k.integer("vocab_size");
+  c.d_model = k.integer("hidden_size");
+  c.n_layers = k.integer("num_hidden_layers");
+  c.n_heads = k.integer("num_attention_heads");
+  c.n_kv_heads = c.n_heads;
+  c.d_ffn = k.integer("ffn_dim");
+  EKV_CHECK(c.n_heads > 0, source, ": num_attention_heads must be positive");
+  c.head_dim = c.d_model / c.n_heads;
+  EKV_CHECK(c.head_dim * c.n_heads == c.d_model, source, ": hidden_size ", c.d_model,
+            " is not a multiple of num_attention_heads ", c.n_heads);
+  c.rope_dims = c.head_dim;
+  const int64_t proj = k.integer("word_embed_proj_dim", c.d_model);
+  EKV_CHECK(proj == c.d_model, source, ": word_embed_proj_dim ", proj, " != hidden_size ",
+            c.d_model, " (project_in/project_out) is not built");
+  c.n_ctx_train = k.integer("max_position_embeddings", 2048);
+  c.norm_eps = 1e-5;  // torch.nn.LayerNorm's default, which OPT keeps
+  c.tied_embeddings = k.boolean("tie_word_embeddings", true);
+  c.validate(source);
+  return c;
+}
+
+}  // namespace
+
 ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
   EKV_CHECK(j.is_object(), source, ": expected a JSON object");
   ModelConfig c;
   const HfKeys k(j, source);
   const std::string model_type = k.string("model_type", "");
+  if (model_type == "opt") return opt_config(j, k, source);
   if (model_type == "llama" || model_type == "mistral") {
     c.arch = arch_for_gguf("llama", source);
     // The loader permutes Llama's rotate-half q/k rows into adjacent pairs (GGUF's order).
@@ -154,7 +192,7 @@ ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
     }
   } else {
     fail(source, ": unsupported model_type '", model_type,
-         "' (eigenkv runs llama, mistral and qwen2; opt and mpt are not built yet)");
+         "' (eigenkv runs llama, mistral, qwen2 and opt; mpt is not built yet)");
   }
   c.name = k.string("_name_or_path", "");
   c.n_vocab = k.integer("vocab_size");

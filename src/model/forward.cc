@@ -31,6 +31,9 @@ void check_batch(std::span<BatchSequence> batch, const ModelConfig& config) {
     const int64_t n = static_cast<int64_t>(s.tokens.size());
     EKV_CHECK(s.cache->size() + n <= s.cache->capacity(), who, "context is full: ",
               s.cache->size(), " + ", n, " tokens exceed the context of ", s.cache->capacity());
+    EKV_CHECK(config.arch.position != PositionKind::kLearned || s.cache->size() + n <= config.n_ctx_train,
+              who, "positions up to ", s.cache->size() + n, " exceed the ", config.n_ctx_train,
+              " learned positions of the model");
     EKV_CHECK(s.cache->n_layers() == config.n_layers, who, "the KV cache has ",
               s.cache->n_layers(), " layers, the model ", config.n_layers);
     for (const int32_t id : s.tokens) {
@@ -51,15 +54,17 @@ void add_bias(float* x, int64_t rows, const std::vector<float>& bias) {
 
 }  // namespace
 
-void Model::norm(const float* x, const std::vector<float>& weight, int64_t rows, float* out) const {
+void Model::norm(const float* x, const std::vector<float>& weight, const std::vector<float>& bias,
+                 int64_t rows, float* out) const {
   switch (config_.arch.norm) {
     case NormKind::kRms:
       ops::rms_norm(x, weight.data(), rows, config_.d_model, config_.norm_eps, out);
       return;
     case NormKind::kLayer:
-      break;
+      ops::layer_norm(x, weight.data(), bias.empty() ? nullptr : bias.data(), rows,
+                      config_.d_model, config_.norm_eps, out);
+      return;
   }
-  fail("LayerNorm is not built (architecture ", config_.arch.name, ")");
 }
 
 void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_tokens, float* q,
@@ -74,15 +79,26 @@ void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_to
 
 void Model::ffn_block(const LayerWeights& L, const float* x_norm, int64_t n_tokens,
                       float* ffn_out) const {
-  EKV_CHECK(config_.arch.ffn == FfnKind::kSwiGlu, "only the SwiGLU feed-forward is built "
-            "(architecture ", config_.arch.name, ")");
   const int64_t f = config_.d_ffn;
-  std::vector<float> gate(static_cast<size_t>(n_tokens * f));  // [T, d_ffn]
-  std::vector<float> up(static_cast<size_t>(n_tokens * f));    // [T, d_ffn]
-  ops::matmul(x_norm, n_tokens, L.w_gate.view(), gate.data());
+  std::vector<float> up(static_cast<size_t>(n_tokens * f));  // [T, d_ffn]
   ops::matmul(x_norm, n_tokens, L.w_up.view(), up.data());
-  ops::swiglu(gate.data(), up.data(), n_tokens * f);
-  ops::matmul(gate.data(), n_tokens, L.w_down.view(), ffn_out);
+  add_bias(up.data(), n_tokens, L.b_up);
+  switch (config_.arch.ffn) {
+    case FfnKind::kSwiGlu: {
+      std::vector<float> gate(static_cast<size_t>(n_tokens * f));  // [T, d_ffn]
+      ops::matmul(x_norm, n_tokens, L.w_gate.view(), gate.data());
+      ops::swiglu(gate.data(), up.data(), n_tokens * f);
+      up.swap(gate);
+      break;
+    }
+    case FfnKind::kRelu:
+      ops::relu(up.data(), n_tokens * f);
+      break;
+    case FfnKind::kGelu:
+      fail("the GELU feed-forward is not built (architecture ", config_.arch.name, ")");
+  }
+  ops::matmul(up.data(), n_tokens, L.w_down.view(), ffn_out);
+  add_bias(ffn_out, n_tokens, L.b_down);
 }
 
 void Model::decoder_layer(int64_t layer, const LayerWeights& L, float* x,
@@ -96,7 +112,14 @@ void Model::decoder_layer(int64_t layer, const LayerWeights& L, float* x,
   if (tap) std::copy(x, x + rows * d, input.begin());
   std::vector<float> x_norm(static_cast<size_t>(rows * d));  // [rows, d_model]
   std::vector<float> delta(static_cast<size_t>(rows * d));   // [rows, d_model]
-  norm(x, L.attn_norm, rows, x_norm.data());
+  // Pre-norm (Llama, Qwen2, OPT by default): x += attn(norm(x)); x += ffn(norm(x)). Post-norm
+  // (OPT with do_layer_norm_before = false): x = norm(x + attn(x)); x = norm(x + ffn(x)).
+  const bool post = config_.arch.post_norm;
+  if (post) {
+    std::copy(x, x + rows * d, x_norm.begin());
+  } else {
+    norm(x, L.attn_norm, L.attn_norm_bias, rows, x_norm.data());
+  }
   // The projections run once over all rows; attention per sequence against its own cache.
   const int64_t qw = nh * L.query_width(dh), kw = nkv * L.key_proj_width(dh);
   const int64_t vw = nkv * L.value_rank, ow = nh * L.value_rank;
@@ -113,9 +136,18 @@ void Model::decoder_layer(int64_t layer, const LayerWeights& L, float* x,
   ops::matmul(heads_out.data(), rows, L.wo.view(), delta.data());
   add_bias(delta.data(), rows, L.bo);
   for (int64_t i = 0; i < rows * d; ++i) x[i] += delta[i];
-  norm(x, L.ffn_norm, rows, x_norm.data());
+  if (post) {
+    norm(x, L.attn_norm, L.attn_norm_bias, rows, x_norm.data());
+    std::copy(x_norm.begin(), x_norm.end(), x);
+  } else {
+    norm(x, L.ffn_norm, L.ffn_norm_bias, rows, x_norm.data());
+  }
   ffn_block(L, x_norm.data(), rows, delta.data());
   for (int64_t i = 0; i < rows * d; ++i) x[i] += delta[i];
+  if (post) {
+    norm(x, L.ffn_norm, L.ffn_norm_bias, rows, x_norm.data());
+    std::copy(x_norm.begin(), x_norm.end(), x);
+  }
   if (tap) tap->on_layer(layer, rows, input.data(), x);
 }
 
@@ -146,10 +178,16 @@ void Model::run_batch(std::span<BatchSequence> batch, ForwardTap* tap) const {
     rows += n;
   }
   std::vector<float> x(static_cast<size_t>(rows * d));  // [rows, d_model] residual streams
+  std::vector<float> pos(config_.arch.position == PositionKind::kLearned ? d : 0);
   for (size_t i = 0; i < batch.size(); ++i) {
     for (size_t t = 0; t < batch[i].tokens.size(); ++t) {
-      weights_.token_embedding.row_to_float(
-          batch[i].tokens[t], x.data() + (segments[i].first + static_cast<int64_t>(t)) * d);
+      float* xt = x.data() + (segments[i].first + static_cast<int64_t>(t)) * d;
+      weights_.token_embedding.row_to_float(batch[i].tokens[t], xt);
+      if (!pos.empty()) {  // learned positions: row position + offset of the table
+        const int64_t p = batch[i].cache->size() + static_cast<int64_t>(t);
+        weights_.position_embedding.row_to_float(p + config_.arch.position_offset, pos.data());
+        for (int64_t c = 0; c < d; ++c) xt[c] += pos[c];
+      }
     }
   }
   for (int64_t l = 0; l < config_.n_layers; ++l) {
@@ -169,8 +207,9 @@ void Model::run_batch(std::span<BatchSequence> batch, ForwardTap* tap) const {
   for (int64_t k = 0; k < n_out; ++k) {
     std::memcpy(picked.data() + k * d, x.data() + out_rows[k] * d, sizeof(float) * d);
   }
-  std::vector<float> x_norm(picked.size());
-  norm(picked.data(), weights_.output_norm, n_out, x_norm.data());
+  std::vector<float> x_norm = picked;
+  if (config_.arch.final_norm)
+    norm(picked.data(), weights_.output_norm, weights_.output_norm_bias, n_out, x_norm.data());
   const int64_t nv = config_.n_vocab;
   if (batch.size() == 1) {  // straight into the caller's buffer
     ops::matmul(x_norm.data(), n_out, weights_.output.view(), batch[0].logits);

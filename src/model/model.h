@@ -135,7 +135,8 @@ class Model {
   void decoder_layer(int64_t layer, const LayerWeights& w, float* x,
                      std::span<const RowSegment> segments, int64_t cl, ForwardTap* tap) const;
   // The family's normalization of `rows` rows of width d_model.
-  void norm(const float* x, const std::vector<float>& weight, int64_t rows, float* out) const;
+  void norm(const float* x, const std::vector<float>& weight, const std::vector<float>& bias,
+            int64_t rows, float* out) const;
   // q/k/v projections of n_tokens rows, biases added: q [T, n_heads * q_width], k [T, n_kv * k_width],
   // v [T, n_kv * r_V] (widths as LayerWeights::query_width / key_proj_width give them).
   void project_qkv(const LayerWeights& w, const float* x_norm, int64_t n_tokens, float* q, float* k,

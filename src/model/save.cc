@@ -111,6 +111,8 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
                                    const SaveOptions& options) {
   const ModelConfig& c = model.config();
   const ModelWeights& weights = model.weights();
+  EKV_CHECK(c.arch.name == "llama" || c.arch.name == "qwen2", model.path(), ": saving an ",
+            c.arch.name, " model to GGUF is not built (llama and qwen2 are)");
   io::GgufWriter w;
   std::error_code ec;
   const bool from_gguf = !std::filesystem::is_directory(model.path(), ec);
@@ -141,7 +143,7 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = weights.layers[l];
     auto add = [&](const std::string& pattern, const Weight& m) {
-      weight_writer.add(layer_name(pattern, l), m, L.w_gate);
+      if (!m.empty()) weight_writer.add(layer_name(pattern, l), m, L.w_up);
     };
     auto add_vector = [&](const std::string& pattern, const std::vector<float>& v) {
       if (!v.empty())

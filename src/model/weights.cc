@@ -74,7 +74,15 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
   ModelWeights w;
   const int64_t d = c.d_model;
   w.token_embedding = load_weight(source, n.embedding, c.n_vocab, d);
-  w.output_norm = load_vector(source, n.output_norm, d);
+  const ArchSpec& a = c.arch;
+  if (a.final_norm) {
+    w.output_norm = load_vector(source, n.output_norm, d);
+    if (a.norm_bias) w.output_norm_bias = load_vector(source, n.output_norm_bias, d);
+  }
+  if (a.position == PositionKind::kLearned) {
+    w.position_embedding =
+        load_weight(source, n.position_embedding, c.n_ctx_train + a.position_offset, d);
+  }
   if (source.find(n.output)) {
     w.output = load_weight(source, n.output, c.n_vocab, d);
   } else if (c.tied_embeddings) {
@@ -86,6 +94,7 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
   for (int64_t l = 0; l < c.n_layers; ++l) {
     LayerWeights& L = w.layers[l];
     L.attn_norm = load_vector(source, layer_name(n.attn_norm, l), d);
+    if (a.norm_bias) L.attn_norm_bias = load_vector(source, layer_name(n.attn_norm_bias, l), d);
     L.key_rank = c.head_dim;
     L.value_rank = c.head_dim;
     if (!specs.empty()) {
@@ -113,9 +122,14 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
       }
     }
     L.ffn_norm = load_vector(source, layer_name(n.ffn_norm, l), d);
-    L.w_gate = load_weight(source, layer_name(n.w_gate, l), c.d_ffn, d);
+    if (a.norm_bias) L.ffn_norm_bias = load_vector(source, layer_name(n.ffn_norm_bias, l), d);
+    if (a.ffn == FfnKind::kSwiGlu) L.w_gate = load_weight(source, layer_name(n.w_gate, l), c.d_ffn, d);
     L.w_up = load_weight(source, layer_name(n.w_up, l), c.d_ffn, d);
     L.w_down = load_weight(source, layer_name(n.w_down, l), d, c.d_ffn);
+    if (a.ffn_bias) {
+      L.b_up = load_vector(source, layer_name(n.b_up, l), c.d_ffn);
+      L.b_down = load_vector(source, layer_name(n.b_down, l), d);
+    }
   }
   return w;
 }
@@ -242,8 +256,8 @@ ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& co
 }
 
 ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& config) {
-  ModelWeights w = load_named(source, config, hf_tensor_map(), {});
-  if (config.arch.rope_layout == RopeLayout::kAdjacentPairs) {
+  ModelWeights w = load_named(source, config, hf_tensor_map(config.arch), {});
+  if (config.rope() && config.arch.rope_layout == RopeLayout::kAdjacentPairs) {
     // Llama's rows are stored for rotate-half; GGUF's llama layout pairs them up.
     for (LayerWeights& L : w.layers) {
       L.wq = interleave_rotary_rows(L.wq, config.n_heads, config.head_dim);
@@ -256,15 +270,17 @@ ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& conf
 }
 
 int64_t ModelWeights::decode_bytes_read() const {
-  int64_t bytes = static_cast<int64_t>(token_embedding.row_bytes() + output.nbytes());
+  int64_t bytes = static_cast<int64_t>(token_embedding.row_bytes() + output.nbytes() +
+                                       (position_embedding.empty() ? 0 : position_embedding.row_bytes()));
   int64_t floats = static_cast<int64_t>(output_norm.size());
   for (const LayerWeights& L : layers) {
     for (const Weight* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
       bytes += static_cast<int64_t>(m->nbytes());
     }
     for (const Matrix& u : L.key_basis) floats += u.rows * u.cols;
-    floats += static_cast<int64_t>(L.attn_norm.size() + L.ffn_norm.size() + L.bq.size() +
-                                   L.bk.size() + L.bv.size() + L.bo.size());
+    for (const auto* v : {&L.attn_norm, &L.ffn_norm, &L.bq, &L.bk, &L.bv, &L.bo,
+                          &L.attn_norm_bias, &L.ffn_norm_bias, &L.b_up, &L.b_down})
+      floats += static_cast<int64_t>(v->size());
   }
   return bytes + floats * static_cast<int64_t>(sizeof(float));
 }
@@ -277,6 +293,7 @@ int64_t ModelWeights::stored_bytes() const {
   };
   add(token_embedding);
   add(output);
+  add(position_embedding);
   for (const LayerWeights& L : layers) {
     for (const Weight* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) add(*m);
   }

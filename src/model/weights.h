@@ -79,9 +79,13 @@ struct LayerWeights {
   // wq, wk, wv and wo (a compressed layer's are projected onto its bases like the weights).
   std::vector<float> bq, bk, bv, bo;
   std::vector<float> ffn_norm;  // [d_model]
-  Weight w_gate;                // [d_ffn, d_model]
+  Weight w_gate;                // [d_ffn, d_model]; empty for an ungated FFN
   Weight w_up;                  // [d_ffn, d_model]
   Weight w_down;                // [d_model, d_ffn]
+  // LayerNorm biases and FFN biases where the family has them (ArchSpec), else empty.
+  std::vector<float> attn_norm_bias, ffn_norm_bias;  // [d_model]
+  std::vector<float> b_up;                           // [d_ffn]
+  std::vector<float> b_down;                         // [d_model]
 
   KeyMode key_mode = KeyMode::kFull;
   int64_t key_rank = 0;    // r_K: numbers cached per KV head and token for keys
@@ -108,7 +112,9 @@ struct LayerWeights {
 struct ModelWeights {
   Weight token_embedding;  // [n_vocab, d_model]
   std::vector<LayerWeights> layers;
-  std::vector<float> output_norm;        // [d_model]
+  std::vector<float> output_norm;        // [d_model]; empty when the family has no final norm
+  std::vector<float> output_norm_bias;   // [d_model] or empty
+  Weight position_embedding;  // learned positions: [n_ctx_train + offset, d_model], else empty
   Weight output;  // [n_vocab, d_model]; when tied, the same bytes as token_embedding
   std::vector<float> rope_freq_factors;  // GGUF rope_freqs: divides the RoPE frequencies, or empty
 

@@ -17,6 +17,27 @@ void rms_norm(const float* x, const float* weight, int64_t n_rows, int64_t n, do
   }
 }
 
+void layer_norm(const float* x, const float* weight, const float* bias, int64_t n_rows, int64_t n,
+                double eps, float* y) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += xr[i];
+    const double mean = sum / n;
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; ++i) ss += (xr[i] - mean) * (xr[i] - mean);
+    const double scale = 1.0 / std::sqrt(ss / n + eps);
+    for (int64_t i = 0; i < n; ++i) {
+      yr[i] = static_cast<float>((xr[i] - mean) * scale) * weight[i] + (bias ? bias[i] : 0.0f);
+    }
+  }
+}
+
+void relu(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::max(x[i], 0.0f);
+}
+
 void swiglu(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];

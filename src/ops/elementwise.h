@@ -8,6 +8,14 @@ namespace eigenkv::ops {
 // y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight   for each of n_rows rows of width n.
 void rms_norm(const float* x, const float* weight, int64_t n_rows, int64_t n, double eps, float* y);
 
+// y[t] = (x[t] - mean(x[t])) / sqrt(var(x[t]) + eps) * weight + bias (bias may be null), the
+// variance the biased one, as torch's LayerNorm takes it.
+void layer_norm(const float* x, const float* weight, const float* bias, int64_t n_rows, int64_t n,
+                double eps, float* y);
+
+// x[i] = max(x[i], 0).
+void relu(float* x, int64_t n);
+
 // gate[i] = silu(gate[i]) * up[i], silu(z) = z / (1 + exp(-z)).
 void swiglu(float* gate, const float* up, int64_t n);
 
