@@ -209,6 +209,22 @@ TEST(Opt, PositionsPastTheTableAndUnbuiltVariantsAreRefused) {
   }
 }
 
+// calibrate refuses a model it could not save before it calibrates, and writes nothing.
+TEST(Opt, CalibrateRefusesBeforeItsWork) {
+  EKV_REQUIRE_SHARED(kOpt);
+  const fs::path out = fs::temp_directory_path() / "eigenkv_opt_calibrated.gguf";
+  int status = 0;
+  const std::string said = testing::run_command(
+      std::string(EIGENKV_BINARY) + " calibrate -m " + testing::shared_path(kOpt) + " -f " +
+          testing::source_path("data/tinystories-calib.txt") + " --kv-budget 0.5 -t 1 -o " +
+          out.string() + " 2>&1",
+      &status);
+  EXPECT_EQ(status, 1) << said;
+  EXPECT_NE(said.find("saving an opt model to GGUF is not built"), std::string::npos) << said;
+  EXPECT_EQ(said.find("layer"), std::string::npos) << "calibrated before refusing: " << said;
+  EXPECT_FALSE(fs::exists(out));
+}
+
 // What is not built is refused with the config field named, before any weight is read.
 TEST(Families, UnbuiltVariantsAreRefusedByName) {
   EKV_REQUIRE_SHARED(kQwen2);

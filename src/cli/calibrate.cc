@@ -284,6 +284,7 @@ void run_stief(const CalibrateFlags& flags) {
     }
   }
   auto model = load_model(f.model);
+  model::check_can_save_gguf(*model);  // before the long work
   compress::StiefOptions options = stief_options_from(f, *model);
   if (budgets.empty()) budgets = {options.calibration.kv_budget};
   const std::string text = read_text_file(f.file);
@@ -351,6 +352,7 @@ void run(const CalibrateFlags& f) {
   EKV_CHECK(f.kv_budgets.empty(), "--kv-budgets is for --method stief; give one --kv-budget");
   check_outputs(f, {f.out});
   auto model = load_model(f.model);
+  model::check_can_save_gguf(*model);  // before the long work
   compress::CalibrationOptions options = options_from(f, *model);
   const std::string text = read_text_file(f.file);
   options.source = text_label(f.file, text);

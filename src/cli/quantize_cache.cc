@@ -27,6 +27,7 @@ struct QuantizeCacheFlags {
 void run(const QuantizeCacheFlags& f) {
   check_output_path(f.out, "-o", {f.model.model, f.file});
   auto model = load_model(f.model);
+  model::check_can_save_gguf(*model);  // before the long work
   const std::string text = read_text_file(f.file);
   const std::vector<int32_t> ids = model->tokenizer().encode(text, true);
   compress::CacheBitsOptions o;

@@ -107,12 +107,22 @@ io::TensorType fold_type_from_name(const std::string& name) {
   fail("fold type '", name, "' is not one eigenkv writes (", known, ")");
 }
 
+void check_can_save_gguf(const Model& model) {
+  const ModelConfig& c = model.config();
+  EKV_CHECK(c.arch.name == "llama" || c.arch.name == "qwen2", model.path(), ": saving an ",
+            c.arch.name, " model to GGUF is not built (llama and qwen2 are)");
+  std::error_code ec;
+  if (std::filesystem::is_directory(model.path(), ec) &&
+      c.rope_scaling.kind != RopeScaling::Kind::kNone) {
+    fail(model.path(), ": saving a model with Hugging Face rope_scaling to GGUF is not supported");
+  }
+}
+
 std::vector<std::string> save_gguf(const Model& model, const std::string& path,
                                    const SaveOptions& options) {
   const ModelConfig& c = model.config();
   const ModelWeights& weights = model.weights();
-  EKV_CHECK(c.arch.name == "llama" || c.arch.name == "qwen2", model.path(), ": saving an ",
-            c.arch.name, " model to GGUF is not built (llama and qwen2 are)");
+  check_can_save_gguf(model);
   io::GgufWriter w;
   std::error_code ec;
   const bool from_gguf = !std::filesystem::is_directory(model.path(), ec);
@@ -123,9 +133,6 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
                     [](const std::string& key) { return key.rfind("eigenkv.", 0) == 0; });
   } else {
     write_config_metadata(model, w);
-  }
-  if (!from_gguf && c.rope_scaling.kind != RopeScaling::Kind::kNone) {
-    fail(model.path(), ": saving a model with Hugging Face rope_scaling to GGUF is not supported");
   }
   const int64_t d = c.d_model;
   const TensorMap& n = gguf_tensor_map();

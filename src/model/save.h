@@ -41,6 +41,10 @@ struct SaveOptions {
 io::TensorType fold_type_from_name(const std::string& name);
 
 // Returns notes on type fallbacks (empty when none).
+// Throws Error, naming the model, when save_gguf cannot write it (its family has no GGUF writer
+// yet, or Hugging Face rope_scaling): commands call it before their long work.
+void check_can_save_gguf(const Model& model);
+
 std::vector<std::string> save_gguf(const Model& model, const std::string& path,
                                    const SaveOptions& options = {});
 
