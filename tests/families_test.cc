@@ -69,19 +69,25 @@ TEST(Qwen2, HuggingFaceLogitsEqualTheGoldenOnes) {
   expect_golden_logits(*m, golden(kQwen2), "qwen2 (Hugging Face)");
 }
 
-TEST(Qwen2, GreedyTextMatchesTheReference) {
-  EKV_REQUIRE_SHARED(kQwen2);
-  const auto m = model::Model::load(testing::shared_path(kQwen2));
+// Greedy decoding from BOS + "Once upon a time" gives the reference's ids.
+void expect_greedy_text(const std::string& model_dir) {
+  const auto m = model::Model::load(testing::shared_path(model_dir));
   const std::vector<int32_t> want =
-      golden(kQwen2)["greedy_from_bos_once_upon_a_time"].get<std::vector<int32_t>>();
+      golden(model_dir)["greedy_from_bos_once_upon_a_time"].get<std::vector<int32_t>>();
   const std::vector<int32_t> prompt = m->tokenizer().encode("Once upon a time", true);
   ASSERT_EQ(std::vector<int32_t>(want.begin(), want.begin() + prompt.size()), prompt);
   model::GenerateOptions o;
   o.max_tokens = static_cast<int64_t>(want.size() - prompt.size());
   o.sampler.temperature = 0;
   o.stop_at_eos = false;
-  const model::GenerateResult r = model::generate(*m, prompt, o);
-  EXPECT_EQ(r.ids, std::vector<int32_t>(want.begin() + prompt.size(), want.end()));
+  EXPECT_EQ(model::generate(*m, prompt, o).ids,
+            std::vector<int32_t>(want.begin() + prompt.size(), want.end()))
+      << model_dir;
+}
+
+TEST(Qwen2, GreedyTextMatchesTheReference) {
+  EKV_REQUIRE_SHARED(kQwen2);
+  expect_greedy_text(kQwen2);
 }
 
 // The GGUF eigenkv writes of a Hugging Face Qwen2 directory is llama.cpp's qwen2 layout (rows as
@@ -145,17 +151,7 @@ TEST(Opt, HuggingFaceLogitsEqualTheGoldenOnes) {
 
 TEST(Opt, GreedyTextMatchesTheReference) {
   EKV_REQUIRE_SHARED(kOpt);
-  const auto m = model::Model::load(testing::shared_path(kOpt));
-  const std::vector<int32_t> want =
-      golden(kOpt)["greedy_from_bos_once_upon_a_time"].get<std::vector<int32_t>>();
-  const std::vector<int32_t> prompt = m->tokenizer().encode("Once upon a time", true);
-  ASSERT_EQ(std::vector<int32_t>(want.begin(), want.begin() + prompt.size()), prompt);
-  model::GenerateOptions o;
-  o.max_tokens = static_cast<int64_t>(want.size() - prompt.size());
-  o.sampler.temperature = 0;
-  o.stop_at_eos = false;
-  EXPECT_EQ(model::generate(*m, prompt, o).ids,
-            std::vector<int32_t>(want.begin() + prompt.size(), want.end()));
+  expect_greedy_text(kOpt);
 }
 
 // Without RoPE the key basis folds into both W_q and W_k (and their biases): attention runs
