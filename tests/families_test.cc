@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -219,6 +220,153 @@ TEST(Opt, CalibrateRefusesBeforeItsWork) {
   EXPECT_NE(said.find("saving an opt model to GGUF is not built"), std::string::npos) << said;
   EXPECT_EQ(said.find("layer"), std::string::npos) << "calibrated before refusing: " << said;
   EXPECT_FALSE(fs::exists(out));
+}
+
+constexpr const char* kMpt = "models/mpt-tiny-hf";
+
+TEST(Mpt, HuggingFaceLogitsEqualTheGoldenOnes) {
+  EKV_REQUIRE_SHARED(kMpt);
+  const auto m = model::Model::load(testing::shared_path(kMpt));
+  const model::ArchSpec& a = m->config().arch;
+  EXPECT_EQ(a.name, "mpt");
+  EXPECT_EQ(a.position, model::PositionKind::kAlibi);
+  EXPECT_EQ(a.ffn, model::FfnKind::kGelu);
+  EXPECT_FALSE(a.norm_bias || a.any_attention_bias() || a.ffn_bias);  // no_bias
+  EXPECT_EQ(model::alibi_slopes(4, a.alibi_bias_max),
+            (std::vector<float>{1.f / 4, 1.f / 16, 1.f / 64, 1.f / 256}));
+  const model::LayerWeights& L = m->weights().layers[0];
+  // The fused Wqkv [768, 256] is split into three views of its rows, without a copy.
+  EXPECT_EQ(L.wq.rows, 256);
+  EXPECT_EQ(L.wk.bytes, L.wq.bytes + L.wq.nbytes());
+  EXPECT_EQ(L.wv.bytes, L.wk.bytes + L.wk.nbytes());
+  EXPECT_TRUE(L.attn_norm_bias.empty());
+  EXPECT_TRUE(m->config().tied_embeddings);
+  expect_golden_logits(*m, golden(kMpt), "mpt (Hugging Face)");
+}
+
+TEST(Mpt, GreedyTextMatchesTheReference) {
+  EKV_REQUIRE_SHARED(kMpt);
+  expect_greedy_text(kMpt);
+}
+
+// The GGUF eigenkv writes of an MPT directory is llama.cpp's mpt layout (fused attn_qkv,
+// layer_norm_epsilon, max_alibi_bias, no RoPE keys) and loads back to the same logits.
+TEST(Mpt, GgufRoundTripKeepsTheLogits) {
+  EKV_REQUIRE_SHARED(kMpt);
+  const auto hf = model::Model::load(testing::shared_path(kMpt));
+  const fs::path out = fs::temp_directory_path() / ("eigenkv_mpt_" + std::to_string(::getpid()) + ".gguf");
+  model::save_gguf(*hf, out.string());
+  {
+    const io::GgufFile f(out.string());
+    EXPECT_EQ(f.get_string("general.architecture"), "mpt");
+    EXPECT_EQ(f.get_float("mpt.attention.max_alibi_bias"), 8.0);
+    EXPECT_NEAR(f.get_float("mpt.attention.layer_norm_epsilon"), 1e-5, 1e-12);
+    EXPECT_FALSE(f.has("mpt.rope.freq_base"));
+    ASSERT_NE(f.find_tensor("blk.0.attn_qkv.weight"), nullptr);
+    EXPECT_EQ(f.find_tensor("blk.0.attn_qkv.weight")->shape, (std::vector<int64_t>{768, 256}));
+    EXPECT_EQ(f.find_tensor("blk.0.attn_q.weight"), nullptr);
+    EXPECT_EQ(f.find_tensor("blk.0.attn_norm.bias"), nullptr);
+    EXPECT_EQ(f.find_tensor("output.weight"), nullptr);
+  }
+  const auto gg = model::Model::load(out.string());
+  fs::remove(out);
+  EXPECT_EQ(gg->config().arch.position, model::PositionKind::kAlibi);
+  EXPECT_FALSE(gg->config().arch.norm_bias);
+  const std::vector<int32_t> ids = {1, 403, 407, 261, 378, 426, 410, 13, 13, 441};
+  EXPECT_LT(max_relative_diff(logits_of(*gg, ids), logits_of(*hf, ids)), 1e-6);
+  expect_golden_logits(*gg, golden(kMpt), "mpt (GGUF written by eigenkv)");
+}
+
+// ALiBi has no rotation: the key basis folds into W_q and W_k (norope), and the ALiBi bias is
+// added to the rank-space scores unchanged: exact at full rank.
+TEST(Mpt, EigenAtFullRankKeepsTheLogits) {
+  EKV_REQUIRE_SHARED(kMpt);
+  auto m = model::Model::load(testing::shared_path(kMpt));
+  const std::vector<int32_t> ids = testing::repo_text_ids(*m, "data/tinystories-calib.txt");
+  const std::vector<int32_t> probe(ids.begin(), ids.begin() + 100);
+  const std::vector<float> before = logits_of(*m, probe);
+  compress::CalibrationOptions o;
+  o.key_mode = model::KeyMode::kNoRope;
+  o.threshold = 0.0;
+  o.progress = false;
+  o.max_tokens = 1024;
+  compress::calibrate_eigen(*m, ids, o);
+  ASSERT_TRUE(m->is_compressed());
+  EXPECT_LT(max_relative_diff(logits_of(*m, probe), before), 1e-4);
+}
+
+// A directory beside the trained MPT model whose config.json is edited by `edit`.
+fs::path mpt_variant(const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+  const fs::path src = testing::shared_path(kMpt);
+  const fs::path dir = fs::temp_directory_path() / ("eigenkv_mpt_" + name + "_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  for (const char* f : {"model.safetensors", "tokenizer.json", "tokenizer_config.json"}) {
+    fs::remove(dir / f);
+    fs::create_symlink(src / f, dir / f);
+  }
+  std::ifstream in(src / "config.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  edit(j);
+  std::ofstream(dir / "config.json") << j.dump(2);
+  return dir;
+}
+
+// clip_qkv clamps q, k and v after the projection: a clamp above every activation changes
+// nothing, a tight one changes the logits; compressing such a model is refused (the clamp sits
+// between W x and the basis, so folding would not be exact).
+TEST(Mpt, ClipQkvClampsAndCompressionIsRefused) {
+  EKV_REQUIRE_SHARED(kMpt);
+  const auto base = model::Model::load(testing::shared_path(kMpt));
+  const std::vector<int32_t> ids = {1, 403, 407, 261, 378, 426, 410, 13, 13, 441};
+  const fs::path loose = mpt_variant("loose", [](nlohmann::json& j) { j["attn_config"]["clip_qkv"] = 1e4; });
+  const fs::path tight = mpt_variant("tight", [](nlohmann::json& j) { j["attn_config"]["clip_qkv"] = 0.5; });
+  auto clipped = model::Model::load(tight.string());
+  EXPECT_EQ(clipped->config().arch.clip_qkv, 0.5);
+  EXPECT_EQ(logits_of(*model::Model::load(loose.string()), ids), logits_of(*base, ids));
+  EXPECT_GT(max_relative_diff(logits_of(*clipped, ids), logits_of(*base, ids)), 1e-3);
+  const std::vector<int32_t> text = testing::repo_text_ids(*clipped, "data/tinystories-calib.txt");
+  compress::CalibrationOptions o;
+  o.key_mode = model::KeyMode::kNoRope;
+  o.kv_budget = 0.5;
+  o.progress = false;
+  try {
+    compress::calibrate_eigen(*clipped, text, o);
+    ADD_FAILURE() << "a clip_qkv model was compressed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("clip_qkv"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(clipped->is_compressed());
+  fs::remove_all(loose);
+  fs::remove_all(tight);
+}
+
+TEST(Mpt, UnbuiltVariantsAreRefusedByName) {
+  EKV_REQUIRE_SHARED(kMpt);
+  std::ifstream in(testing::shared_path(std::string(kMpt) + "/config.json"));
+  const nlohmann::json base = nlohmann::json::parse(in);
+  model::config_from_hf(base, "config.json");
+  const std::vector<std::pair<std::string, std::function<void(nlohmann::json&)>>> cases = {
+      {"qk_ln", [](nlohmann::json& j) { j["attn_config"]["qk_ln"] = true; }},
+      {"prefix_lm", [](nlohmann::json& j) { j["attn_config"]["prefix_lm"] = true; }},
+      {"attn_impl", [](nlohmann::json& j) { j["attn_config"]["attn_impl"] = "sparse"; }},
+      {"attn_type", [](nlohmann::json& j) { j["attn_config"]["attn_type"] = "cross"; }},
+      {"sliding_window_size", [](nlohmann::json& j) { j["attn_config"]["sliding_window_size"] = 128; }},
+      {"logit_scale", [](nlohmann::json& j) { j["logit_scale"] = "inv_sqrt_d_model"; }},
+      {"norm_type", [](nlohmann::json& j) { j["norm_type"] = "rmsnorm"; }},
+      {"ffn_type", [](nlohmann::json& j) { j["ffn_config"] = {{"ffn_type", "mptglu"}}; }},
+      {"expansion_ratio", [](nlohmann::json& j) { j["expansion_ratio"] = 4.001; }},
+      {"clip_qkv", [](nlohmann::json& j) { j["attn_config"]["clip_qkv"] = -1; }},
+  };
+  for (const auto& [field, edit] : cases) {
+    nlohmann::json j = base;
+    edit(j);
+    try {
+      model::config_from_hf(j, "config.json");
+      ADD_FAILURE() << field << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  }
 }
 
 // What is not built is refused with the config field named, before any weight is read.

@@ -145,7 +145,8 @@ TEST(KvKernel, SimdDecodeEqualsReference) {
 }
 
 // attend_range (tiles, online softmax, ranges split and merged) against the double-precision
-// reference over the same decoded rows, for every type, odd widths and lengths, rank 1 and full.
+// reference over the same decoded rows, for every type, odd widths and lengths, rank 1 and full;
+// every other case with ALiBi's score hook (a slope per query, steep enough to matter).
 TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
   std::mt19937 rng(11);
   struct Shape {
@@ -155,8 +156,12 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
                                      {64, 64, 65, 2, 3}, {33, 17, 200, 3, 2},  {1, 64, 130, 1, 4},
                                      {64, 1, 127, 2, 2}, {31, 45, 1000, 2, 5}, {128, 128, 300, 8, 3},
                                      {32, 96, 301, 3, 2}, {96, 32, 67, 1, 1}, {128, 64, 130, 4, 2}};
-  for (const Shape& s : shapes) {
+  for (size_t si = 0; si < shapes.size(); ++si) {
+    const Shape& s = shapes[si];
     for (size_t fi = 0; fi < 5; ++fi) {
+      const bool alibi = (si + fi) % 2 == 1;
+      std::vector<float> slopes;
+      for (int64_t i = 0; alibi && i < s.n_queries; ++i) slopes.push_back(0.5f / (1 + i % 4));
       const RowFormat kf = formats_of_width(s.key_width)[fi];
       const RowFormat vf = formats_of_width(s.value_width)[fi];
       std::vector<uint8_t> keys(static_cast<size_t>(s.n_keys * kf.bytes() + ops::kKvRowSlack));
@@ -195,7 +200,8 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
       for (int64_t c = 0; c < s.chunks; ++c) {
         ops::AttentionPartial part;
         part.reset(s.n_queries, s.value_width);
-        ops::attend_range(ops::QueryBlock{q.data(), s.n_queries, s.key_width, limit.data()},
+        ops::attend_range(ops::QueryBlock{q.data(), s.n_queries, s.key_width, limit.data(),
+                                          alibi ? slopes.data() : nullptr},
                           krows, nullptr, vrows, scale, c * per,
                           std::min(s.n_keys, (c + 1) * per), part);
         ops::merge_partial(total, part);
@@ -228,10 +234,12 @@ TEST(KvKernel, AttentionMatchesReferenceOnRandomShapes) {
       std::vector<float> ref(static_cast<size_t>(s.value_width));
       for (int64_t i = 0; i < s.n_queries; ++i) {
         ops::attend_one_reference(qr.data() + i * s.key_width, kd.data(), s.key_width, vd.data(),
-                                  s.value_width, limit[i], scale, ref.data());
+                                  s.value_width, limit[i], scale, ref.data(),
+                                  alibi ? slopes[i] : 0.0);
         for (int64_t c = 0; c < s.value_width; ++c) {
           ASSERT_NEAR(out[i * s.value_width + c], ref[c], 2e-5 * (1 + std::abs(ref[c])) + value_slack)
-              << kf.describe() << " keys " << s.n_keys << " query " << i << " dim " << c;
+              << kf.describe() << " keys " << s.n_keys << " query " << i << " dim " << c
+              << (alibi ? " (ALiBi)" : "");
         }
       }
     }

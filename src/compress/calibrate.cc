@@ -94,6 +94,9 @@ int64_t checked_windows(const model::Model& model, const std::vector<int32_t>& i
   EKV_CHECK(!model.is_compressed(), model.path(),
             ": the model is already compressed; calibrate the original model instead");
   const bool rope = config.rope();
+  EKV_CHECK(config.arch.clip_qkv == 0, model.path(), ": clip_qkv = ", config.arch.clip_qkv,
+            " clamps q, k and v between their projection and the basis, so the bases cannot be "
+            "folded into the weights; compressing such a model is not built");
   EKV_CHECK(o.key_mode != model::KeyMode::kFull, "calibration needs a low-rank key mode");
   EKV_CHECK(rope || o.key_mode == model::KeyMode::kNoRope,
             "the model has no RoPE: use the no-RoPE key mode");

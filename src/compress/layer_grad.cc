@@ -197,9 +197,11 @@ LayerConstants layer_constants(const model::ModelConfig& config, const model::La
   c.bo = bias_to_double(layer.bo);
   c.rope_halves = config.arch.rope_layout == model::RopeLayout::kHalves;
   EKV_CHECK(config.arch.norm == model::NormKind::kRms && config.arch.ffn == model::FfnKind::kSwiGlu &&
-                !config.arch.norm_bias && !config.arch.ffn_bias,
-            "StiefAttention's layer gradient covers RMSNorm and SwiGLU layers; architecture ",
-            config.arch.name, " has others");
+                !config.arch.norm_bias && !config.arch.ffn_bias &&
+                config.arch.position != model::PositionKind::kAlibi && config.arch.clip_qkv == 0 &&
+                config.arch.query_scale == 0,
+            "StiefAttention's layer gradient covers RMSNorm and SwiGLU layers with RoPE or no "
+            "positions; architecture ", config.arch.name, " has others");
   c.w_gate = to_double(layer.w_gate);
   c.w_up = to_double(layer.w_up);
   c.w_down = to_double(layer.w_down);

@@ -6,6 +6,7 @@
 #include <numbers>
 
 #include "io/gguf.h"
+#include "model/weights.h"
 #include "util/error.h"
 
 namespace eigenkv::model {
@@ -46,7 +47,8 @@ ModelConfig config_from_gguf(const io::GgufFile& gguf) {
   c.n_kv_heads = gguf.find_int(a + "attention.head_count_kv").value_or(c.n_heads);
   c.d_ffn = gguf.get_int(a + "feed_forward_length");
   c.n_ctx_train = gguf.find_int(a + "context_length").value_or(2048);
-  c.norm_eps = gguf.get_float(a + "attention.layer_norm_rms_epsilon");
+  c.norm_eps = gguf.get_float(c.arch.norm == NormKind::kLayer ? a + "attention.layer_norm_epsilon"
+                                                               : a + "attention.layer_norm_rms_epsilon");
   c.rope_theta = gguf.find_float(a + "rope.freq_base").value_or(10000.0);
   EKV_CHECK(c.n_heads > 0, gguf.path(), ": ", a, "attention.head_count must be positive");
   c.head_dim = gguf.find_int(a + "attention.key_length").value_or(c.d_model / c.n_heads);
@@ -56,7 +58,28 @@ ModelConfig config_from_gguf(const io::GgufFile& gguf) {
   } else if (const auto* t = gguf.find_tensor("token_embd.weight")) {
     c.n_vocab = t->shape[0];
   }
-  c.tied_embeddings = gguf.find_tensor(gguf_tensor_map().output) == nullptr;
+  const TensorMap& names = gguf_tensor_map(c.arch);
+  c.tied_embeddings = gguf.find_tensor(names.output) == nullptr;
+  if (c.arch.name == "mpt") {
+    // llama.cpp's mpt: every bias is optional (present in all layers or in none), and so is a
+    // learned position table; ALiBi whenever max_alibi_bias > 0.
+    ArchSpec& s = c.arch;
+    auto has = [&](const std::string& pattern) {
+      return gguf.find_tensor(layer_name(pattern, 0)) != nullptr;
+    };
+    s.norm_bias = has(names.attn_norm_bias);
+    s.q_bias = s.k_bias = s.v_bias = has(names.bqkv);
+    s.o_bias = has(names.bo);
+    s.ffn_bias = has(names.b_up);
+    s.clip_qkv = gguf.find_float(a + "attention.clamp_kqv").value_or(0.0);
+    s.alibi_bias_max = gguf.find_float(a + "attention.max_alibi_bias").value_or(0.0);
+    const bool learned = gguf.find_tensor(names.position_embedding) != nullptr;
+    EKV_CHECK(!(learned && s.alibi_bias_max > 0), gguf.path(), ": ", names.position_embedding,
+              " and ", a, "attention.max_alibi_bias = ", s.alibi_bias_max,
+              ": learned positions together with ALiBi are not built");
+    s.position = learned ? PositionKind::kLearned
+                         : (s.alibi_bias_max > 0 ? PositionKind::kAlibi : PositionKind::kNone);
+  }
   if (auto window = gguf.find_int(a + "attention.sliding_window"); window && *window > 0) {
     fail(gguf.path(), ": ", a, "attention.sliding_window = ", *window,
          ": sliding-window attention is not built");
@@ -163,6 +186,90 @@ ModelConfig opt_config(const nlohmann::json& j, const HfKeys& k, const std::stri
   return c;
 }
 
+// MptForCausalLM's config.json: transformers' MptConfig, and MosaicML's fields it passes through
+// (attn_config, ffn_config). Where the two differ, MosaicML's reading is taken (alibi_bias_max,
+// expansion_ratio; the loader checks the tensors' shapes against them).
+ModelConfig mpt_config(const nlohmann::json& j, const HfKeys& k, const std::string& source) {
+  ModelConfig c;
+  c.name = k.string("_name_or_path", "");
+  c.n_vocab = k.integer("vocab_size");
+  c.d_model = k.integer("d_model");
+  c.n_layers = k.integer("n_layers");
+  c.n_heads = k.integer("n_heads");
+  EKV_CHECK(c.n_heads > 0, source, ": n_heads must be positive");
+  c.head_dim = c.d_model / c.n_heads;
+  EKV_CHECK(c.head_dim * c.n_heads == c.d_model, source, ": d_model ", c.d_model,
+            " is not a multiple of n_heads ", c.n_heads);
+  c.rope_dims = c.head_dim;
+  const double ratio = k.number("expansion_ratio", 4.0);
+  EKV_CHECK(ratio > 0 && ratio * c.d_model == std::floor(ratio * c.d_model) &&
+                ratio * c.d_model < 1e9,
+            source, ": expansion_ratio ", ratio, " does not give a whole feed-forward width");
+  c.d_ffn = static_cast<int64_t>(ratio * c.d_model);
+  c.n_ctx_train = k.integer("max_seq_len", 2048);
+  c.norm_eps = k.number("layer_norm_epsilon", 1e-5);
+  c.tied_embeddings = k.boolean("tie_word_embeddings", true);
+  const std::string norm = k.string("norm_type", "low_precision_layernorm");
+  EKV_CHECK(norm == "low_precision_layernorm" || norm == "layernorm", source, ": norm_type '",
+            norm, "' is not built (low_precision_layernorm and layernorm are)");
+  EKV_CHECK(!k.has("logit_scale"), source, ": logit_scale = ", j["logit_scale"].dump(),
+            " is not built");
+  double clip = 0, bias_max = 8;
+  bool alibi = false;
+  c.n_kv_heads = c.n_heads;
+  double softmax_scale = 0;
+  if (k.has("attn_config")) {
+    const HfKeys at = k.object("attn_config");
+    const std::string type = at.string("attn_type", "multihead_attention");
+    if (type == "multiquery_attention") {
+      c.n_kv_heads = 1;
+    } else if (type == "grouped_query_attention") {
+      c.n_kv_heads = at.integer("kv_n_heads");
+    } else {
+      EKV_CHECK(type == "multihead_attention", source, ": attn_config.attn_type '", type,
+                "' is not built");
+    }
+    const std::string impl = at.string("attn_impl", "torch");
+    EKV_CHECK(impl == "torch" || impl == "flash" || impl == "triton", source,
+              ": attn_config.attn_impl '", impl, "' is not built (torch, flash and triton are)");
+    for (const char* key : {"qk_ln", "qk_gn", "prefix_lm", "rope"}) {
+      EKV_CHECK(!at.boolean(key, false), source, ": attn_config.", key,
+                " = true is not built");
+    }
+    EKV_CHECK(at.integer("sliding_window_size", -1) == -1, source,
+              ": attn_config.sliding_window_size: sliding-window attention is not built");
+    clip = at.number("clip_qkv", 0.0);
+    EKV_CHECK(clip >= 0 && std::isfinite(clip), source, ": attn_config.clip_qkv ", clip,
+              " must be a positive number or null");
+    softmax_scale = at.number("softmax_scale", 0.0);
+    EKV_CHECK(softmax_scale >= 0 && std::isfinite(softmax_scale), source,
+              ": attn_config.softmax_scale ", softmax_scale, " must be a positive number or null");
+    alibi = at.boolean("alibi", false);
+    bias_max = at.number("alibi_bias_max", 8.0);
+    EKV_CHECK(bias_max > 0 && bias_max < 1000, source, ": attn_config.alibi_bias_max ", bias_max,
+              " is out of range");
+  }
+  if (k.has("ffn_config")) {
+    const HfKeys ffn = k.object("ffn_config");
+    const std::string type = ffn.string("ffn_type", "mptmlp");
+    EKV_CHECK(type == "mptmlp", source, ": ffn_config.ffn_type '", type,
+              "' is not built (mptmlp is)");
+    if (ffn.has("ffn_act_fn")) {
+      const HfKeys act = ffn.object("ffn_act_fn");
+      const std::string name = act.string("name", "gelu");
+      const std::string approx = act.string("approximate", "none");
+      EKV_CHECK(name == "gelu" && approx == "none", source, ": ffn_config.ffn_act_fn ",
+                j["ffn_config"]["ffn_act_fn"].dump(), " is not built (exact gelu is)");
+    }
+  }
+  c.arch = mpt_arch(k.boolean("no_bias", true), bias_max, clip);
+  c.arch.query_scale = softmax_scale;
+  // Without ALiBi, MosaicML's model adds a learned position table (transformer.wpe).
+  if (!alibi) c.arch.position = PositionKind::kLearned;
+  c.validate(source);
+  return c;
+}
+
 }  // namespace
 
 ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
@@ -171,6 +278,7 @@ ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
   const HfKeys k(j, source);
   const std::string model_type = k.string("model_type", "");
   if (model_type == "opt") return opt_config(j, k, source);
+  if (model_type == "mpt") return mpt_config(j, k, source);
   if (model_type == "llama" || model_type == "mistral") {
     c.arch = arch_for_gguf("llama", source);
     // The loader permutes Llama's rotate-half q/k rows into adjacent pairs (GGUF's order).
@@ -192,7 +300,7 @@ ModelConfig config_from_hf(const nlohmann::json& j, const std::string& source) {
     }
   } else {
     fail(source, ": unsupported model_type '", model_type,
-         "' (eigenkv runs llama, mistral, qwen2 and opt; mpt is not built yet)");
+         "' (eigenkv runs llama, mistral, qwen2, opt and mpt)");
   }
   c.name = k.string("_name_or_path", "");
   c.n_vocab = k.integer("vocab_size");

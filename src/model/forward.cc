@@ -75,6 +75,12 @@ void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_to
   add_bias(q, n_tokens, L.bq);
   add_bias(k, n_tokens, L.bk);
   add_bias(v, n_tokens, L.bv);
+  if (const float c = static_cast<float>(config_.arch.clip_qkv); c > 0) {
+    EKV_CHECK(L.key_mode == KeyMode::kFull && L.value_rank == config_.head_dim,
+              "clip_qkv clamps q, k and v before any basis: a compressed layer cannot apply it");
+    for (auto [p, n] : {std::pair{q, L.wq.rows}, {k, L.wk.rows}, {v, L.wv.rows}})
+      for (int64_t i = 0; i < n_tokens * n; ++i) p[i] = std::clamp(p[i], -c, c);
+  }
 }
 
 void Model::ffn_block(const LayerWeights& L, const float* x_norm, int64_t n_tokens,
@@ -95,7 +101,8 @@ void Model::ffn_block(const LayerWeights& L, const float* x_norm, int64_t n_toke
       ops::relu(up.data(), n_tokens * f);
       break;
     case FfnKind::kGelu:
-      fail("the GELU feed-forward is not built (architecture ", config_.arch.name, ")");
+      ops::gelu(up.data(), n_tokens * f);
+      break;
   }
   ops::matmul(up.data(), n_tokens, L.w_down.view(), ffn_out);
   add_bias(ffn_out, n_tokens, L.b_down);

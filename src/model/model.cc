@@ -27,6 +27,8 @@ Model::Model(ModelConfig config, ModelWeights weights, std::unique_ptr<tok::Toke
   }
   rope_ = ops::RopeTable(std::move(inv_freq), std::max<int64_t>(config_.n_ctx_train, 4096),
                          config_.arch.rope_layout);
+  if (config_.arch.position == PositionKind::kAlibi)
+    alibi_slopes_ = alibi_slopes(config_.n_heads, config_.arch.alibi_bias_max);
   if (has_cache_allotment()) cache_types_ = {ops::KvType::kMixed, ops::KvType::kMixed};
 }
 
@@ -144,7 +146,9 @@ void Model::attend_cached(const LayerWeights& L, const float* qs, int64_t sw, in
   }
   const int64_t n_items = nkv * n_blocks * n_chunks;
   std::vector<ops::AttentionPartial> partials(static_cast<size_t>(n_items));
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
+  const float scale = static_cast<float>(config_.arch.query_scale > 0
+                                             ? config_.arch.query_scale
+                                             : 1.0 / std::sqrt(static_cast<double>(dh)));
   const int64_t work = n_tokens * nh * n_keys * (sw + rv);
 #pragma omp parallel for schedule(dynamic, 1) if (work > kParallelWork && n_items > 1)
   for (int64_t item = 0; item < n_items; ++item) {
@@ -156,16 +160,22 @@ void Model::attend_cached(const LayerWeights& L, const float* qs, int64_t sw, in
     const int64_t nq = (t1 - t0) * g;
     std::vector<float> q(static_cast<size_t>(nq * sw));
     std::vector<int64_t> limit(static_cast<size_t>(nq));
+    std::vector<float> slope(alibi_slopes_.empty() ? 0 : static_cast<size_t>(nq));
     for (int64_t t = t0; t < t1; ++t) {
       std::copy(qs + (t * nh + j * g) * sw, qs + (t * nh + j * g + g) * sw,
                 q.begin() + (t - t0) * g * sw);
-      for (int64_t h = 0; h < g; ++h) limit[(t - t0) * g + h] = p0 + t + 1;
+      for (int64_t h = 0; h < g; ++h) {
+        limit[(t - t0) * g + h] = p0 + t + 1;
+        if (!slope.empty()) slope[(t - t0) * g + h] = alibi_slopes_[j * g + h];
+      }
     }
     const int64_t span = p0 + t1;
     const int64_t per_chunk = (span + n_chunks - 1) / n_chunks;
     ops::AttentionPartial& part = partials[item];
     part.reset(nq, rv);
-    ops::attend_range(ops::QueryBlock{q.data(), nq, sw, limit.data()}, cache.key_rows(cl, j),
+    ops::attend_range(ops::QueryBlock{q.data(), nq, sw, limit.data(),
+                                      slope.empty() ? nullptr : slope.data()},
+                      cache.key_rows(cl, j),
                       rebuild.empty() ? nullptr : &rebuild[j], cache.value_rows(cl, j), scale,
                       c * per_chunk, std::min(span, (c + 1) * per_chunk), part);
   }

@@ -159,6 +159,7 @@ class Model {
   std::string path_;
   std::map<std::string, int64_t> stored_types_;
   ops::RopeTable rope_;
+  std::vector<float> alibi_slopes_;  // [n_heads] for ALiBi positions, else empty
   std::string tokenizer_json_;
   std::string tokenizer_config_json_;
   std::string compression_json_;

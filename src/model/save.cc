@@ -1,6 +1,8 @@
 #include "model/save.h"
 
 #include <cctype>
+#include <cstring>
+#include <deque>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -30,9 +32,18 @@ void write_config_metadata(const Model& model, io::GgufWriter& w) {
   w.set_int(a + "attention.head_count_kv", c.n_kv_heads);
   w.set_int(a + "attention.key_length", c.head_dim);
   w.set_int(a + "attention.value_length", c.head_dim);
-  w.set_float(a + "attention.layer_norm_rms_epsilon", c.norm_eps);
-  w.set_float(a + "rope.freq_base", c.rope_theta);
-  w.set_int(a + "rope.dimension_count", c.rope_dims);
+  if (c.arch.norm == NormKind::kLayer) {
+    w.set_float(a + "attention.layer_norm_epsilon", c.norm_eps);
+  } else {
+    w.set_float(a + "attention.layer_norm_rms_epsilon", c.norm_eps);
+  }
+  if (c.rope()) {
+    w.set_float(a + "rope.freq_base", c.rope_theta);
+    w.set_int(a + "rope.dimension_count", c.rope_dims);
+  }
+  if (c.arch.position == PositionKind::kAlibi)
+    w.set_float(a + "attention.max_alibi_bias", c.arch.alibi_bias_max);
+  if (c.arch.clip_qkv > 0) w.set_float(a + "attention.clamp_kqv", c.arch.clip_qkv);
   w.set_int(a + "vocab_size", c.n_vocab);
   EKV_CHECK(!model.tokenizer_json().empty(), model.path(),
             ": the model's tokenizer.json text is not available to embed");
@@ -94,6 +105,35 @@ class WeightWriter {
   std::vector<std::string> notes_;
 };
 
+// q, k and v as one matrix [q rows; k rows; v rows] (a fused family's layout). Rows that already
+// lie that way in one buffer (loaded from a fused tensor) are taken as they are; others of one
+// type are copied together; a mix of types becomes one computed float32 matrix.
+Weight fuse_rows(const Weight& q, const Weight& k, const Weight& v) {
+  const int64_t rows = q.rows + k.rows + v.rows;
+  const bool same = q.type == k.type && k.type == v.type && q.computed == k.computed &&
+                    k.computed == v.computed;
+  if (same && k.bytes == q.bytes + q.nbytes() && v.bytes == k.bytes + k.nbytes()) {
+    Weight w = q;
+    w.rows = rows;
+    return w;
+  }
+  if (same) {
+    std::vector<uint8_t> bytes;
+    for (const Weight* m : {&q, &k, &v}) bytes.insert(bytes.end(), m->bytes, m->bytes + m->nbytes());
+    Weight w = Weight::from_bytes(q.type, rows, q.cols, std::move(bytes));
+    w.computed = q.computed;
+    return w;
+  }
+  Matrix all;
+  all.rows = rows;
+  all.cols = q.cols;
+  for (const Weight* m : {&q, &k, &v}) {
+    const Matrix f = m->to_float();
+    all.data.insert(all.data.end(), f.data.begin(), f.data.end());
+  }
+  return Weight::from_float(std::move(all));
+}
+
 }  // namespace
 
 io::TensorType fold_type_from_name(const std::string& name) {
@@ -109,8 +149,11 @@ io::TensorType fold_type_from_name(const std::string& name) {
 
 void check_can_save_gguf(const Model& model) {
   const ModelConfig& c = model.config();
-  EKV_CHECK(c.arch.name == "llama" || c.arch.name == "qwen2", model.path(), ": saving an ",
-            c.arch.name, " model to GGUF is not built (llama and qwen2 are)");
+  EKV_CHECK(c.arch.name == "llama" || c.arch.name == "qwen2" || c.arch.name == "mpt",
+            model.path(), ": saving an ", c.arch.name,
+            " model to GGUF is not built (llama, qwen2 and mpt are)");
+  EKV_CHECK(c.arch.query_scale == 0, model.path(), ": the score scale ", c.arch.query_scale,
+            " (softmax_scale) has no GGUF key; saving it is not supported");
   std::error_code ec;
   if (std::filesystem::is_directory(model.path(), ec) &&
       c.rope_scaling.kind != RopeScaling::Kind::kNone) {
@@ -135,10 +178,14 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
     write_config_metadata(model, w);
   }
   const int64_t d = c.d_model;
-  const TensorMap& n = gguf_tensor_map();
+  const TensorMap& n = gguf_tensor_map(c.arch);
   WeightWriter weight_writer(w, options);
   weight_writer.add(n.embedding, weights.token_embedding, weights.token_embedding);
-  w.add_f32_tensor(n.output_norm, {d}, weights.output_norm.data());
+  if (!weights.position_embedding.empty())
+    weight_writer.add(n.position_embedding, weights.position_embedding, weights.position_embedding);
+  if (!weights.output_norm.empty()) w.add_f32_tensor(n.output_norm, {d}, weights.output_norm.data());
+  if (!weights.output_norm_bias.empty())
+    w.add_f32_tensor(n.output_norm_bias, {d}, weights.output_norm_bias.data());
   if (!c.tied_embeddings) weight_writer.add(n.output, weights.output, weights.output);
   if (!weights.rope_freq_factors.empty()) {
     w.add_f32_tensor("rope_freqs.weight", {static_cast<int64_t>(weights.rope_freq_factors.size())},
@@ -146,6 +193,8 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
   }
   // Basis tensors are assembled into contiguous buffers that must outlive write().
   std::vector<std::vector<float>> bases(static_cast<size_t>(c.n_layers));
+  std::deque<Weight> fused;              // fused q/k/v matrices, borrowed by the writer
+  std::deque<std::vector<float>> fused_bias;
   std::vector<double> key_ranks, value_ranks, key_bits8, value_bits8;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = weights.layers[l];
@@ -157,18 +206,32 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
         w.add_f32_tensor(layer_name(pattern, l), {static_cast<int64_t>(v.size())}, v.data());
     };
     add_vector(n.attn_norm, L.attn_norm);
-    add(n.wq, L.wq);
-    add_vector(n.bq, L.bq);
-    add(n.wk, L.wk);
-    add_vector(n.bk, L.bk);
-    add(n.wv, L.wv);
-    add_vector(n.bv, L.bv);
+    add_vector(n.attn_norm_bias, L.attn_norm_bias);
+    if (n.fused_qkv()) {
+      add(n.wqkv, fused.emplace_back(fuse_rows(L.wq, L.wk, L.wv)));
+      if (!L.bq.empty()) {
+        std::vector<float>& b = fused_bias.emplace_back(L.bq);
+        b.insert(b.end(), L.bk.begin(), L.bk.end());
+        b.insert(b.end(), L.bv.begin(), L.bv.end());
+        add_vector(n.bqkv, b);
+      }
+    } else {
+      add(n.wq, L.wq);
+      add_vector(n.bq, L.bq);
+      add(n.wk, L.wk);
+      add_vector(n.bk, L.bk);
+      add(n.wv, L.wv);
+      add_vector(n.bv, L.bv);
+    }
     add(n.wo, L.wo);
     add_vector(n.bo, L.bo);
     add_vector(n.ffn_norm, L.ffn_norm);
+    add_vector(n.ffn_norm_bias, L.ffn_norm_bias);
     add(n.w_gate, L.w_gate);
     add(n.w_up, L.w_up);
+    add_vector(n.b_up, L.b_up);
     add(n.w_down, L.w_down);
+    add_vector(n.b_down, L.b_down);
     if (!L.key_basis.empty()) {
       for (const Matrix& u : L.key_basis)
         bases[l].insert(bases[l].end(), u.data.begin(), u.data.end());

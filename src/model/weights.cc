@@ -103,14 +103,33 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
       L.value_rank = specs[l].value_rank;
     }
     const int64_t hd = c.head_dim;
-    L.wq = load_weight(source, layer_name(n.wq, l), c.n_heads * L.query_width(hd), d);
-    L.wk = load_weight(source, layer_name(n.wk, l), c.n_kv_heads * L.key_proj_width(hd), d);
-    L.wv = load_weight(source, layer_name(n.wv, l), c.n_kv_heads * L.value_rank, d);
+    const int64_t q_rows = c.n_heads * L.query_width(hd);
+    const int64_t k_rows = c.n_kv_heads * L.key_proj_width(hd);
+    const int64_t v_rows = c.n_kv_heads * L.value_rank;
+    if (n.fused_qkv()) {  // one matrix [q rows; k rows; v rows], split without a copy
+      const Weight qkv = load_weight(source, layer_name(n.wqkv, l), q_rows + k_rows + v_rows, d);
+      L.wq = qkv.row_range(0, q_rows);
+      L.wk = qkv.row_range(q_rows, k_rows);
+      L.wv = qkv.row_range(q_rows + k_rows, v_rows);
+      EKV_CHECK(a.q_bias == a.k_bias && a.k_bias == a.v_bias, source.label(),
+                ": a fused q/k/v matrix has biases on all three or none");
+      if (a.q_bias) {
+        const std::vector<float> b =
+            load_vector(source, layer_name(n.bqkv, l), q_rows + k_rows + v_rows);
+        L.bq.assign(b.begin(), b.begin() + q_rows);
+        L.bk.assign(b.begin() + q_rows, b.begin() + q_rows + k_rows);
+        L.bv.assign(b.begin() + q_rows + k_rows, b.end());
+      }
+    } else {
+      L.wq = load_weight(source, layer_name(n.wq, l), q_rows, d);
+      L.wk = load_weight(source, layer_name(n.wk, l), k_rows, d);
+      L.wv = load_weight(source, layer_name(n.wv, l), v_rows, d);
+      if (a.q_bias) L.bq = load_vector(source, layer_name(n.bq, l), q_rows);
+      if (a.k_bias) L.bk = load_vector(source, layer_name(n.bk, l), k_rows);
+      if (a.v_bias) L.bv = load_vector(source, layer_name(n.bv, l), v_rows);
+    }
     L.wo = load_weight(source, layer_name(n.wo, l), d, c.n_heads * L.value_rank);
-    if (c.arch.q_bias) L.bq = load_vector(source, layer_name(n.bq, l), L.wq.rows);
-    if (c.arch.k_bias) L.bk = load_vector(source, layer_name(n.bk, l), L.wk.rows);
-    if (c.arch.v_bias) L.bv = load_vector(source, layer_name(n.bv, l), L.wv.rows);
-    if (c.arch.o_bias) L.bo = load_vector(source, layer_name(n.bo, l), d);
+    if (a.o_bias) L.bo = load_vector(source, layer_name(n.bo, l), d);
     if (L.key_mode == KeyMode::kPre || L.key_mode == KeyMode::kPost) {
       Matrix all = load_matrix(source, layer_name(kGgufKeyBasisName, l), c.n_kv_heads * hd, L.key_rank);
       for (int64_t j = 0; j < c.n_kv_heads; ++j) {
@@ -176,6 +195,15 @@ Matrix Weight::to_float() const {
   m.data.resize(static_cast<size_t>(rows * cols));
   ops::dequantize_parallel(type, bytes, m.data.data(), rows * cols);
   return m;
+}
+
+Weight Weight::row_range(int64_t begin, int64_t n) const {
+  EKV_CHECK(begin >= 0 && n >= 0 && begin + n <= rows, "rows [", begin, ", ", begin + n,
+            ") of a weight of ", rows, " rows");
+  Weight w = *this;
+  w.rows = n;
+  w.bytes = row_data(begin);
+  return w;
 }
 
 Weight Weight::from_float(Matrix m) {
@@ -248,7 +276,7 @@ ModelWeights load_gguf_weights(const TensorSource& source, const ModelConfig& co
   EKV_CHECK(layers.empty() || static_cast<int64_t>(layers.size()) == config.n_layers,
             source.label(), ": ", layers.size(), " layer ranks recorded for ", config.n_layers,
             " layers");
-  ModelWeights w = load_named(source, config, gguf_tensor_map(), layers);
+  ModelWeights w = load_named(source, config, gguf_tensor_map(config.arch), layers);
   if (source.find("rope_freqs.weight")) {
     w.rope_freq_factors = load_vector(source, "rope_freqs.weight", config.rope_dims / 2);
   }

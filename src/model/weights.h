@@ -50,6 +50,8 @@ struct Weight {
   void row_to_float(int64_t r, float* out) const;
   // The whole matrix in float32 (for compression's float64 maths, one layer at a time).
   Matrix to_float() const;
+  // Rows [begin, begin + n) as a weight sharing these bytes (a fused q/k/v matrix split).
+  Weight row_range(int64_t begin, int64_t n) const;
 
   // An F32 weight owning m's numbers.
   static Weight from_float(Matrix m);

@@ -23,13 +23,14 @@ void attend_one(const float* q, const float* keys, int64_t key_width, const floa
 }
 
 void attend_one_reference(const float* q, const float* keys, int64_t key_width, const float* values,
-                          int64_t value_width, int64_t n_keys, float scale, float* out) {
+                          int64_t value_width, int64_t n_keys, float scale, float* out,
+                          double alibi_slope) {
   std::vector<double> p(static_cast<size_t>(n_keys));
   double mx = -INFINITY;
   for (int64_t s = 0; s < n_keys; ++s) {
     double acc = 0.0;
     for (int64_t i = 0; i < key_width; ++i) acc += double{q[i]} * keys[s * key_width + i];
-    p[s] = acc * scale;
+    p[s] = acc * scale + alibi_slope * static_cast<double>(s - (n_keys - 1));
     mx = std::max(mx, p[s]);
   }
   double sum = 0.0;

@@ -1344,6 +1344,14 @@ void AttendRange(const QueryBlock& qb, const KvRows& keys, const KeyRebuild* reb
         std::fill(sc, sc + sstride, 0.0f);
         continue;
       }
+      if (qb.alibi_slope) {  // the score hook: ALiBi's distance penalty, 0 at the query itself
+        const auto slope = hn::Set(df, qb.alibi_slope[i]);
+        const auto first = hn::Set(df, static_cast<float>(t0 - (qb.limit[i] - 1)));
+        for (int64_t r = 0; r < valid; r += L) {
+          const auto dist = hn::Add(first, hn::Iota(df, static_cast<float>(r)));
+          hn::StoreU(hn::MulAdd(slope, dist, hn::LoadU(df, sc + r)), df, sc + r);
+        }
+      }
       std::fill(sc + valid, sc + sstride, -INFINITY);
       auto vtile = neg_inf;
       for (int64_t r = 0; r < valid_pad; r += L) vtile = hn::Max(vtile, hn::LoadU(df, sc + r));

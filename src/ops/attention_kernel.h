@@ -32,12 +32,16 @@ struct KeyRebuild {
   const RopeTable* rope = nullptr;  // null: no rotation
 };
 
-// n query vectors of one KV head; query i is q + i * width and sees keys [0, limit[i]).
+// n query vectors of one KV head; query i is q + i * width, stands at position limit[i] - 1 and
+// sees keys [0, limit[i]).
 struct QueryBlock {
   const float* q = nullptr;
   int64_t n = 0;
   int64_t width = 0;
   const int64_t* limit = nullptr;
+  // The per-query score hook, applied after scaling and before the softmax: ALiBi adds
+  // alibi_slope[i] * (s - (limit[i] - 1)) to query i's score of key s. Null: no bias.
+  const float* alibi_slope = nullptr;
 };
 
 // Online-softmax state of n queries over the keys accumulated so far.

@@ -16,6 +16,9 @@ void layer_norm(const float* x, const float* weight, const float* bias, int64_t 
 // x[i] = max(x[i], 0).
 void relu(float* x, int64_t n);
 
+// x[i] = gelu(x[i]) = x/2 * (1 + erf(x / sqrt 2)), the exact (not tanh) form.
+void gelu(float* x, int64_t n);
+
 // gate[i] = silu(gate[i]) * up[i], silu(z) = z / (1 + exp(-z)).
 void swiglu(float* gate, const float* up, int64_t n);
 
