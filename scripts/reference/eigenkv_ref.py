@@ -14,7 +14,8 @@ Run with Debian's /usr/bin/python3 (needs numpy). Commands (JSON on stdout):
               prints {"loglik": [...]}: per request the summed log-probability of the
               continuation ids given the context ids (one float64 forward pass each)
 
-PATH is a GGUF file or a Hugging Face model directory (config.json + safetensors).
+PATH is a GGUF file (llama) or a Hugging Face model directory (config.json + safetensors) of
+the llama, mistral, qwen2, opt or mpt family.
 IDS.json is {"ids": [...]} (BOS first), as `eigenkv tokenize --json` prints it.
 Perplexity protocol (docs/DESIGN.md §5): consecutive non-overlapping windows of ctx tokens,
 last partial window dropped, every token of a window but the first scored from its
@@ -35,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from dequant import DequantError  # noqa: E402
 from gguf_reader import GGUFError, GGUFFile  # noqa: E402
-from llama import ModelError, load_model  # noqa: E402
+from models import ModelError, load_model  # noqa: E402
 from safetensors_reader import SafetensorsError, SafetensorsModel  # noqa: E402
 
 # target size of the largest float64 intermediate per batch of windows
@@ -90,8 +91,7 @@ def cmd_info(a):
     m = load_model(a.model)
     d = m.cfg.to_json()
     d["path"] = a.model
-    d["n_params"] = int(sum(v.size for L in m.layers for v in L.values()) + m.tok_embd.size
-                        + m.out_norm.size + (0 if m.output is m.tok_embd else m.output.size))
+    d["n_params"] = m.n_params()
     _emit(d)
 
 

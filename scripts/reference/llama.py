@@ -1,5 +1,8 @@
 """Float64 Llama forward pass for GGUF ("llama" architecture) and Hugging Face
-(LlamaForCausalLM) checkpoints.
+(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) checkpoints.
+
+Qwen2 is this forward pass with biases on q, k and v (always present; o_proj and the MLP have
+none), rotate-half RoPE and `tie_word_embeddings` defaulting to false (as in Llama's config).
 
 Per layer:  h = x + Wo · attn(RoPE(Wq·n), RoPE(Wk·n), Wv·n),  n = RMSNorm(x)
             y = h + Wdown · (silu(Wgate·m) * Wup·m),          m = RMSNorm(h)
@@ -12,29 +15,14 @@ Frequency of pair i: theta_i = base^(-2i/n_rot) / f_i, where f_i comes from GGUF
 factor). Everything, including the dequantised weights, is float64.
 """
 
-import json
 import math
 import os
 
 import numpy as np
 
+from common import Config, ModelError, VocabMixin, hf_tensor_types, read_hf_config
 from gguf_reader import GGUFFile, GGUFError
 from safetensors_reader import SafetensorsModel
-
-
-class ModelError(Exception):
-    pass
-
-
-class Config:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def to_json(self):
-        d = dict(self.__dict__)
-        if d.get("rope_freq_factors") is not None:
-            d["rope_freq_factors"] = [float(x) for x in d["rope_freq_factors"]]
-        return d
 
 
 def _llama3_factors(n_rot, base, rs):
@@ -56,13 +44,11 @@ def _llama3_factors(n_rot, base, rs):
     return f
 
 
-class LlamaModel:
+class LlamaModel(VocabMixin):
     """Weights in float64, shapes (out, in) as stored by both formats."""
 
     def __init__(self, path):
         self.path = path
-        self.vocab_tokens = None      # list of token strings (for decoding), when known
-        self.vocab_kind = None        # "spm" (▁ and <0xNN>) or "bytelevel"
         self.special_ids = set()
         if os.path.isdir(path) or path.endswith(".safetensors"):
             self._load_hf(path if os.path.isdir(path) else os.path.dirname(path) or ".")
@@ -164,19 +150,21 @@ class LlamaModel:
 
     # ---------------------------------------------------------------- loading: HF
     def _load_hf(self, path):
-        cpath = os.path.join(path, "config.json")
-        if not os.path.exists(cpath):
-            raise ModelError("%s: no config.json" % path)
-        with open(cpath) as f:
-            c = json.load(f)
+        c = read_hf_config(path)
         mtype = c.get("model_type")
         archs = c.get("architectures") or []
-        if mtype not in ("llama", "mistral") or (archs and not any(
-                a in ("LlamaForCausalLM", "MistralForCausalLM") for a in archs)):
-            raise ModelError("%s: model_type %r / architectures %r not supported (supported: "
-                             "llama / LlamaForCausalLM)" % (path, mtype, archs))
+        known = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM"}
+        if mtype not in known or (archs and known[mtype] not in archs):
+            raise ModelError("%s: model_type %r / architectures %r not supported by llama.py "
+                             "(supported: llama, mistral, qwen2)" % (path, mtype, archs))
+        qwen2 = mtype == "qwen2"
         if mtype == "mistral" and c.get("sliding_window"):
             raise ModelError("%s: sliding-window attention is not supported" % path)
+        if qwen2 and c.get("use_sliding_window"):
+            raise ModelError("%s: use_sliding_window = true is not supported" % path)
+        if qwen2 and any(t != "full_attention" for t in (c.get("layer_types") or [])):
+            raise ModelError("%s: layer_types other than full_attention are not supported" % path)
         if c.get("hidden_act", "silu") != "silu":
             raise ModelError("%s: hidden_act %r not supported" % (path, c.get("hidden_act")))
         st = SafetensorsModel(path)
@@ -201,7 +189,7 @@ class LlamaModel:
         has_head = st.has("lm_head.weight")
         tie = bool(c.get("tie_word_embeddings", False))
         self.cfg = Config(
-            format="hf", arch="llama",
+            format="hf", arch=mtype if qwen2 else "llama",
             n_layer=int(c["num_hidden_layers"]), d_model=d, n_head=n_head, n_kv_head=n_kv,
             head_dim=head_dim, n_rot=n_rot, d_ff=int(c["intermediate_size"]),
             vocab_size=int(c["vocab_size"]), rms_eps=float(c.get("rms_norm_eps", 1e-6)),
@@ -209,7 +197,7 @@ class LlamaModel:
             context_length=int(c.get("max_position_embeddings", 0)),
             tied_embeddings=tie or not has_head or not has_embed,
             bos_token_id=c.get("bos_token_id"), eos_token_id=c.get("eos_token_id"),
-            tensor_types=sorted({f.entries[n]["dtype"] for f in st.files for n in f.entries}),
+            tensor_types=hf_tensor_types(st),
         )
         if has_embed:
             self.tok_embd = st.tensor("model.embed_tokens.weight")
@@ -238,28 +226,16 @@ class LlamaModel:
                          ("bv", "self_attn.v_proj.bias"), ("bo", "self_attn.o_proj.bias")):
                 if st.has(p + n):
                     L[b] = T(n)
+            if qwen2:  # Qwen2Attention: q/k/v Linear layers with bias=True, o_proj without
+                missing = [b for b in ("bq", "bk", "bv") if b not in L]
+                if missing or "bo" in L:
+                    raise ModelError("%s: Qwen2 layer %d: expected q/k/v biases and no o_proj "
+                                     "bias (missing: %s)" % (path, i, ", ".join(missing)))
             for n in ("mlp.gate_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias"):
                 if st.has(p + n):
                     raise ModelError("%s: MLP biases are not supported" % path)
             self.layers.append(L)
-        tpath = os.path.join(path, "tokenizer.json")
-        if os.path.exists(tpath):
-            with open(tpath, encoding="utf-8") as f:
-                tj = json.load(f)
-            vocab = tj.get("model", {}).get("vocab", {})
-            if isinstance(vocab, dict) and vocab:
-                toks = [""] * (max(vocab.values()) + 1)
-                for t, i in vocab.items():
-                    toks[i] = t
-                for a in tj.get("added_tokens", []):
-                    if a["id"] >= len(toks):
-                        toks.extend([""] * (a["id"] + 1 - len(toks)))
-                    toks[a["id"]] = a["content"]
-                    if a.get("special"):
-                        self.special_ids.add(a["id"])
-                self.vocab_tokens = toks
-                self.vocab_kind = "spm" if tj.get("model", {}).get("byte_fallback") or \
-                    "ByteFallback" in json.dumps(tj.get("decoder")) else "bytelevel"
+        self.load_hf_vocab(path)
 
     def _check_shapes(self):
         c = self.cfg
@@ -372,44 +348,9 @@ class LlamaModel:
         logits = self._rmsnorm(x, self.out_norm) @ self.output.T
         return logits[0] if squeeze else logits
 
-    # ---------------------------------------------------------------- decoding (for checks)
-    def decode(self, ids):
-        if self.vocab_tokens is None:
-            raise ModelError("no vocabulary in this model")
-        out = bytearray()
-        for i in ids:
-            if i in self.special_ids:
-                continue
-            t = self.vocab_tokens[i]
-            if self.vocab_kind == "spm":
-                if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
-                    out.append(int(t[3:5], 16))
-                else:
-                    out += t.replace("\u2581", " ").encode("utf-8")
-            else:
-                out += bytes(_BYTE_DECODER.get(ch, ord("?")) for ch in t)
-        s = out.decode("utf-8", errors="replace")
-        if self.vocab_kind == "spm" and s.startswith(" "):
-            s = s[1:]
-        return s
-
-
-def _bytes_to_unicode():
-    """GPT-2 byte-level alphabet: printable bytes map to themselves, the rest to 256+n."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + \
-        list(range(0xAE, 0x100))
-    m = {}
-    n = 0
-    for b in range(256):
-        if b in keep:
-            m[b] = chr(b)
-        else:
-            m[b] = chr(256 + n)
-            n += 1
-    return m
-
-
-_BYTE_DECODER = {v: k for k, v in _bytes_to_unicode().items()}
+    def n_params(self):
+        return int(sum(v.size for L in self.layers for v in L.values()) + self.tok_embd.size
+                   + self.out_norm.size + (0 if self.output is self.tok_embd else self.output.size))
 
 
 def load_model(path):

@@ -7,8 +7,12 @@
 (a) GGUF and HF copies of the same weights give the same logits (different RoPE layouts);
 (b) stories260K greedy text from BOS; (c) TinyStories-656K greedy text from its BOS;
 (d) KL divergence of the quantized GQA models from the F32 one, on the ids of
-    --tokens-file (first --windows windows of 256), else on 400 greedy stories260K ids.
-Exits non-zero when (a)-(c) fail; prints JSON lines. Missing models are skipped.
+    --tokens-file (first --windows windows of 256), else on 400 greedy stories260K ids;
+(e) opt-tiny-hf, mpt-tiny-hf, qwen2-tiny-hf against their golden_logits.json (made by an
+    independent float64 implementation of each family's HF semantics): last-position logits of
+    each sequence to 1e-6 relative (max|ours - golden| / max|golden|), the argmax at every
+    position, and the greedy continuation of BOS + "Once upon a time".
+Exits non-zero when (a)-(c) or (e) fail; prints JSON lines. Missing models are skipped.
 """
 
 import argparse
@@ -22,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from llama import load_model  # noqa: E402
+from models import load_model  # noqa: E402
 
 
 def log(obj):
@@ -110,6 +114,34 @@ def main():
             log({"check": "d", "quant": q, "tokens": src, "scored": int(kl.size),
                  "kld_mean": float(kl.mean()), "kld_p99": float(np.percentile(kl, 99)),
                  "top1_agreement": float((lb.argmax(-1) == lq.argmax(-1)).mean())})
+
+    # (e) the OPT, MPT and Qwen2 families against their golden logits
+    for name in ("opt-tiny-hf", "mpt-tiny-hf", "qwen2-tiny-hf"):
+        gpath = os.path.join(M, name, "golden_logits.json")
+        if not os.path.exists(gpath):
+            log({"check": "e", "skip": "missing " + gpath})
+            continue
+        with open(gpath) as f:
+            golden = json.load(f)
+        m = load_model(os.path.join(M, name))
+        worst = 0.0
+        for seq, g in golden["sequences"].items():
+            lg = m.forward(np.asarray(g["ids"]))
+            ref = np.asarray(g["last_logits"])
+            rel = float(np.abs(lg[-1] - ref).max() / np.abs(ref).max())
+            argmax_ok = lg.argmax(-1).tolist() == g["argmax_per_position"]
+            good = rel < 1e-6 and argmax_ok
+            ok &= good
+            worst = max(worst, rel)
+            log({"check": "e", "model": name, "sequence": seq, "tokens": len(g["ids"]),
+                 "max_rel_logit_diff": rel, "argmax_equal": argmax_ok, "pass": good})
+        want = golden["greedy_from_bos_once_upon_a_time"]
+        prompt = want[:5]   # BOS + "Once upon a time"
+        ids = greedy(m, prompt, len(want) - len(prompt))
+        good = ids == want
+        ok &= good
+        log({"check": "e", "model": name, "greedy": m.decode(ids), "pass": good,
+             "worst_rel_logit_diff": worst})
     return 0 if ok else 1
 
 
