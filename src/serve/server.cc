@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "serve/format.h"
@@ -36,6 +37,17 @@ struct Generation {
   std::string endpoint;
   double start = 0;
   double peer_checked = 0;  // when the client's connection was last looked at
+  // Called once with the request's status when a stream ends: before its last chunk goes out
+  // (so a client that has read the whole stream finds it in the metrics), or, when the client
+  // went away, from the connection's release.
+  std::function<void(int)> on_end;
+  bool ended = false;
+
+  void end(int status) {
+    if (ended) return;
+    ended = true;
+    if (on_end) on_end(status);
+  }
 
   void cancel_all(const std::string& reason) {
     for (auto& s : sequences) s->cancel(reason);
@@ -111,9 +123,10 @@ std::optional<Chunk> next_chunk(Generation& g, size_t i) {
   }
 }
 
-bool finish_stream(httplib::DataSink& sink) {
+bool finish_stream(Generation& g, httplib::DataSink& sink) {
   const std::string done = "data: [DONE]\n\n";
   sink.write(done.data(), done.size());
+  g.end(200);
   sink.done();
   return true;
 }
@@ -132,7 +145,7 @@ bool stream_events(Generation& g, httplib::DataSink& sink, const tok::Tokenizer&
       if (c->error_status != 0) {  // one error event ends the whole stream
         g.cancel_all("error");
         event(error_object(c->error_message, c->error_type, "", c->error_status));
-        return finish_stream(sink);
+        return finish_stream(g, sink);
       }
       const json j =
           g.chat ? chat_chunk(g.meta, *c, first, g.logprobs, tokenizer)
@@ -156,7 +169,7 @@ bool stream_events(Generation& g, httplib::DataSink& sink, const tok::Tokenizer&
            {"choices", json::array()},
            {"usage", usage_object(prompt_tokens, completion_tokens)}});
   }
-  return finish_stream(sink);
+  return finish_stream(g, sink);
 }
 
 }  // namespace
@@ -405,16 +418,19 @@ void Server::respond(const std::shared_ptr<Generation>& g, bool stream, httplib:
   g->start = now_seconds();
   const tok::Tokenizer& tokenizer = model_.tokenizer();
   if (stream) {
+    g->on_end = [g = g.get(), this](int status) {
+      metrics_.count_request(g->endpoint, status);
+      metrics_.observe_latency(g->endpoint, now_seconds() - g->start);
+    };
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
         [g, &tokenizer](size_t, httplib::DataSink& sink) {
           return stream_events(*g, sink, tokenizer);
         },
-        [g, this](bool success) {
+        [g](bool success) {
           g->cancel_all("disconnect");  // no effect on sequences that already ended
-          metrics_.count_request(g->endpoint, success ? 200 : 499);
-          metrics_.observe_latency(g->endpoint, now_seconds() - g->start);
+          g->end(success ? 200 : 499);
         });
     return;
   }
