@@ -47,22 +47,56 @@ Eigen::RowVectorXd bias_to_double(const std::vector<float>& v) {
   return to_double(v);
 }
 
-// RMSNorm rows of x with weight w: [T, d].
-MatrixXd rms_norm(const MatrixXd& x, const Eigen::RowVectorXd& w, double eps,
-                  Eigen::VectorXd* inv_rms) {
-  const Eigen::VectorXd r =
-      ((x.array().square().rowwise().sum() / static_cast<double>(x.cols())) + eps).rsqrt();
-  if (inv_rms) *inv_rms = r;
-  return (x.array().colwise() * r.array()).rowwise() * w.array();
+// Per-row statistics a norm keeps for its backward pass.
+struct NormRows {
+  Eigen::VectorXd inv;   // [T] 1 / RMS (RMSNorm) or 1 / standard deviation (LayerNorm)
+  Eigen::VectorXd mean;  // [T] LayerNorm's row means; empty for RMSNorm
+};
+
+// The family's norm of the rows of x [T, d] with weight w and bias b (empty: none), as
+// ops::rms_norm / ops::layer_norm compute it.
+MatrixXd norm_rows(const LayerConstants& c, const MatrixXd& x, const Eigen::RowVectorXd& w,
+                   const Eigen::RowVectorXd& b, NormRows* s) {
+  const double n = static_cast<double>(x.cols());
+  MatrixXd y;
+  if (c.norm == model::NormKind::kRms) {
+    const Eigen::VectorXd r = ((x.array().square().rowwise().sum() / n) + c.norm_eps).rsqrt();
+    y = (x.array().colwise() * r.array()).rowwise() * w.array();
+    if (s) *s = NormRows{r, Eigen::VectorXd()};
+  } else {
+    const Eigen::VectorXd mean = x.rowwise().mean();
+    const MatrixXd xc = x.colwise() - mean;
+    const Eigen::VectorXd r = ((xc.array().square().rowwise().sum() / n) + c.norm_eps).rsqrt();
+    y = (xc.array().colwise() * r.array()).rowwise() * w.array();
+    if (s) *s = NormRows{r, mean};
+  }
+  add_bias(y, b);
+  return y;
 }
 
-// Gradient of RMSNorm rows: given dL/dy, dL/dx.
-MatrixXd rms_norm_backward(const MatrixXd& x, const Eigen::RowVectorXd& w, const Eigen::VectorXd& r,
-                           const MatrixXd& dy) {
-  const MatrixXd wdy = dy.array().rowwise() * w.array();                           // [T, d]
-  const Eigen::VectorXd dot = (wdy.array() * x.array()).rowwise().sum();           // [T]
-  const Eigen::VectorXd coef = dot.array() * r.array().cube() / double(x.cols());  // [T]
-  return (wdy.array().colwise() * r.array()) - (x.array().colwise() * coef.array());
+// Gradient of the norm rows: given x, its statistics and dL/dy, dL/dx (the bias drops out).
+MatrixXd norm_rows_backward(const LayerConstants& c, const MatrixXd& x,
+                            const Eigen::RowVectorXd& w, const NormRows& s, const MatrixXd& dy) {
+  const double n = static_cast<double>(x.cols());
+  const MatrixXd g = dy.array().rowwise() * w.array();  // [T, d] dL/d(normalised x)
+  if (c.norm == model::NormKind::kRms) {
+    // y_i = x_i r w_i, r = (mean(x^2) + eps)^-1/2: dx = r g - x r^3 (g.x) / n.
+    const Eigen::VectorXd dot = (g.array() * x.array()).rowwise().sum();
+    const Eigen::VectorXd coef = dot.array() * s.inv.array().cube() / n;
+    return (g.array().colwise() * s.inv.array()) - (x.array().colwise() * coef.array());
+  }
+  // xhat = (x - mean) r: dx = r (g - mean(g) - xhat mean(g xhat)).
+  const MatrixXd xhat = (x.colwise() - s.mean).array().colwise() * s.inv.array();
+  const Eigen::VectorXd g_mean = g.rowwise().mean();
+  const Eigen::VectorXd gx_mean = (g.array() * xhat.array()).rowwise().sum() / n;
+  const MatrixXd inner =
+      (g.colwise() - g_mean).array() - (xhat.array().colwise() * gx_mean.array());
+  return inner.array().colwise() * s.inv.array();
+}
+
+double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x * M_SQRT1_2)); }
+double gelu_grad(double x) {
+  return 0.5 * (1.0 + std::erf(x * M_SQRT1_2)) + x * std::exp(-0.5 * x * x) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
 }
 
 // Everything the forward pass keeps for the backward pass.
@@ -70,9 +104,13 @@ struct Forward {
   std::vector<MatrixXd> k_proj;  // per KV head [T, d_h]: U U^T k, then rotated in kPre
   std::vector<MatrixXd> v_proj;  // per KV head [T, d_h]: U U^T v
   std::vector<MatrixXd> attn;    // per query head [T, T] softmax weights (zero above diagonal)
-  MatrixXd h1;                   // [T, d_model] residual after attention
-  Eigen::VectorXd h1_inv_rms;    // [T]
-  MatrixXd gate, up;             // [T, d_ffn] before the activation
+  MatrixXd a;                    // [T, d_model] x + attention (post-norm: before its norm)
+  NormRows a_norm;               // post-norm: the statistics of norm(a)
+  MatrixXd h1;                   // [T, d_model] residual after attention (post-norm: norm(a))
+  NormRows h1_norm;              // pre-norm: the statistics of the FFN's norm of h1
+  MatrixXd gate, up;             // [T, d_ffn] before the activation (gate: SwiGLU only)
+  MatrixXd z;                    // [T, d_model] h1 + FFN (post-norm: before its norm)
+  NormRows z_norm;               // post-norm: the statistics of norm(z)
   MatrixXd y;                    // [T, d_model] layer output
 };
 
@@ -81,10 +119,54 @@ MatrixXd project(const MatrixXd& x, const MatrixXd& u, int64_t rank) {
   return (x * ur) * ur.transpose();
 }
 
+// The FFN's output [T, d_model] for its input rows; keeps the pre-activations in f.
+MatrixXd ffn_forward(const LayerConstants& c, const MatrixXd& in, Forward& f) {
+  f.up = in * c.w_up.transpose();
+  add_bias(f.up, c.b_up);
+  MatrixXd act;
+  switch (c.ffn) {
+    case model::FfnKind::kSwiGlu:
+      f.gate = in * c.w_gate.transpose();
+      act = f.gate.array() / (1.0 + (-f.gate.array()).exp()) * f.up.array();
+      break;
+    case model::FfnKind::kRelu:
+      act = f.up.cwiseMax(0.0);
+      break;
+    case model::FfnKind::kGelu:
+      act = f.up.unaryExpr([](double v) { return gelu(v); });
+      break;
+  }
+  MatrixXd out = act * c.w_down.transpose();
+  add_bias(out, c.b_down);
+  return out;
+}
+
+// Given dL/d(FFN output), dL/d(FFN input).
+MatrixXd ffn_backward(const LayerConstants& c, const Forward& f, const MatrixXd& dout) {
+  const MatrixXd dact = dout * c.w_down;  // [T, d_ffn]
+  switch (c.ffn) {
+    case model::FfnKind::kSwiGlu: {
+      const Eigen::ArrayXXd sig = 1.0 / (1.0 + (-f.gate.array()).exp());
+      const MatrixXd dgate =
+          dact.array() * f.up.array() * sig * (1.0 + f.gate.array() * (1.0 - sig));
+      const MatrixXd dup = dact.array() * f.gate.array() * sig;
+      return dgate * c.w_gate + dup * c.w_up;
+    }
+    case model::FfnKind::kRelu: {
+      const MatrixXd dup = (f.up.array() > 0.0).select(dact, 0.0);
+      return dup * c.w_up;
+    }
+    case model::FfnKind::kGelu: {
+      const MatrixXd dup = dact.array() * f.up.unaryExpr([](double v) { return gelu_grad(v); }).array();
+      return dup * c.w_up;
+    }
+  }
+  return MatrixXd();
+}
+
 Forward run_forward(const LayerConstants& c, const WindowInputs& w, const LayerBases& b, int64_t rk,
                     int64_t rv) {
   const int64_t T = w.x.rows(), dh = c.head_dim, g = c.n_heads / c.n_kv;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
   Forward f;
   for (int64_t j = 0; j < c.n_kv; ++j) {
     f.k_proj.push_back(project(w.k[j], b.key[j], rk));
@@ -95,8 +177,13 @@ Forward run_forward(const LayerConstants& c, const WindowInputs& w, const LayerB
   MatrixXd heads(T, c.n_heads * dh);  // [T, n_heads * d_h]
   for (int64_t h = 0; h < c.n_heads; ++h) {
     // (U^T q).(U^T k) = q.(U U^T k): projecting the key alone gives the kPost/kNoRope score.
-    MatrixXd s = (w.q[h] * f.k_proj[h / g].transpose()) * scale;  // [T, T]
+    MatrixXd s = (w.q[h] * f.k_proj[h / g].transpose()) * c.score_scale;  // [T, T]
+    const double slope = c.alibi.size() > 0 ? c.alibi(h) : 0.0;
     for (int64_t t = 0; t < T; ++t) {
+      // ALiBi: slope * (key position - query position), added after the scale; it does not
+      // depend on the bases, so the backward pass sees only the shifted scores.
+      if (slope != 0)
+        for (int64_t u = 0; u <= t; ++u) s(t, u) += slope * static_cast<double>(u - t);
       const double mx = s.row(t).head(t + 1).maxCoeff();
       double sum = 0;
       for (int64_t u = 0; u <= t; ++u) sum += (s(t, u) = std::exp(s(t, u) - mx));
@@ -106,13 +193,18 @@ Forward run_forward(const LayerConstants& c, const WindowInputs& w, const LayerB
     heads.middleCols(h * dh, dh) = s * f.v_proj[h / g];
     f.attn.push_back(std::move(s));
   }
-  f.h1 = w.x + heads * c.wo.transpose();
-  add_bias(f.h1, c.bo);
-  const MatrixXd hn = rms_norm(f.h1, c.ffn_norm, c.norm_eps, &f.h1_inv_rms);
-  f.gate = hn * c.w_gate.transpose();
-  f.up = hn * c.w_up.transpose();
-  const MatrixXd act = f.gate.array() / (1.0 + (-f.gate.array()).exp()) * f.up.array();
-  f.y = f.h1 + act * c.w_down.transpose();
+  f.a = w.x + heads * c.wo.transpose();
+  add_bias(f.a, c.bo);
+  if (c.post_norm) {
+    f.h1 = norm_rows(c, f.a, c.attn_norm, c.attn_norm_bias, &f.a_norm);
+    f.z = f.h1 + ffn_forward(c, f.h1, f);
+    f.y = norm_rows(c, f.z, c.ffn_norm, c.ffn_norm_bias, &f.z_norm);
+  } else {
+    f.h1 = f.a;
+    const MatrixXd hn = norm_rows(c, f.h1, c.ffn_norm, c.ffn_norm_bias, &f.h1_norm);
+    f.z = f.h1 + ffn_forward(c, hn, f);
+    f.y = f.z;
+  }
   return f;
 }
 
@@ -126,16 +218,18 @@ void add_projection_grad(const MatrixXd& x, const MatrixXd& dx_proj, const Matri
 void run_backward(const LayerConstants& c, const WindowInputs& w, const LayerBases& b, int64_t rk,
                   int64_t rv, const Forward& f, LayerBases& grad) {
   const int64_t dh = c.head_dim, g = c.n_heads / c.n_kv;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
   const MatrixXd dy = 2.0 * (f.y - w.target);  // [T, d_model]
-  // FFN: y = h1 + (silu(gate) * up) W_down^T.
-  const MatrixXd dact = dy * c.w_down;  // [T, d_ffn]
-  const Eigen::ArrayXXd sig = 1.0 / (1.0 + (-f.gate.array()).exp());
-  const MatrixXd dgate = dact.array() * f.up.array() * sig * (1.0 + f.gate.array() * (1.0 - sig));
-  const MatrixXd dup = dact.array() * f.gate.array() * sig;
-  const MatrixXd dhn = dgate * c.w_gate + dup * c.w_up;  // [T, d_model]
-  const MatrixXd dh1 = dy + rms_norm_backward(f.h1, c.ffn_norm, f.h1_inv_rms, dhn);
-  const MatrixXd dheads = dh1 * c.wo;  // [T, n_heads * d_h]
+  MatrixXd da;                                 // dD/da [T, d_model]
+  if (c.post_norm) {
+    // y = norm(z), z = h1 + ffn(h1), h1 = norm(a).
+    const MatrixXd dz = norm_rows_backward(c, f.z, c.ffn_norm, f.z_norm, dy);
+    const MatrixXd dh1 = dz + ffn_backward(c, f, dz);
+    da = norm_rows_backward(c, f.a, c.attn_norm, f.a_norm, dh1);
+  } else {
+    // y = h1 + ffn(norm(h1)), h1 = a.
+    da = dy + norm_rows_backward(c, f.h1, c.ffn_norm, f.h1_norm, ffn_backward(c, f, dy));
+  }
+  const MatrixXd dheads = da * c.wo;  // [T, n_heads * d_h]
   std::vector<MatrixXd> dk(c.n_kv, MatrixXd::Zero(w.x.rows(), dh));
   std::vector<MatrixXd> dv(c.n_kv, MatrixXd::Zero(w.x.rows(), dh));
   for (int64_t h = 0; h < c.n_heads; ++h) {
@@ -143,9 +237,9 @@ void run_backward(const LayerConstants& c, const WindowInputs& w, const LayerBas
     const auto dout = dheads.middleCols(h * dh, dh);  // [T, d_h]
     const MatrixXd& a = f.attn[h];
     dv[j].noalias() += a.transpose() * dout;
-    const MatrixXd da = dout * f.v_proj[j].transpose();  // [T, T]
-    const Eigen::VectorXd row_dot = (da.array() * a.array()).rowwise().sum();
-    const MatrixXd ds = (a.array() * (da.array().colwise() - row_dot.array())) * scale;
+    const MatrixXd dattn = dout * f.v_proj[j].transpose();  // [T, T]
+    const Eigen::VectorXd row_dot = (dattn.array() * a.array()).rowwise().sum();
+    const MatrixXd ds = (a.array() * (dattn.array().colwise() - row_dot.array())) * c.score_scale;
     dk[j].noalias() += ds.transpose() * w.q[h];
   }
   for (int64_t j = 0; j < c.n_kv; ++j) {
@@ -196,17 +290,38 @@ LayerConstants layer_constants(const model::ModelConfig& config, const model::La
   c.bv = bias_to_double(layer.bv);
   c.bo = bias_to_double(layer.bo);
   c.rope_halves = config.arch.rope_layout == model::RopeLayout::kHalves;
-  EKV_CHECK(config.arch.norm == model::NormKind::kRms && config.arch.ffn == model::FfnKind::kSwiGlu &&
-                !config.arch.norm_bias && !config.arch.ffn_bias &&
-                config.arch.position != model::PositionKind::kAlibi && config.arch.clip_qkv == 0 &&
-                config.arch.query_scale == 0,
-            "StiefAttention's layer gradient covers RMSNorm and SwiGLU layers with RoPE or no "
-            "positions; architecture ", config.arch.name, " has others");
-  c.w_gate = to_double(layer.w_gate);
+  const model::ArchSpec& arch = config.arch;
+  // What ArchSpec describes but neither the engine nor this layer runs yet.
+  EKV_CHECK(arch.sliding_window == 0, "StiefAttention's layer gradient has no sliding window (",
+            arch.sliding_window, ") of architecture ", arch.name);
+  EKV_CHECK(arch.attn_softcap == 0, "StiefAttention's layer gradient has no attention softcap (",
+            arch.attn_softcap, ") of architecture ", arch.name);
+  c.norm = arch.norm;
+  c.ffn = arch.ffn;
+  c.post_norm = arch.post_norm;
+  c.score_scale = arch.query_scale > 0 ? arch.query_scale
+                                       : 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  // The engine scales in float32: the same float, then in double.
+  c.score_scale = static_cast<float>(c.score_scale);
+  c.clip_qkv = static_cast<float>(arch.clip_qkv);  // the engine clamps at the float
+  if (arch.position == model::PositionKind::kAlibi) {
+    const std::vector<float> slopes = model::alibi_slopes(c.n_heads, arch.alibi_bias_max);
+    c.alibi = Eigen::Map<const Eigen::VectorXf>(slopes.data(), c.n_heads).cast<double>();
+  }
+  c.w_gate = arch.ffn == model::FfnKind::kSwiGlu ? to_double(layer.w_gate) : MatrixXd();
   c.w_up = to_double(layer.w_up);
   c.w_down = to_double(layer.w_down);
+  c.b_up = bias_to_double(layer.b_up);
+  c.b_down = bias_to_double(layer.b_down);
   c.attn_norm = to_double(layer.attn_norm);
   c.ffn_norm = to_double(layer.ffn_norm);
+  c.attn_norm_bias = bias_to_double(layer.attn_norm_bias);
+  c.ffn_norm_bias = bias_to_double(layer.ffn_norm_bias);
+  EKV_CHECK(c.w_up.rows() == c.d_ffn && c.w_down.cols() == c.d_ffn &&
+                (arch.ffn != model::FfnKind::kSwiGlu || c.w_gate.rows() == c.d_ffn),
+            "the layer's FFN weights do not match d_ffn ", c.d_ffn);
+  EKV_CHECK(c.attn_norm.size() == c.d_model && c.ffn_norm.size() == c.d_model,
+            "the layer's norm weights do not match d_model ", c.d_model);
   const int64_t half = c.rope ? static_cast<int64_t>(inv_freq.size()) : 0;
   EKV_CHECK(2 * half <= c.head_dim, "RoPE rotates ", 2 * half, " dimensions of a ", c.head_dim,
             "-wide head");
@@ -232,13 +347,18 @@ WindowInputs window_inputs(const LayerConstants& c, const float* x, const float*
   w.x = Eigen::Map<const RowMajorF>(x, n_tokens, c.d_model).cast<double>();
   w.target = Eigen::Map<const RowMajorF>(target, n_tokens, c.d_model).cast<double>();
   w.target_sq = w.target.squaredNorm();
-  const MatrixXd xn = rms_norm(w.x, c.attn_norm, c.norm_eps, nullptr);  // [T, d_model]
+  // Post-norm layers project the residual stream itself; pre-norm ones its norm.
+  const MatrixXd xn = c.post_norm ? w.x
+                                  : norm_rows(c, w.x, c.attn_norm, c.attn_norm_bias, nullptr);
   MatrixXd q = xn * c.wq.transpose();  // [T, n_heads * d_h]
   MatrixXd k = xn * c.wk.transpose();  // [T, n_kv * d_h]
   MatrixXd v = xn * c.wv.transpose();  // [T, n_kv * d_h]
   add_bias(q, c.bq);
   add_bias(k, c.bk);
   add_bias(v, c.bv);
+  if (c.clip_qkv > 0) {  // MPT's clamp, before any basis (and before RoPE)
+    for (MatrixXd* m : {&q, &k, &v}) *m = m->cwiseMax(-c.clip_qkv).cwiseMin(c.clip_qkv);
+  }
   for (int64_t h = 0; h < c.n_heads; ++h) {
     w.q.push_back(q.middleCols(h * dh, dh));
     rotate_rows(c, w.q.back(), 1.0);
