@@ -87,6 +87,37 @@ TEST(Cli, PerplexityJsonFields) {
   EXPECT_DOUBLE_EQ(j["top1_agree"].get<double>(), 1.0);
 }
 
+// --llamacpp-protocol scores as llama-perplexity does (BOS at each window start, the second half
+// of each window), and gives the float64 reference's perplexity under the same protocol.
+TEST(Cli, PerplexityLlamaCppProtocolMatchesTheReference) {
+  EKV_REQUIRE_REFERENCE();
+  const std::string text = testing::temp_path("ppl_llamacpp.txt");
+  std::string story;
+  for (int i = 0; i < 20; ++i) story += "Tom had a red ball. He threw it to his dog, who ran. ";
+  std::ofstream(text) << story;
+  Outcome o = run("perplexity -m " + kBundled + " -f " + text +
+                  " --ctx 64 --llamacpp-protocol --json 2>/dev/null");
+  ASSERT_EQ(o.status, 0) << o.out;
+  const auto j = nlohmann::json::parse(o.out);
+  EXPECT_EQ(j["protocol"], "llama.cpp");
+  EXPECT_EQ(j["tokens_scored"].get<int>(), j["windows"].get<int>() * (64 - 1 - 32));
+  Outcome ids = run("tokenize -m " + kBundled + " -f " + text + " --json");
+  ASSERT_EQ(ids.status, 0) << ids.out;
+  const std::string ids_file = testing::temp_path("ppl_llamacpp_ids.json");
+  std::ofstream(ids_file) << ids.out;
+  int status = 0;
+  const std::string ref = testing::run_command(
+      testing::reference_script() + " perplexity --model " + kBundled + " --tokens-file " +
+          ids_file + " --ctx 64 --llamacpp-protocol",
+      &status);
+  std::filesystem::remove(text);
+  std::filesystem::remove(ids_file);
+  ASSERT_EQ(status, 0) << ref;
+  const auto r = nlohmann::json::parse(ref);
+  EXPECT_EQ(r["tokens_scored"], j["tokens_scored"]);
+  EXPECT_NEAR(j["ppl"].get<double>() / r["ppl"].get<double>(), 1.0, 1e-4);
+}
+
 TEST(Cli, BenchJsonRows) {
   Outcome o = run("bench -m " + kBundled + " -p 16 -n 4 -d 0,16 -r 1 --json");
   ASSERT_EQ(o.status, 0) << o.out;

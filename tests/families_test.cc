@@ -187,13 +187,9 @@ TEST(Opt, PositionsPastTheTableAndUnbuiltVariantsAreRefused) {
     EXPECT_NE(std::string(e.what()).find("learned positions"), std::string::npos) << e.what();
   }
   EXPECT_EQ(cache.size(), 0);
-  const fs::path out = fs::temp_directory_path() / "eigenkv_opt_refused.gguf";
-  EXPECT_THROW(model::save_gguf(*m, out.string()), Error);
-  EXPECT_FALSE(fs::exists(out));
   std::ifstream in(testing::shared_path(std::string(kOpt) + "/config.json"));
   const nlohmann::json base = nlohmann::json::parse(in);
   for (auto [key, value] : {std::pair<const char*, nlohmann::json>{"activation_function", "gelu"},
-                            {"word_embed_proj_dim", 128},
                             {"layer_norm_elementwise_affine", false}}) {
     nlohmann::json j = base;
     j[key] = value;
@@ -206,20 +202,59 @@ TEST(Opt, PositionsPastTheTableAndUnbuiltVariantsAreRefused) {
   }
 }
 
-// calibrate refuses a model it could not save before it calibrates, and writes nothing.
-TEST(Opt, CalibrateRefusesBeforeItsWork) {
+// OPT has no llama.cpp layout; eigenkv's (DESIGN.md, "Families") follows GGUF's conventions:
+// llama's tensor names with biases beside their weights, a position table that starts at
+// position 0 (Hugging Face's two offset rows left out), opt.layer_norm_before. It loads back to
+// the same logits.
+TEST(Opt, GgufRoundTripKeepsTheLogits) {
   EKV_REQUIRE_SHARED(kOpt);
-  const fs::path out = fs::temp_directory_path() / "eigenkv_opt_calibrated.gguf";
+  const auto hf = model::Model::load(testing::shared_path(kOpt));
+  const fs::path out = fs::temp_directory_path() / ("eigenkv_opt_" + std::to_string(::getpid()) + ".gguf");
+  model::save_gguf(*hf, out.string());
+  {
+    const io::GgufFile f(out.string());
+    EXPECT_EQ(f.get_string("general.architecture"), "opt");
+    EXPECT_TRUE(f.get_bool("opt.layer_norm_before"));
+    EXPECT_NEAR(f.get_float("opt.attention.layer_norm_epsilon"), 1e-5, 1e-12);
+    EXPECT_FALSE(f.has("opt.rope.freq_base"));
+    ASSERT_NE(f.find_tensor("position_embd.weight"), nullptr);
+    EXPECT_EQ(f.find_tensor("position_embd.weight")->shape, (std::vector<int64_t>{512, 256}));
+    ASSERT_NE(f.find_tensor("blk.3.ffn_down.bias"), nullptr);
+    ASSERT_NE(f.find_tensor("blk.0.attn_norm.bias"), nullptr);
+    ASSERT_NE(f.find_tensor("output_norm.bias"), nullptr);
+    EXPECT_EQ(f.find_tensor("blk.0.ffn_gate.weight"), nullptr);
+    EXPECT_EQ(f.find_tensor("output.weight"), nullptr);
+  }
+  const auto gg = model::Model::load(out.string());
+  fs::remove(out);
+  EXPECT_EQ(gg->config().arch.position_offset, 0);
+  EXPECT_EQ(gg->weights().position_embedding.rows, 512);
+  EXPECT_TRUE(gg->config().arch.o_bias && gg->config().arch.ffn_bias);
+  const std::vector<int32_t> ids = {1, 403, 407, 261, 378, 426, 410, 13, 13, 441};
+  EXPECT_LT(max_relative_diff(logits_of(*gg, ids), logits_of(*hf, ids)), 1e-6);
+  expect_golden_logits(*gg, golden(kOpt), "opt (GGUF written by eigenkv)");
+}
+
+// calibrate compresses an OPT model to half its KV cache and writes a GGUF that runs.
+TEST(Opt, CalibrateWritesARunnableCompressedModel) {
+  EKV_REQUIRE_SHARED(kOpt);
+  const fs::path out = fs::temp_directory_path() / ("eigenkv_opt_calibrated_" + std::to_string(::getpid()) + ".gguf");
   int status = 0;
   const std::string said = testing::run_command(
       std::string(EIGENKV_BINARY) + " calibrate -m " + testing::shared_path(kOpt) + " -f " +
           testing::source_path("data/tinystories-calib.txt") + " --kv-budget 0.5 -t 1 -o " +
           out.string() + " 2>&1",
       &status);
-  EXPECT_EQ(status, 1) << said;
-  EXPECT_NE(said.find("saving an opt model to GGUF is not built"), std::string::npos) << said;
-  EXPECT_EQ(said.find("layer"), std::string::npos) << "calibrated before refusing: " << said;
-  EXPECT_FALSE(fs::exists(out));
+  ASSERT_EQ(status, 0) << said;
+  const auto m = model::Model::load(out.string());
+  fs::remove(out);
+  EXPECT_TRUE(m->is_compressed());
+  EXPECT_EQ(m->weights().layers[0].key_mode, model::KeyMode::kNoRope);
+  const auto full = model::Model::load(testing::shared_path(kOpt));
+  EXPECT_LE(m->kv_bytes_per_token(), full->kv_bytes_per_token() / 2);
+  const std::vector<int32_t> ids = {1, 403, 407, 261, 378, 426, 410, 13, 13, 441};
+  const std::vector<float> a = logits_of(*m, ids), b = logits_of(*full, ids);
+  EXPECT_LT(max_relative_diff(a, b), 0.5);  // compressed, yet the same model
 }
 
 constexpr const char* kMpt = "models/mpt-tiny-hf";
@@ -312,9 +347,11 @@ fs::path mpt_variant(const std::string& name, const std::function<void(nlohmann:
 }
 
 // clip_qkv clamps q, k and v after the projection: a clamp above every activation changes
-// nothing, a tight one changes the logits; compressing such a model is refused (the clamp sits
-// between W x and the basis, so folding would not be exact).
-TEST(Mpt, ClipQkvClampsAndCompressionIsRefused) {
+// nothing, a tight one changes the logits. Compression keeps the clamp between W x and the bases
+// (the bases apply after it, two products each): exact at full rank, where folding the bases into
+// W_q/W_k/W_v would not be; at half the KV it runs, survives the GGUF round trip bit for bit, and
+// `info` says the bases apply after the clamp.
+TEST(Mpt, ClipQkvClampsAndCompressionKeepsTheClamp) {
   EKV_REQUIRE_SHARED(kMpt);
   const auto base = model::Model::load(testing::shared_path(kMpt));
   const std::vector<int32_t> ids = {1, 403, 407, 261, 378, 426, 410, 13, 13, 441};
@@ -325,19 +362,61 @@ TEST(Mpt, ClipQkvClampsAndCompressionIsRefused) {
   EXPECT_EQ(logits_of(*model::Model::load(loose.string()), ids), logits_of(*base, ids));
   EXPECT_GT(max_relative_diff(logits_of(*clipped, ids), logits_of(*base, ids)), 1e-3);
   const std::vector<int32_t> text = testing::repo_text_ids(*clipped, "data/tinystories-calib.txt");
+  const std::vector<int32_t> probe(text.begin(), text.begin() + 100);
+  const std::vector<float> before = logits_of(*clipped, probe);
   compress::CalibrationOptions o;
   o.key_mode = model::KeyMode::kNoRope;
-  o.kv_budget = 0.5;
   o.progress = false;
-  try {
-    compress::calibrate_eigen(*clipped, text, o);
-    ADD_FAILURE() << "a clip_qkv model was compressed";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("clip_qkv"), std::string::npos) << e.what();
+  o.max_tokens = 1024;
+  {
+    auto full = model::Model::load(tight.string());
+    o.threshold = 0.0;
+    compress::calibrate_eigen(*full, text, o);
+    ASSERT_TRUE(full->is_compressed());
+    EXPECT_EQ(full->weights().layers[0].key_rank, full->config().head_dim);
+    EXPECT_TRUE(full->weights().layers[0].bases_after_clamp);
+    EXPECT_LT(max_relative_diff(logits_of(*full, probe), before), 1e-4);
   }
-  EXPECT_FALSE(clipped->is_compressed());
+  o.allotment = compress::Allotment::kKvBudget;
+  o.kv_budget = 0.5;
+  compress::calibrate_eigen(*clipped, text, o);
+  ASSERT_TRUE(clipped->is_compressed());
+  EXPECT_LE(clipped->kv_bytes_per_token(), base->kv_bytes_per_token() / 2);
+  const std::vector<float> half = logits_of(*clipped, probe);
+  EXPECT_GT(max_relative_diff(half, before), 0.0);
+  EXPECT_LT(max_relative_diff(half, before), 0.5);
+  const fs::path out = fs::temp_directory_path() / ("eigenkv_mpt_clip_" + std::to_string(::getpid()) + ".gguf");
+  model::save_gguf(*clipped, out.string());
+  const auto reloaded = model::Model::load(out.string());
+  EXPECT_TRUE(reloaded->weights().layers[0].bases_after_clamp);
+  EXPECT_LT(max_relative_diff(logits_of(*reloaded, probe), half), 1e-6);
+  int status = 0;
+  const std::string said = testing::run_command(
+      std::string(EIGENKV_BINARY) + " info -m " + out.string() + " 2>&1", &status);
+  EXPECT_EQ(status, 0) << said;
+  EXPECT_NE(said.find("after clip_qkv's clamp"), std::string::npos) << said;
+  fs::remove(out);
   fs::remove_all(loose);
   fs::remove_all(tight);
+}
+
+// calibrate refuses a model it could not save before it calibrates, and writes nothing: an MPT
+// softmax_scale has no GGUF key.
+TEST(Mpt, CalibrateRefusesWhatItCannotSaveBeforeItsWork) {
+  EKV_REQUIRE_SHARED(kMpt);
+  const fs::path dir = mpt_variant("scaled", [](nlohmann::json& j) { j["attn_config"]["softmax_scale"] = 0.1; });
+  const fs::path out = fs::temp_directory_path() / "eigenkv_mpt_calibrated.gguf";
+  int status = 0;
+  const std::string said = testing::run_command(
+      std::string(EIGENKV_BINARY) + " calibrate -m " + dir.string() + " -f " +
+          testing::source_path("data/tinystories-calib.txt") + " --kv-budget 0.5 -t 1 -o " +
+          out.string() + " 2>&1",
+      &status);
+  fs::remove_all(dir);
+  EXPECT_EQ(status, 1) << said;
+  EXPECT_NE(said.find("softmax_scale"), std::string::npos) << said;
+  EXPECT_EQ(said.find("layer"), std::string::npos) << "calibrated before refusing: " << said;
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST(Mpt, UnbuiltVariantsAreRefusedByName) {

@@ -86,10 +86,19 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer tokens, epochs and windows")
     ap.add_argument("--models", default="", help="comma-separated names under ../shared/models")
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS),
+                    help="KV fractions F to allot (--kv-budgets) and to compare at uniform ranks")
+    ap.add_argument("--ranks", default="",
+                    help="candidate ranks as fractions of d_h (calibrate --ranks; default its own "
+                         "0.5..0.9); must hold every F")
+    ap.add_argument("--title", default="StiefAttention against Eigen Attention at equal KV size")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "results", "stief.md"))
     ap.add_argument("--plot", default=os.path.join(ROOT, "docs", "results", "stief_profile.svg"),
                     help="profile plot of the first model run ('' for none)")
     a = ap.parse_args()
+    fractions = [float(f) for f in a.fractions.split(",") if f]
+    rank_args = ["--ranks", a.ranks] if a.ranks else []
+    candidates = a.ranks.replace(",", ", ") if a.ranks else "0.5..0.9"
     tmp = tempfile.mkdtemp(prefix="eigenkv_stief_")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     calib, evalp = split_valid_a(tmp)
@@ -101,14 +110,15 @@ def main():
     threads = ["-t", a.threads]
     started = time.time()
     wanted = [m for m in a.models.split(",") if m] or shared_models()
-    lines = ["## StiefAttention against Eigen Attention at equal KV size\n",
+    lines = ["## %s\n" % a.title,
              "Calibration: the first %s tokens of the first half of valid_a (ctx 256); Stief "
              "trains with `%s` (defaults: 64 windows, 10 epochs, lr 5e-3), profiles on the "
              "first 8 windows. Held-out layer "
              "errors: the first 8 windows of valid_a's second half. PPL/KLD/top-1: the first %d "
              "windows of valid_a's second half (TS) and of WikiText-2 test (Wiki). Eigen = the "
              "same command with `--epochs 0`: same bases as Eigen Attention, same candidate "
-             "ranks 0.5..0.9 d_h, same allocator.\n" % (tokens, " ".join(train + stief_epochs) or "defaults", windows)]
+             "ranks %s d_h, same allocator.\n" % (tokens, " ".join(train + stief_epochs) or "defaults", windows,
+                                                  candidates)]
     skipped = []
     plot_done = not a.plot
     timing = []
@@ -129,8 +139,9 @@ def main():
             pattern = os.path.join(tmp, method + "_{}.gguf")
             prof = os.path.join(tmp, method + "_profile.json")
             args = ["calibrate", "--method", "stief", "-m", path, "-f", calib, "--tokens", tokens,
-                    "--kv-budgets", ",".join(str(f) for f in FRACTIONS), "--heldout", evalp,
-                    "-o", pattern, "--profile-json", prof, "--json"] + train + epochs + threads
+                    "--kv-budgets", ",".join(str(f) for f in fractions), "--heldout", evalp,
+                    "-o", pattern, "--profile-json", prof, "--json"] + train + epochs + threads \
+                + rank_args
             if method == "Stief" and not plot_done:
                 args += ["--plot", a.plot]
                 plot_done = True
@@ -143,7 +154,7 @@ def main():
                 timing.append((rel, time.time() - t0, cal["seconds"], cpu, a.threads))
                 profiles = json.load(open(prof))
             runs[method] = cal
-        for i, frac in enumerate(FRACTIONS):
+        for i, frac in enumerate(fractions):
             for method in ("Eigen", "Stief"):
                 cal = runs[method]
                 out = cal["outputs"][i]
@@ -161,7 +172,7 @@ def main():
                                       wk["kld_mean"], 100 * wk["top1_agree"]))
         # Uniform ranks from the last Stief run's profiles (both methods' held-out profiles).
         dh = profiles["head_dim"]
-        for frac in FRACTIONS:
+        for frac in fractions:
             r = int(round(frac * dh))
             row = []
             for key in ("eigen_heldout", "stief_heldout"):
@@ -189,7 +200,7 @@ def main():
         run(["calibrate", "--method", "stief", "--shared-key-basis", "-m", path, "-f", calib,
              "--tokens", tokens, "--kv-budget", "0.5", "--heldout", evalp, "-o",
              os.path.join(tmp, "shared.gguf"), "--profile-json", shared_prof, "--json"]
-            + train + stief_epochs + threads)
+            + train + stief_epochs + threads + rank_args)
         shared = json.load(open(shared_prof))
         lines.append("#### Key basis per KV head (default) or shared by the layer's KV heads\n")
         lines.append("`--shared-key-basis`: one U_K per layer (the paper's choice), started from "
@@ -202,7 +213,7 @@ def main():
         lines.append("| F | r | Eigen (per head) | Stief per-head K | Stief shared K | "
                      "cosine per-head K | cosine shared K |")
         lines.append("|--:|--:|--:|--:|--:|--:|--:|")
-        for frac in FRACTIONS:
+        for frac in fractions:
             r = int(round(frac * dh))
             e = [at_ranks(l["eigen_heldout"], r, r) for l in profiles["layers"]]
             ph = [at_ranks(l["stief_heldout"], r, r) for l in profiles["layers"]]
@@ -221,20 +232,20 @@ def main():
         lines += allot_rows
         lines.append("")
         print("done %s after %.0f s" % (rel, time.time() - started), file=sys.stderr)
-        write(a, lines, timing, skipped, started, wanted[wanted.index(rel) + 1:])
-    write(a, lines, timing, skipped, started, None)
+        write(a, lines, timing, skipped, started, wanted[wanted.index(rel) + 1:], len(fractions))
+    write(a, lines, timing, skipped, started, None, len(fractions))
     print("wrote", a.out, file=sys.stderr)
 
 
-def write(a, lines, timing, skipped, started, pending):
+def write(a, lines, timing, skipped, started, pending, n_budgets):
     """Writes the document; `pending` names the models still to run (None when complete)."""
     out = list(lines)
     if timing:
         out.append("### Calibration time\n")
         out.append("Wall times on a machine shared with other jobs (load average %.1f when "
                    "written); CPU time is the process's own.\n" % os.getloadavg()[0])
-        out.append("| model | threads | `calibrate --method stief` wall time, 5 budgets written "
-                   "(s) | of which calibration, training and profiles (s) | CPU time (s) |")
+        out.append("| model | threads | `calibrate --method stief` wall time, %d budgets written "
+                   "(s) | of which calibration, training and profiles (s) | CPU time (s) |" % n_budgets)
         out.append("|--|--:|--:|--:|--:|")
         for rel, wall, inside, cpu, th in timing:
             out.append("| %s | %s | %.1f | %.1f | %s |" % (

@@ -71,4 +71,27 @@ void save_model(const model::Model& model, const std::string& path, const std::s
   }
 }
 
+void print_tensor_line(size_t index, size_t count, const std::string& name,
+                       const std::vector<int64_t>& shape, io::TensorType from, io::TensorType to,
+                       size_t bytes_in, size_t bytes_out, const std::string& note) {
+  std::string shape_text;
+  for (int64_t d : shape) shape_text += (shape_text.empty() ? "" : " x ") + std::to_string(d);
+  const std::string position =
+      count > 0 ? std::to_string(index) + "/" + std::to_string(count) : std::to_string(index);
+  std::printf("[%7s] %-32s %-16s %5s -> %-5s %9.3f MB -> %9.3f MB%s%s\n", position.c_str(),
+              name.c_str(), shape_text.c_str(), std::string(io::tensor_type_info(from).name).c_str(),
+              std::string(io::tensor_type_info(to).name).c_str(), 1e-6 * double(bytes_in),
+              1e-6 * double(bytes_out), note.empty() ? "" : "  ", note.c_str());
+  std::fflush(stdout);
+}
+
+void print_size_total(size_t total_in, size_t total_out, int64_t numbers, int fallbacks,
+                      const std::string& out) {
+  std::printf("model size %.2f MB -> %.2f MB (%.2f bits per weight)", 1e-6 * double(total_in),
+              1e-6 * double(total_out),
+              numbers > 0 ? 8.0 * static_cast<double>(total_out) / numbers : 0.0);
+  if (fallbacks > 0) std::printf(", %d tensors in a fallback type", fallbacks);
+  std::printf("\nwrote %s\n", out.c_str());
+}
+
 }  // namespace eigenkv::cli

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "io/tensor_type.h"
 #include "model/model.h"
 
 namespace eigenkv::cli {
@@ -38,6 +39,23 @@ uint64_t& max_text_bytes();
 // The text given by -p or read from -f (exactly one of them may be set; both empty gives "").
 std::string prompt_text(const std::string& prompt, const std::string& file);
 
+// llama.cpp's GGML_QNT_VERSION (the block formats' version), written with a quantized type mix
+// as general.quantization_version.
+inline constexpr uint32_t kQuantizationVersion = 2;
+
+// One line per tensor of a conversion: index (of count, when count > 0), name, shape, types,
+// sizes and a type fallback's note.
+void print_tensor_line(size_t index, size_t count, const std::string& name,
+                       const std::vector<int64_t>& shape, io::TensorType from, io::TensorType to,
+                       size_t bytes_in, size_t bytes_out, const std::string& note);
+// The closing line: total sizes, bits per weight, fallbacks, the file written.
+void print_size_total(size_t total_in, size_t total_out, int64_t numbers, int fallbacks,
+                      const std::string& out);
+
+// A Hugging Face directory written as GGUF in `type`: f32, f16, bf16 or a quantization mix
+// (eigenkv convert; also eigenkv quantize of a directory). Prints a line per weight matrix.
+void convert_hf_to_gguf(const std::string& dir, const std::string& out, const std::string& type);
+
 // Each subcommand registers itself on the app; its callback runs the job.
 void register_generate(CLI::App& app);
 void register_perplexity(CLI::App& app);
@@ -48,6 +66,7 @@ void register_calibrate(CLI::App& app);
 void register_compare(CLI::App& app);
 void register_quantize_cache(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_convert(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_serve(CLI::App& app);
 

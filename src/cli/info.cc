@@ -46,6 +46,10 @@ void run(const InfoFlags& f) {
     nlohmann::json layer = {{"key_mode", model::key_mode_name(L.key_mode)},
                             {"key_rank", L.key_rank},
                             {"value_rank", L.value_rank}};
+    if (L.key_mode != model::KeyMode::kFull) {
+      // "folded": the bases are in W_q/W_k/W_v; "after_clamp": clip_qkv keeps them apart.
+      layer["bases"] = L.bases_after_clamp ? "after_clamp" : "folded";
+    }
     if (model->has_cache_allotment()) {
       layer["key_bits8"] = L.key_n8;
       layer["value_bits8"] = L.value_n8;
@@ -93,6 +97,12 @@ void run(const InfoFlags& f) {
     }
     std::printf("ranks r_K/r_V:  %s (of %lld)\n", ranks.c_str(),
                 static_cast<long long>(c.head_dim));
+    if (model->weights().layers[0].bases_after_clamp) {
+      std::printf("bases:          applied after clip_qkv's clamp (W_q, W_k, W_v kept full: two "
+                  "products each)\n");
+    } else {
+      std::printf("bases:          folded into the attention weights\n");
+    }
   }
   if (model->has_cache_allotment()) {
     std::string bits;

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   eigenkv::cli::register_compare(app);
   eigenkv::cli::register_quantize_cache(app);
   eigenkv::cli::register_quantize(app);
+  eigenkv::cli::register_convert(app);
   eigenkv::cli::register_eval(app);
   eigenkv::cli::register_serve(app);
   try {

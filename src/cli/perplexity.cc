@@ -18,6 +18,7 @@ struct PerplexityFlags {
   int64_t ctx = 256;
   int64_t max_windows = 0;
   bool decode = false;
+  bool llamacpp = false;
   std::string kld_base;
   bool json = false;
 };
@@ -38,6 +39,7 @@ void run(const PerplexityFlags& f) {
   options.ctx = f.ctx;
   options.max_windows = f.max_windows;
   options.decode = f.decode;
+  options.llamacpp_protocol = f.llamacpp;
   eval::PerplexityResult r = eval::perplexity(*model, ids, options, base.get());
   if (f.json) {
     nlohmann::json out = {{"ppl", r.ppl},
@@ -46,6 +48,7 @@ void run(const PerplexityFlags& f) {
                           {"tokens_scored", r.tokens_scored},
                           {"windows", r.windows},
                           {"ctx", f.ctx},
+                          {"protocol", f.llamacpp ? "llama.cpp" : "eigenkv"},
                           {"text_tokens", ids.size()},
                           {"tokenize_seconds", tokenize_seconds},
                           {"seconds", r.seconds},
@@ -88,6 +91,9 @@ void register_perplexity(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--decode", flags->decode,
                 "feed each window one token at a time, as generation runs (decode kernels)");
+  cmd->add_flag("--llamacpp-protocol", flags->llamacpp,
+                "score as llama-perplexity does (BOS at each window start, second half of each "
+                "window only), to compare with llama.cpp on the same file");
   cmd->add_option("--kld-base", flags->kld_base,
                   "base model: also report KL divergence from it and top-1 agreement");
   cmd->add_flag("--json", flags->json,

@@ -9,9 +9,7 @@
 // order GgufFile keeps it, with general.file_type and general.quantization_version set as
 // llama-quantize sets them.
 //
-// A Hugging Face directory is read as Model::load reads it and written by save_gguf (the one GGUF
-// writer of a model), each weight matrix converted as the file is written: the job of llama.cpp's
-// converter followed by llama-quantize, in one step and without a float32 copy.
+// A Hugging Face directory goes to convert_hf_to_gguf (eigenkv convert) with the mix.
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -36,10 +34,6 @@ namespace {
 
 using io::TensorType;
 
-// llama.cpp's GGML_QNT_VERSION: the block formats' version, written as
-// general.quantization_version.
-constexpr uint32_t kQuantizationVersion = 2;
-
 // Keys llama-quantize drops: an output is one file, not the input's splits.
 constexpr const char* kSplitKeys[] = {"split.no", "split.count", "split.tensors.count"};
 
@@ -58,14 +52,6 @@ bool is_quantized(TensorType type) {
          type != TensorType::kF64;
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s;
-  for (int64_t d : shape) s += (s.empty() ? "" : " x ") + std::to_string(d);
-  return s;
-}
-
-double megabytes(size_t bytes) { return static_cast<double>(bytes) / 1e6; }
-
 // `tensor` converted to `type` (ops::convert_rows: chunks of rows over the threads).
 std::vector<uint8_t> convert(const io::TensorView& tensor, TensorType type) {
   const int64_t width = tensor.shape.back();
@@ -73,73 +59,6 @@ std::vector<uint8_t> convert(const io::TensorView& tensor, TensorType type) {
   std::vector<uint8_t> out(io::tensor_bytes(type, rows * width));
   ops::convert_rows(tensor.type, tensor.data, type, out.data(), rows, width);
   return out;
-}
-
-// One line per tensor as it is planned: index, name, shape, types, sizes, a fallback's note.
-void print_tensor(size_t index, size_t count, const std::string& name,
-                  const std::vector<int64_t>& shape, TensorType from, TensorType to,
-                  size_t bytes_in, size_t bytes_out, const std::string& note) {
-  std::printf("[%3zu/%3zu] %-32s %-16s %5s -> %-5s %9.3f MB -> %9.3f MB%s%s\n", index, count,
-              name.c_str(), shape_text(shape).c_str(), type_name(from).c_str(),
-              type_name(to).c_str(), megabytes(bytes_in), megabytes(bytes_out),
-              note.empty() ? "" : "  ", note.c_str());
-  std::fflush(stdout);
-}
-
-void print_total(size_t total_in, size_t total_out, int64_t numbers, int fallbacks,
-                 const std::string& out) {
-  std::printf("model size %.2f MB -> %.2f MB (%.2f bits per weight)", megabytes(total_in),
-              megabytes(total_out),
-              numbers > 0 ? 8.0 * static_cast<double>(total_out) / numbers : 0.0);
-  if (fallbacks > 0) std::printf(", %d tensors in a fallback type", fallbacks);
-  std::printf("\nwrote %s\n", out.c_str());
-}
-
-// A Hugging Face directory: the model is loaded as Model::load does (its q/k rows reordered for
-// GGUF's rotary layout, as llama.cpp's converter does) and written by save_gguf with each weight
-// matrix in the mix's type, converted as the file is written; norms stay F32.
-void run_hf(const QuantizeFlags& f, ops::QuantMix mix) {
-  const auto model = model::Model::load(f.model);
-  const model::ModelConfig& c = model->config();
-  ops::QuantModelInfo info;
-  info.architecture = c.arch.name;
-  info.n_layers = c.n_layers;
-  info.n_heads = c.n_heads;
-  info.n_kv_heads = c.n_kv_heads;
-  info.has_output = !c.tied_embeddings;
-  const size_t count = (c.tied_embeddings ? 1 : 2) + 7 * static_cast<size_t>(c.n_layers);
-  std::printf("quantizing %s (Hugging Face) to %s (%s), %d threads\n", f.model.c_str(),
-              f.out.c_str(), std::string(ops::quant_mix_name(mix)).c_str(), thread_count());
-  size_t index = 0, matrices_in = 0, matrices_out = 0;
-  int fallbacks = 0;
-  model::SaveOptions options;
-  options.stored_type = [&](const std::string& name, const std::vector<int64_t>& shape,
-                            TensorType stored) {
-    const ops::TensorChoice choice = ops::choose_tensor_type(mix, name, shape, stored, info);
-    EKV_CHECK(choice.type == stored || ops::can_dequantize(stored), f.model, ": tensor '", name,
-              "' has type ", type_name(stored), ", which eigenkv cannot read");
-    const size_t in = io::tensor_bytes(stored, shape[0] * shape[1]);
-    const size_t out = io::tensor_bytes(choice.type, shape[0] * shape[1]);
-    matrices_in += in;
-    matrices_out += out;
-    fallbacks += !choice.note.empty();
-    print_tensor(++index, count, name, shape, stored, choice.type, in, out, choice.note);
-    return choice.type;
-  };
-  options.edit_metadata = [mix](io::GgufWriter& w) {
-    w.set_int("general.quantization_version", kQuantizationVersion);
-    w.set_int("general.file_type", ops::mix_file_type(mix));
-  };
-  model::save_gguf(*model, f.out, options);
-  // The norms (and anything else written as F32) are the same size on both sides.
-  size_t total_out = 0;
-  int64_t numbers = 0;
-  const io::GgufFile written(f.out);
-  for (const io::TensorView& t : written.tensors()) {
-    total_out += t.nbytes;
-    numbers += t.numel();
-  }
-  print_total(total_out - matrices_out + matrices_in, total_out, numbers, fallbacks, f.out);
 }
 
 struct Plan {
@@ -154,7 +73,7 @@ void run(const QuantizeFlags& f) {
   set_thread_count(f.threads);
   check_output_path(f.out, "-o", {f.model});
   std::error_code ec;
-  if (std::filesystem::is_directory(f.model, ec)) return run_hf(f, *mix);
+  if (std::filesystem::is_directory(f.model, ec)) return convert_hf_to_gguf(f.model, f.out, f.type);
   const io::GgufFile in(f.model);
   const ops::QuantModelInfo info = ops::quant_model_info(in);
 
@@ -203,11 +122,11 @@ void run(const QuantizeFlags& f) {
     total_out += nbytes;
     numbers += tensor.numel();
     fallbacks += !choice.note.empty();
-    print_tensor(i + 1, plan.size(), tensor.name, tensor.shape, tensor.type, choice.type,
+    print_tensor_line(i + 1, plan.size(), tensor.name, tensor.shape, tensor.type, choice.type,
                  tensor.nbytes, nbytes, choice.note);
   }
   w.write(f.out);
-  print_total(total_in, total_out, numbers, fallbacks, f.out);
+  print_size_total(total_in, total_out, numbers, fallbacks, f.out);
 }
 
 }  // namespace

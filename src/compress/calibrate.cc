@@ -94,9 +94,10 @@ int64_t checked_windows(const model::Model& model, const std::vector<int32_t>& i
   EKV_CHECK(!model.is_compressed(), model.path(),
             ": the model is already compressed; calibrate the original model instead");
   const bool rope = config.rope();
-  EKV_CHECK(config.arch.clip_qkv == 0, model.path(), ": clip_qkv = ", config.arch.clip_qkv,
-            " clamps q, k and v between their projection and the basis, so the bases cannot be "
-            "folded into the weights; compressing such a model is not built");
+  // clip_qkv clamps between the projection and the basis: the compressed layer keeps both
+  // products (fold.h), which is built for models without RoPE (MPT) only.
+  EKV_CHECK(config.arch.clip_qkv == 0 || !rope, model.path(), ": clip_qkv = ",
+            config.arch.clip_qkv, " with RoPE is not built");
   EKV_CHECK(o.key_mode != model::KeyMode::kFull, "calibration needs a low-rank key mode");
   EKV_CHECK(rope || o.key_mode == model::KeyMode::kNoRope,
             "the model has no RoPE: use the no-RoPE key mode");

@@ -85,16 +85,41 @@ model::LayerWeights fold_layer(const model::LayerWeights& full, const model::Mod
   EKV_CHECK(key_bases[0].cols() >= key_rank && value_bases[0].cols() >= value_rank,
             "the bases have fewer columns than the ranks asked for");
 
+  // clip_qkv's clamp sits between W x + b and the bases: folding would clamp the projected rows
+  // instead, which is not the same function. Such a layer keeps W_q, W_k, W_v and the bases apart.
+  const bool clamped = c.arch.clip_qkv > 0;
+  EKV_CHECK(!clamped || mode == model::KeyMode::kNoRope, "clip_qkv with key mode ",
+            model::key_mode_name(mode), " is not built (only models without RoPE clamp q/k/v)");
+
   model::LayerWeights L = full;
   L.key_mode = mode;
   L.key_rank = key_rank;
   L.value_rank = value_rank;
   L.key_basis.clear();
+  L.value_basis.clear();
+  L.bases_after_clamp = clamped;
+  // Per KV head, the first `rank` columns of each basis as a float32 [d_h, rank] matrix.
+  auto basis_matrices = [&](const std::vector<Eigen::MatrixXd>& bases, int64_t rank) {
+    std::vector<Matrix> out;
+    for (int64_t j = 0; j < nkv; ++j) {
+      Matrix u = make(dh, rank);
+      for (int64_t i = 0; i < dh; ++i) {
+        for (int64_t r = 0; r < rank; ++r)
+          u.data[i * rank + r] = static_cast<float>(bases[j](i, r));
+      }
+      out.push_back(std::move(u));
+    }
+    return out;
+  };
   // Values: cache U_V^T v; W_o^h takes U_V so the output is formed from rank space directly.
   // The folded matrices are computed in float64 from float32 copies of the stored ones.
-  L.wv = model::Weight::from_float(
-      project_heads(full.wv.to_float(), value_bases, nkv, dh, value_rank, 1));
-  L.bv = project_bias(full.bv, value_bases, nkv, dh, value_rank, 1);
+  if (clamped) {
+    L.value_basis = basis_matrices(value_bases, value_rank);
+  } else {
+    L.wv = model::Weight::from_float(
+        project_heads(full.wv.to_float(), value_bases, nkv, dh, value_rank, 1));
+    L.bv = project_bias(full.bv, value_bases, nkv, dh, value_rank, 1);
+  }
   const Matrix full_wo = full.wo.to_float();
   Matrix wo = make(c.d_model, nh * value_rank);
   for (int64_t h = 0; h < nh; ++h) {
@@ -111,6 +136,10 @@ model::LayerWeights fold_layer(const model::LayerWeights& full, const model::Mod
     }
   }
   L.wo = model::Weight::from_float(std::move(wo));
+  if (clamped) {  // W_q, W_k stay full; both project onto U_K after the clamp
+    L.key_basis = basis_matrices(key_bases, key_rank);
+    return L;
+  }
   if (mode == model::KeyMode::kPre || mode == model::KeyMode::kNoRope) {
     L.wk = model::Weight::from_float(
         project_heads(full.wk.to_float(), key_bases, nkv, dh, key_rank, 1));
@@ -121,16 +150,8 @@ model::LayerWeights fold_layer(const model::LayerWeights& full, const model::Mod
         project_heads(full.wq.to_float(), key_bases, nh, dh, key_rank, g));
     L.bq = project_bias(full.bq, key_bases, nh, dh, key_rank, g);
   }
-  if (mode == model::KeyMode::kPre || mode == model::KeyMode::kPost) {
-    for (int64_t j = 0; j < nkv; ++j) {
-      Matrix u = make(dh, key_rank);
-      for (int64_t i = 0; i < dh; ++i) {
-        for (int64_t r = 0; r < key_rank; ++r)
-          u.data[i * key_rank + r] = static_cast<float>(key_bases[j](i, r));
-      }
-      L.key_basis.push_back(std::move(u));
-    }
-  }
+  if (mode == model::KeyMode::kPre || mode == model::KeyMode::kPost)
+    L.key_basis = basis_matrices(key_bases, key_rank);
   return L;
 }
 

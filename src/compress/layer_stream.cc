@@ -24,12 +24,8 @@ LayerStream::LayerStream(const model::Model& model, std::span<const int32_t> ids
   for (int64_t w = 0; w < windows; ++w) {
     std::vector<float>& x = streams_[w];
     x.resize(static_cast<size_t>(ctx * d));
-    for (int64_t t = 0; t < ctx; ++t) {
-      const int32_t id = ids[w * ctx + t];
-      EKV_CHECK(id >= 0 && id < config.n_vocab, "token id ", id, " is outside the vocabulary of ",
-                config.n_vocab);
-      model.weights().token_embedding.row_to_float(id, x.data() + t * d);
-    }
+    // Each window starts at position 0, as the perplexity windows do.
+    model.embed(ids.subspan(static_cast<size_t>(w * ctx), static_cast<size_t>(ctx)), 0, x.data());
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -47,10 +48,17 @@ PerplexityResult perplexity(const model::Model& model, const std::vector<int32_t
   std::vector<double> kld;
   int64_t agree = 0;
   std::vector<double> lp, lq;
+  const tok::Tokenizer& tokenizer = model.tokenizer();
+  const bool replace_bos = options.llamacpp_protocol && tokenizer.add_bos_by_default() &&
+                           tokenizer.bos_id() >= 0;
+  const int64_t first_scored = options.llamacpp_protocol ? ctx / 2 : 0;
+  std::vector<int32_t> window_ids(static_cast<size_t>(ctx));
   Progress progress("perplexity", windows, "windows");
   const double start = now_seconds();
   for (int64_t w = 0; w < windows; ++w) {
-    std::span<const int32_t> window(ids.data() + w * ctx, static_cast<size_t>(ctx));
+    std::copy(ids.begin() + w * ctx, ids.begin() + (w + 1) * ctx, window_ids.begin());
+    if (replace_bos) window_ids[0] = tokenizer.bos_id();
+    std::span<const int32_t> window(window_ids);
     cache.clear();
     if (base) base_cache.clear();
     if (options.decode) {
@@ -62,7 +70,7 @@ PerplexityResult perplexity(const model::Model& model, const std::vector<int32_t
       model.forward(window, cache, logits.data(), true);
       if (base) base->forward(window, base_cache, base_logits.data(), true);
     }
-    for (int64_t t = 0; t + 1 < ctx; ++t) {
+    for (int64_t t = first_scored; t + 1 < ctx; ++t) {
       const float* row = logits.data() + t * n_vocab;
       log_softmax(row, n_vocab, lq);
       nll.push_back(-lq[window[t + 1]]);

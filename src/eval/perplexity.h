@@ -1,6 +1,6 @@
 // Perplexity by the protocol of DESIGN.md §5: consecutive non-overlapping windows of `ctx` tokens
 // (the last partial one dropped); every token of a window but its first is scored from its
-// predecessors inside the window. With a base model, also the KL divergence of the model's
+// predecessors inside the window (or llama-perplexity's protocol, below). With a base model, also the KL divergence of the model's
 // next-token distribution from the base's, and how often their top-1 choices agree.
 #pragma once
 
@@ -19,6 +19,10 @@ struct PerplexityOptions {
   // Feed each window one token at a time, as generation runs (the decode attention kernels,
   // which for int8/int4 caches score with integer dot products), instead of one prefill.
   bool decode = false;
+  // llama-perplexity's protocol instead, for comparing with llama.cpp on the same file: the
+  // model's BOS (when it adds one) replaces each window's first token, and only the positions
+  // from ctx/2 on predict (ctx - 1 - ctx/2 tokens scored per window).
+  bool llamacpp_protocol = false;
 };
 
 struct PerplexityResult {

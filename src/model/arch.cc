@@ -19,9 +19,16 @@ ArchSpec arch_for_gguf(const std::string& architecture, const std::string& sourc
   }
   // llama.cpp's mpt: every bias optional; config_from_gguf sets them from the tensors present.
   if (architecture == "mpt") return mpt_arch(true, 8, 0);
+  // eigenkv's opt: position_embd holds position 0 first (no offset rows); biases, the final
+  // norm and the projections as the tensors present say (config_from_gguf).
+  if (architecture == "opt") {
+    a = opt_arch(true, true);
+    a.position_offset = 0;
+    return a;
+  }
   fail(source, ": unsupported architecture '", architecture,
-       "' (eigenkv runs llama-family models — Llama 1/2/3, TinyLlama, SmolLM, Mistral — qwen2 and "
-       "mpt; gemma2 and phi3 are not built yet)");
+       "' (eigenkv runs llama-family models — Llama 1/2/3, TinyLlama, SmolLM, Mistral — qwen2, "
+       "mpt and opt; gemma2 and phi3 are not built yet)");
 }
 
 std::vector<float> alibi_slopes(int64_t n_heads, double bias_max) {
@@ -47,6 +54,8 @@ TensorMap gguf_map() {
   t.output_norm = "output_norm.weight";
   t.output_norm_bias = "output_norm.bias";
   t.output = "output.weight";
+  t.project_in = "proj_in.weight";
+  t.project_out = "proj_out.weight";
   t.attn_norm = "blk.{}.attn_norm.weight";
   t.attn_norm_bias = "blk.{}.attn_norm.bias";
   t.wq = "blk.{}.attn_q.weight";
@@ -105,6 +114,8 @@ TensorMap opt_hf_map() {
   t.output_norm = d + "final_layer_norm.weight";
   t.output_norm_bias = d + "final_layer_norm.bias";
   t.output = "lm_head.weight";
+  t.project_in = d + "project_in.weight";
+  t.project_out = d + "project_out.weight";
   t.attn_norm = l + "self_attn_layer_norm.weight";
   t.attn_norm_bias = l + "self_attn_layer_norm.bias";
   t.wq = l + "self_attn.q_proj.weight";

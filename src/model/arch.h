@@ -47,8 +47,9 @@ struct ArchSpec {
   bool any_attention_bias() const { return q_bias || k_bias || v_bias || o_bias; }
 };
 
-// The families eigenkv runs, by GGUF architecture name: "llama", "qwen2". Throws Error naming
-// `source` for any other, saying which are known but not built (opt, mpt, gemma2, phi3, ...).
+// The families eigenkv runs, by GGUF architecture name: "llama", "qwen2", "mpt" (llama.cpp's
+// layouts) and "opt" (eigenkv's own: llama.cpp has none; DESIGN.md, "Families"). Throws Error
+// naming `source` for any other, saying which are known but not built (gemma2, phi3, ...).
 ArchSpec arch_for_gguf(const std::string& architecture, const std::string& source);
 // MPT (MPTForCausalLM): LayerNorm (with bias unless `no_bias`), exact GELU, ALiBi, fused Wqkv,
 // biases on every projection unless `no_bias`, optional clip_qkv, tied output.
@@ -67,6 +68,8 @@ std::vector<float> alibi_slopes(int64_t n_heads, double bias_max);
 // wv are then empty.
 struct TensorMap {
   std::string embedding, position_embedding, output_norm, output_norm_bias, output;
+  // OPT's word_embed_proj_dim: embeddings narrower than the model, projected in and out.
+  std::string project_in, project_out;
   std::string attn_norm, attn_norm_bias, wq, wk, wv, wqkv, wo, ffn_norm, ffn_norm_bias;
   std::string w_gate, w_up, w_down;
   std::string bq, bk, bv, bqkv, bo, b_up, b_down;

@@ -23,6 +23,7 @@ void ModelConfig::validate(const std::string& source) const {
   positive(head_dim, "head width");
   positive(d_ffn, "feed-forward width");
   positive(n_ctx_train, "training context");
+  EKV_CHECK(d_embed >= 0, source, ": embedding width must be positive, found ", d_embed);
   EKV_CHECK(rope_scaling.factor > 0 && std::isfinite(rope_scaling.factor), source,
             ": the RoPE scaling factor must be a positive number, found ", rope_scaling.factor);
   EKV_CHECK(n_heads % n_kv_heads == 0, source, ": head count ", n_heads,
@@ -79,6 +80,18 @@ ModelConfig config_from_gguf(const io::GgufFile& gguf) {
               ": learned positions together with ALiBi are not built");
     s.position = learned ? PositionKind::kLearned
                          : (s.alibi_bias_max > 0 ? PositionKind::kAlibi : PositionKind::kNone);
+  }
+  if (c.arch.name == "opt") {
+    ArchSpec& s = c.arch;
+    auto has = [&](const std::string& pattern) {
+      return gguf.find_tensor(layer_name(pattern, 0)) != nullptr;
+    };
+    s.q_bias = s.k_bias = s.v_bias = has(names.bq);
+    s.o_bias = has(names.bo);
+    s.ffn_bias = has(names.b_up);
+    s.post_norm = gguf.has(a + "layer_norm_before") && !gguf.get_bool(a + "layer_norm_before");
+    s.final_norm = gguf.find_tensor(names.output_norm) != nullptr;
+    if (const auto* t = gguf.find_tensor(names.project_in)) c.d_embed = t->shape[1];
   }
   if (auto window = gguf.find_int(a + "attention.sliding_window"); window && *window > 0) {
     fail(gguf.path(), ": ", a, "attention.sliding_window = ", *window,
@@ -177,8 +190,8 @@ ModelConfig opt_config(const nlohmann::json& j, const HfKeys& k, const std::stri
             " is not a multiple of num_attention_heads ", c.n_heads);
   c.rope_dims = c.head_dim;
   const int64_t proj = k.integer("word_embed_proj_dim", c.d_model);
-  EKV_CHECK(proj == c.d_model, source, ": word_embed_proj_dim ", proj, " != hidden_size ",
-            c.d_model, " (project_in/project_out) is not built");
+  EKV_CHECK(proj > 0, source, ": word_embed_proj_dim must be positive, found ", proj);
+  if (proj != c.d_model) c.d_embed = proj;
   c.n_ctx_train = k.integer("max_position_embeddings", 2048);
   c.norm_eps = 1e-5;  // torch.nn.LayerNorm's default, which OPT keeps
   c.tied_embeddings = k.boolean("tie_word_embeddings", true);

@@ -31,6 +31,9 @@ struct ModelConfig {
   std::string name;
   int64_t n_vocab = 0;
   int64_t d_model = 0;
+  // Width of the token embeddings and of the output head's input when it differs from d_model
+  // (OPT's word_embed_proj_dim, through project_in / project_out); 0: d_model.
+  int64_t d_embed = 0;
   int64_t n_layers = 0;
   int64_t n_heads = 0;
   int64_t n_kv_heads = 0;
@@ -44,6 +47,7 @@ struct ModelConfig {
   bool tied_embeddings = false;
 
   bool rope() const { return arch.position == PositionKind::kRope; }
+  int64_t embed_dim() const { return d_embed > 0 ? d_embed : d_model; }
   int64_t group_size() const { return n_heads / n_kv_heads; }  // query heads per KV head
   // Bytes the uncompressed K/V cache takes per token at `bytes_per_number` (4 for f32).
   int64_t full_kv_bytes_per_token(int64_t bytes_per_number) const {

@@ -69,18 +69,52 @@ void Model::norm(const float* x, const std::vector<float>& weight, const std::ve
 
 void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_tokens, float* q,
                         float* k, float* v) const {
-  ops::matmul(x_norm, n_tokens, L.wq.view(), q);
-  ops::matmul(x_norm, n_tokens, L.wk.view(), k);
-  ops::matmul(x_norm, n_tokens, L.wv.view(), v);
-  add_bias(q, n_tokens, L.bq);
-  add_bias(k, n_tokens, L.bk);
-  add_bias(v, n_tokens, L.bv);
-  if (const float c = static_cast<float>(config_.arch.clip_qkv); c > 0) {
-    EKV_CHECK(L.key_mode == KeyMode::kFull && L.value_rank == config_.head_dim,
-              "clip_qkv clamps q, k and v before any basis: a compressed layer cannot apply it");
-    for (auto [p, n] : {std::pair{q, L.wq.rows}, {k, L.wk.rows}, {v, L.wv.rows}})
+  const float c = static_cast<float>(config_.arch.clip_qkv);
+  EKV_CHECK(c == 0 || L.key_mode == KeyMode::kFull || L.bases_after_clamp,
+            "clip_qkv clamps q, k and v before any basis: this compressed layer folded its bases "
+            "into W_q, W_k and W_v and cannot apply it");
+  // A clamped compressed layer projects full rows first and its bases after the clamp.
+  std::vector<float> full_q, full_k, full_v;
+  if (L.bases_after_clamp) {
+    full_q.resize(static_cast<size_t>(n_tokens * L.wq.rows));
+    full_k.resize(static_cast<size_t>(n_tokens * L.wk.rows));
+    full_v.resize(static_cast<size_t>(n_tokens * L.wv.rows));
+  }
+  float* pq = L.bases_after_clamp ? full_q.data() : q;
+  float* pk = L.bases_after_clamp ? full_k.data() : k;
+  float* pv = L.bases_after_clamp ? full_v.data() : v;
+  ops::matmul(x_norm, n_tokens, L.wq.view(), pq);
+  ops::matmul(x_norm, n_tokens, L.wk.view(), pk);
+  ops::matmul(x_norm, n_tokens, L.wv.view(), pv);
+  add_bias(pq, n_tokens, L.bq);
+  add_bias(pk, n_tokens, L.bk);
+  add_bias(pv, n_tokens, L.bv);
+  if (c > 0) {
+    for (auto [p, n] : {std::pair{pq, L.wq.rows}, {pk, L.wk.rows}, {pv, L.wv.rows}})
       for (int64_t i = 0; i < n_tokens * n; ++i) p[i] = std::clamp(p[i], -c, c);
   }
+  if (!L.bases_after_clamp) return;
+  // Per head: out[t, head] = row [t, head] of the full projection times U ([d_h, r]).
+  const int64_t dh = config_.head_dim, g = config_.group_size();
+  auto project = [&](const float* in, int64_t heads, int64_t per_basis,
+                     const std::vector<Matrix>& bases, float* out) {
+    const int64_t r = bases[0].cols;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* x = in + (t * heads + h) * dh;
+        const Matrix& u = bases[h / per_basis];
+        float* o = out + (t * heads + h) * r;
+        std::fill(o, o + r, 0.0f);
+        for (int64_t i = 0; i < dh; ++i) {
+          const float* ui = u.row(i);
+          for (int64_t j = 0; j < r; ++j) o[j] += x[i] * ui[j];
+        }
+      }
+    }
+  };
+  project(pq, config_.n_heads, g, L.key_basis, q);
+  project(pk, config_.n_kv_heads, 1, L.key_basis, k);
+  project(pv, config_.n_kv_heads, 1, L.value_basis, v);
 }
 
 void Model::ffn_block(const LayerWeights& L, const float* x_norm, int64_t n_tokens,
@@ -164,6 +198,32 @@ void Model::layer_forward(int64_t layer, const LayerWeights& L, float* x, int64_
   decoder_layer(layer, L, x, std::span<const RowSegment>(&one, 1), cache_layer, tap);
 }
 
+void Model::embed(std::span<const int32_t> tokens, int64_t first_position, float* x) const {
+  const int64_t d = config_.d_model, n = static_cast<int64_t>(tokens.size());
+  const bool project = !weights_.project_in.empty();
+  std::vector<float> narrow(project ? static_cast<size_t>(n * config_.embed_dim()) : 0);
+  float* rows = project ? narrow.data() : x;
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t id = tokens[t];
+    EKV_CHECK(id >= 0 && id < config_.n_vocab, "token id ", id, " is outside the vocabulary of ",
+              config_.n_vocab);
+    weights_.token_embedding.row_to_float(id, rows + t * config_.embed_dim());
+  }
+  if (project) ops::matmul(narrow.data(), n, weights_.project_in.view(), x);
+  if (config_.arch.position != PositionKind::kLearned) return;
+  const int64_t offset = config_.arch.position_offset;
+  EKV_CHECK(first_position >= 0 && first_position + n + offset <= weights_.position_embedding.rows,
+            "positions ", first_position, "..", first_position + n - 1,
+            " are outside the learned position table of ",
+            weights_.position_embedding.rows - offset);
+  std::vector<float> pos(static_cast<size_t>(d));
+  for (int64_t t = 0; t < n; ++t) {  // row p + offset of the table holds position p
+    weights_.position_embedding.row_to_float(first_position + t + offset, pos.data());
+    float* xt = x + t * d;
+    for (int64_t c = 0; c < d; ++c) xt[c] += pos[c];
+  }
+}
+
 void Model::forward(std::span<const int32_t> tokens, kv::KvCache& cache, float* logits,
                     bool all_logits, ForwardTap* tap) const {
   BatchSequence one{tokens, &cache, logits, all_logits};
@@ -185,17 +245,8 @@ void Model::run_batch(std::span<BatchSequence> batch, ForwardTap* tap) const {
     rows += n;
   }
   std::vector<float> x(static_cast<size_t>(rows * d));  // [rows, d_model] residual streams
-  std::vector<float> pos(config_.arch.position == PositionKind::kLearned ? d : 0);
   for (size_t i = 0; i < batch.size(); ++i) {
-    for (size_t t = 0; t < batch[i].tokens.size(); ++t) {
-      float* xt = x.data() + (segments[i].first + static_cast<int64_t>(t)) * d;
-      weights_.token_embedding.row_to_float(batch[i].tokens[t], xt);
-      if (!pos.empty()) {  // learned positions: row position + offset of the table
-        const int64_t p = batch[i].cache->size() + static_cast<int64_t>(t);
-        weights_.position_embedding.row_to_float(p + config_.arch.position_offset, pos.data());
-        for (int64_t c = 0; c < d; ++c) xt[c] += pos[c];
-      }
-    }
+    embed(batch[i].tokens, batch[i].cache->size(), x.data() + segments[i].first * d);
   }
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     decoder_layer(l, weights_.layers[l], x.data(), segments, l, tap);
@@ -217,6 +268,11 @@ void Model::run_batch(std::span<BatchSequence> batch, ForwardTap* tap) const {
   std::vector<float> x_norm = picked;
   if (config_.arch.final_norm)
     norm(picked.data(), weights_.output_norm, weights_.output_norm_bias, n_out, x_norm.data());
+  if (!weights_.project_out.empty()) {  // to the embeddings' width, which the head reads
+    std::vector<float> narrow(static_cast<size_t>(n_out * config_.embed_dim()));
+    ops::matmul(x_norm.data(), n_out, weights_.project_out.view(), narrow.data());
+    x_norm = std::move(narrow);
+  }
   const int64_t nv = config_.n_vocab;
   if (batch.size() == 1) {  // straight into the caller's buffer
     ops::matmul(x_norm.data(), n_out, weights_.output.view(), batch[0].logits);

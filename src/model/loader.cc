@@ -141,7 +141,9 @@ std::unique_ptr<tok::Tokenizer> embedded_hf_tokenizer(const io::GgufFile& file) 
 }
 
 std::unique_ptr<tok::Tokenizer> gguf_tokenizer(const io::GgufFile& file) {
-  if (!file.has("tokenizer.ggml.model") && file.has("tokenizer.huggingface.json")) {
+  // A file eigenkv wrote from a Hugging Face directory has both: the tokenizer.json it came with
+  // is the original, and the tokenizer.ggml keys beside it (for llama.cpp) encode the same ids.
+  if (file.has("tokenizer.huggingface.json")) {
     return embedded_hf_tokenizer(file);
   }
   return tok::tokenizer_from_gguf(file);

@@ -91,6 +91,12 @@ class Model {
   // own cache. Each sequence's logits equal what forward() gives it. Caches must be distinct.
   void forward_batch(std::span<BatchSequence> batch) const;
 
+  // The first layer's input for `tokens` at positions first_position, first_position + 1, ...:
+  // x [n, d_model] = their embedding rows (through project_in where the family has one) plus
+  // the learned position rows where it has those. Throws Error naming an id outside the
+  // vocabulary or a position outside the position table.
+  void embed(std::span<const int32_t> tokens, int64_t first_position, float* x) const;
+
   // Runs one decoder layer with weights `w` (this model's layer `layer` or a candidate
   // replacement for it) on x [n_tokens, d_model] in place, at positions cache.size().. of
   // `cache_layer` in `cache`. Does not advance the cache.
@@ -137,7 +143,8 @@ class Model {
   // The family's normalization of `rows` rows of width d_model.
   void norm(const float* x, const std::vector<float>& weight, const std::vector<float>& bias,
             int64_t rows, float* out) const;
-  // q/k/v projections of n_tokens rows, biases added: q [T, n_heads * q_width], k [T, n_kv * k_width],
+  // q/k/v projections of n_tokens rows, biases added, clip_qkv's clamp applied (then, in a layer
+  // whose bases apply after the clamp, the bases): q [T, n_heads * q_width], k [T, n_kv * k_width],
   // v [T, n_kv * r_V] (widths as LayerWeights::query_width / key_proj_width give them).
   void project_qkv(const LayerWeights& w, const float* x_norm, int64_t n_tokens, float* q, float* k,
                    float* v) const;

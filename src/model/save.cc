@@ -9,6 +9,7 @@
 #include "io/gguf.h"
 #include "io/gguf_writer.h"
 #include "ops/dequant.h"
+#include "tokenizer/gguf_vocab.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -17,8 +18,11 @@ namespace {
 
 using io::GgufValueType;
 
-// llama.* keys and the tokenizer for a model that did not come from a GGUF file.
-void write_config_metadata(const Model& model, io::GgufWriter& w) {
+// llama.* keys and the tokenizer for a model that did not come from a GGUF file: the
+// tokenizer.json text itself (what eigenkv reads back) and, where GGUF can express it, the same
+// vocabulary as tokenizer.ggml.* keys for llama.cpp; where it cannot, a note says why.
+void write_config_metadata(const Model& model, io::GgufWriter& w,
+                           std::vector<std::string>& notes) {
   const ModelConfig& c = model.config();
   const std::string a = c.arch.name + ".";
   w.set_string("general.architecture", c.arch.name);
@@ -44,12 +48,21 @@ void write_config_metadata(const Model& model, io::GgufWriter& w) {
   if (c.arch.position == PositionKind::kAlibi)
     w.set_float(a + "attention.max_alibi_bias", c.arch.alibi_bias_max);
   if (c.arch.clip_qkv > 0) w.set_float(a + "attention.clamp_kqv", c.arch.clip_qkv);
+  if (c.arch.name == "opt") w.set_bool(a + "layer_norm_before", !c.arch.post_norm);
   w.set_int(a + "vocab_size", c.n_vocab);
   EKV_CHECK(!model.tokenizer_json().empty(), model.path(),
             ": the model's tokenizer.json text is not available to embed");
   w.set_string("tokenizer.huggingface.json", model.tokenizer_json());
   if (!model.tokenizer_config_json().empty()) {
     w.set_string(kEmbeddedTokenizerConfigKey, model.tokenizer_config_json());
+  }
+  try {
+    tok::write_gguf_vocab(tok::gguf_vocab_from_json(model.tokenizer(), model.tokenizer_json(),
+                                                    model.tokenizer_config_json(), c.n_vocab),
+                          w);
+  } catch (const Error& e) {
+    notes.push_back(std::string(e.what()) + "; only tokenizer.huggingface.json is written, " +
+                    "which eigenkv reads and llama.cpp does not");
   }
 }
 
@@ -149,9 +162,10 @@ io::TensorType fold_type_from_name(const std::string& name) {
 
 void check_can_save_gguf(const Model& model) {
   const ModelConfig& c = model.config();
-  EKV_CHECK(c.arch.name == "llama" || c.arch.name == "qwen2" || c.arch.name == "mpt",
+  EKV_CHECK(c.arch.name == "llama" || c.arch.name == "qwen2" || c.arch.name == "mpt" ||
+                c.arch.name == "opt",
             model.path(), ": saving an ", c.arch.name,
-            " model to GGUF is not built (llama, qwen2 and mpt are)");
+            " model to GGUF is not built (llama, qwen2, mpt and opt are)");
   EKV_CHECK(c.arch.query_scale == 0, model.path(), ": the score scale ", c.arch.query_scale,
             " (softmax_scale) has no GGUF key; saving it is not supported");
   std::error_code ec;
@@ -167,6 +181,7 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
   const ModelWeights& weights = model.weights();
   check_can_save_gguf(model);
   io::GgufWriter w;
+  std::vector<std::string> notes;
   std::error_code ec;
   const bool from_gguf = !std::filesystem::is_directory(model.path(), ec);
   if (from_gguf) {
@@ -175,14 +190,22 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
     w.copy_metadata(source,
                     [](const std::string& key) { return key.rfind("eigenkv.", 0) == 0; });
   } else {
-    write_config_metadata(model, w);
+    write_config_metadata(model, w, notes);
   }
   const int64_t d = c.d_model;
   const TensorMap& n = gguf_tensor_map(c.arch);
   WeightWriter weight_writer(w, options);
   weight_writer.add(n.embedding, weights.token_embedding, weights.token_embedding);
-  if (!weights.position_embedding.empty())
-    weight_writer.add(n.position_embedding, weights.position_embedding, weights.position_embedding);
+  // GGUF's position table starts at position 0: a Hugging Face OPT's two offset rows are left out.
+  const Weight positions =
+      weights.position_embedding.empty()
+          ? Weight()
+          : weights.position_embedding.row_range(c.arch.position_offset, c.n_ctx_train);
+  if (!positions.empty()) weight_writer.add(n.position_embedding, positions, positions);
+  if (!weights.project_in.empty()) {
+    weight_writer.add(n.project_in, weights.project_in, weights.project_in);
+    weight_writer.add(n.project_out, weights.project_out, weights.project_out);
+  }
   if (!weights.output_norm.empty()) w.add_f32_tensor(n.output_norm, {d}, weights.output_norm.data());
   if (!weights.output_norm_bias.empty())
     w.add_f32_tensor(n.output_norm_bias, {d}, weights.output_norm_bias.data());
@@ -193,6 +216,7 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
   }
   // Basis tensors are assembled into contiguous buffers that must outlive write().
   std::vector<std::vector<float>> bases(static_cast<size_t>(c.n_layers));
+  std::vector<std::vector<float>> value_bases(static_cast<size_t>(c.n_layers));
   std::deque<Weight> fused;              // fused q/k/v matrices, borrowed by the writer
   std::deque<std::vector<float>> fused_bias;
   std::vector<double> key_ranks, value_ranks, key_bits8, value_bits8;
@@ -238,6 +262,12 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
       w.add_f32_tensor(layer_name(kGgufKeyBasisName, l), {c.n_kv_heads * c.head_dim, L.key_rank},
                        bases[l].data());
     }
+    if (L.bases_after_clamp) {
+      for (const Matrix& u : L.value_basis)
+        value_bases[l].insert(value_bases[l].end(), u.data.begin(), u.data.end());
+      w.add_f32_tensor(layer_name(kGgufValueBasisName, l),
+                       {c.n_kv_heads * c.head_dim, L.value_rank}, value_bases[l].data());
+    }
     key_ranks.push_back(static_cast<double>(L.key_rank));
     value_ranks.push_back(static_cast<double>(L.value_rank));
     if (model.has_cache_allotment()) {
@@ -267,7 +297,8 @@ std::vector<std::string> save_gguf(const Model& model, const std::string& path,
   }
   if (options.edit_metadata) options.edit_metadata(w);
   w.write(path);
-  return weight_writer.take_notes();
+  for (std::string& note : weight_writer.take_notes()) notes.push_back(std::move(note));
+  return notes;
 }
 
 }  // namespace eigenkv::model

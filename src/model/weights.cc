@@ -73,7 +73,12 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
                         const std::vector<LayerSpec>& specs) {
   ModelWeights w;
   const int64_t d = c.d_model;
-  w.token_embedding = load_weight(source, n.embedding, c.n_vocab, d);
+  const int64_t e = c.embed_dim();
+  w.token_embedding = load_weight(source, n.embedding, c.n_vocab, e);
+  if (c.d_embed > 0 && c.d_embed != d) {
+    w.project_in = load_weight(source, n.project_in, d, e);
+    w.project_out = load_weight(source, n.project_out, e, d);
+  }
   const ArchSpec& a = c.arch;
   if (a.final_norm) {
     w.output_norm = load_vector(source, n.output_norm, d);
@@ -84,7 +89,7 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
         load_weight(source, n.position_embedding, c.n_ctx_train + a.position_offset, d);
   }
   if (source.find(n.output)) {
-    w.output = load_weight(source, n.output, c.n_vocab, d);
+    w.output = load_weight(source, n.output, c.n_vocab, e);
   } else if (c.tied_embeddings) {
     w.output = w.token_embedding;
   } else {
@@ -101,11 +106,13 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
       L.key_mode = specs[l].key_mode;
       L.key_rank = specs[l].key_rank;
       L.value_rank = specs[l].value_rank;
+      // A compressed clip_qkv layer keeps W_q, W_k, W_v full and its bases apart.
+      L.bases_after_clamp = L.key_mode != KeyMode::kFull && a.clip_qkv > 0;
     }
     const int64_t hd = c.head_dim;
-    const int64_t q_rows = c.n_heads * L.query_width(hd);
-    const int64_t k_rows = c.n_kv_heads * L.key_proj_width(hd);
-    const int64_t v_rows = c.n_kv_heads * L.value_rank;
+    const int64_t q_rows = c.n_heads * L.stored_query_width(hd);
+    const int64_t k_rows = c.n_kv_heads * L.stored_key_width(hd);
+    const int64_t v_rows = c.n_kv_heads * L.stored_value_width(hd);
     if (n.fused_qkv()) {  // one matrix [q rows; k rows; v rows], split without a copy
       const Weight qkv = load_weight(source, layer_name(n.wqkv, l), q_rows + k_rows + v_rows, d);
       L.wq = qkv.row_range(0, q_rows);
@@ -130,16 +137,22 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
     }
     L.wo = load_weight(source, layer_name(n.wo, l), d, c.n_heads * L.value_rank);
     if (a.o_bias) L.bo = load_vector(source, layer_name(n.bo, l), d);
-    if (L.key_mode == KeyMode::kPre || L.key_mode == KeyMode::kPost) {
-      Matrix all = load_matrix(source, layer_name(kGgufKeyBasisName, l), c.n_kv_heads * hd, L.key_rank);
+    // Per KV head [d_h, rank] bases stacked as [n_kv_heads * d_h, rank].
+    auto load_bases = [&](const char* pattern, int64_t rank) {
+      const Matrix all = load_matrix(source, layer_name(pattern, l), c.n_kv_heads * hd, rank);
+      std::vector<Matrix> bases;
       for (int64_t j = 0; j < c.n_kv_heads; ++j) {
         Matrix u;
         u.rows = hd;
-        u.cols = L.key_rank;
-        u.data.assign(all.row(j * hd), all.row(j * hd) + hd * L.key_rank);
-        L.key_basis.push_back(std::move(u));
+        u.cols = rank;
+        u.data.assign(all.row(j * hd), all.row(j * hd) + hd * rank);
+        bases.push_back(std::move(u));
       }
-    }
+      return bases;
+    };
+    if (L.key_mode == KeyMode::kPre || L.key_mode == KeyMode::kPost || L.bases_after_clamp)
+      L.key_basis = load_bases(kGgufKeyBasisName, L.key_rank);
+    if (L.bases_after_clamp) L.value_basis = load_bases(kGgufValueBasisName, L.value_rank);
     L.ffn_norm = load_vector(source, layer_name(n.ffn_norm, l), d);
     if (a.norm_bias) L.ffn_norm_bias = load_vector(source, layer_name(n.ffn_norm_bias, l), d);
     if (a.ffn == FfnKind::kSwiGlu) L.w_gate = load_weight(source, layer_name(n.w_gate, l), c.d_ffn, d);
@@ -298,14 +311,16 @@ ModelWeights load_hf_weights(const TensorSource& source, const ModelConfig& conf
 }
 
 int64_t ModelWeights::decode_bytes_read() const {
-  int64_t bytes = static_cast<int64_t>(token_embedding.row_bytes() + output.nbytes() +
-                                       (position_embedding.empty() ? 0 : position_embedding.row_bytes()));
+  int64_t bytes = static_cast<int64_t>(
+      token_embedding.row_bytes() + output.nbytes() + project_in.nbytes() + project_out.nbytes() +
+      (position_embedding.empty() ? 0 : position_embedding.row_bytes()));
   int64_t floats = static_cast<int64_t>(output_norm.size());
   for (const LayerWeights& L : layers) {
     for (const Weight* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
       bytes += static_cast<int64_t>(m->nbytes());
     }
-    for (const Matrix& u : L.key_basis) floats += u.rows * u.cols;
+    for (const auto* bases : {&L.key_basis, &L.value_basis})
+      for (const Matrix& u : *bases) floats += u.rows * u.cols;
     for (const auto* v : {&L.attn_norm, &L.ffn_norm, &L.bq, &L.bk, &L.bv, &L.bo,
                           &L.attn_norm_bias, &L.ffn_norm_bias, &L.b_up, &L.b_down})
       floats += static_cast<int64_t>(v->size());
@@ -322,6 +337,8 @@ int64_t ModelWeights::stored_bytes() const {
   add(token_embedding);
   add(output);
   add(position_embedding);
+  add(project_in);
+  add(project_out);
   for (const LayerWeights& L : layers) {
     for (const Weight* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) add(*m);
   }

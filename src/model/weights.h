@@ -92,8 +92,15 @@ struct LayerWeights {
   KeyMode key_mode = KeyMode::kFull;
   int64_t key_rank = 0;    // r_K: numbers cached per KV head and token for keys
   int64_t value_rank = 0;  // r_V: numbers cached per KV head and token for values
-  // kPre and kPost: per KV head, U_K as [d_h, r_K] (orthonormal columns).
+  // kPre and kPost: per KV head, U_K as [d_h, r_K] (orthonormal columns); and in every mode of a
+  // layer whose bases apply after the clamp.
   std::vector<Matrix> key_basis;
+  // clip_qkv (MPT) clamps q, k and v between W x + b and the bases, so U_K^T and U_V^T cannot fold
+  // into W_q, W_k and W_v: those stay full, and after the clamp the queries and keys are
+  // projected onto `key_basis` and the values onto `value_basis` (two products each; W_o still
+  // takes U_V). Only for kNoRope layers.
+  bool bases_after_clamp = false;
+  std::vector<Matrix> value_basis;  // per KV head, U_V as [d_h, r_V]; bases_after_clamp only
   // A water-filled quantized cache (eigenkv quantize-cache): per KV head and cached direction its
   // spread sigma, [n_kv_heads * r_K] and [n_kv_heads * r_V], and how many leading directions get
   // 8 bits (the rest get 4). Empty sigma: no allotment stored.
@@ -102,22 +109,36 @@ struct LayerWeights {
   int64_t key_n8 = 0;
   int64_t value_n8 = 0;
 
-  // Width of one head's query as W_q produces it, and of one KV head's key as W_k produces it.
+  // Width of one head's query and of one KV head's key as the projections hand them to attention
+  // (after the bases where those apply after the clamp).
   int64_t query_width(int64_t head_dim) const {
     return key_mode == KeyMode::kNoRope ? key_rank : head_dim;
   }
   int64_t key_proj_width(int64_t head_dim) const {
     return key_mode == KeyMode::kPre || key_mode == KeyMode::kNoRope ? key_rank : head_dim;
   }
+  // Rows per head of the stored W_q, W_k and W_v (and of their biases).
+  int64_t stored_query_width(int64_t head_dim) const {
+    return bases_after_clamp ? head_dim : query_width(head_dim);
+  }
+  int64_t stored_key_width(int64_t head_dim) const {
+    return bases_after_clamp ? head_dim : key_proj_width(head_dim);
+  }
+  int64_t stored_value_width(int64_t head_dim) const {
+    return bases_after_clamp ? head_dim : value_rank;
+  }
 };
 
 struct ModelWeights {
-  Weight token_embedding;  // [n_vocab, d_model]
+  Weight token_embedding;  // [n_vocab, embed_dim]
+  // OPT's word_embed_proj_dim: [d_model, embed_dim] after the embedding lookup and
+  // [embed_dim, d_model] before the output head; both empty when embed_dim == d_model.
+  Weight project_in, project_out;
   std::vector<LayerWeights> layers;
   std::vector<float> output_norm;        // [d_model]; empty when the family has no final norm
   std::vector<float> output_norm_bias;   // [d_model] or empty
   Weight position_embedding;  // learned positions: [n_ctx_train + offset, d_model], else empty
-  Weight output;  // [n_vocab, d_model]; when tied, the same bytes as token_embedding
+  Weight output;  // [n_vocab, embed_dim]; when tied, the same bytes as token_embedding
   std::vector<float> rope_freq_factors;  // GGUF rope_freqs: divides the RoPE frequencies, or empty
 
   // Bytes of weights one decode step reads, as stored (every matrix once; embeddings: one row).
@@ -131,6 +152,8 @@ std::string layer_name(const std::string& pattern, int64_t layer);
 
 // GGUF name of a compressed layer's key bases: [n_kv_heads * d_h, r_K], U_K of each KV head.
 inline constexpr const char* kGgufKeyBasisName = "blk.{}.attn_k_basis.weight";
+// A clamped layer's U_V per KV head, stacked: [n_kv_heads * d_h, r_V] (float32).
+inline constexpr const char* kGgufValueBasisName = "blk.{}.attn_v_basis.weight";
 
 // A water-filled model's per-direction cache scales: [n_kv_heads * r_K] and [n_kv_heads * r_V].
 inline constexpr const char* kGgufKeySigmaName = "blk.{}.attn_k_cache_sigma";

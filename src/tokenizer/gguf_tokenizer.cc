@@ -25,10 +25,6 @@ struct PreTokenizerType {
   bool add_bos = false;
 };
 
-const char kQwen2SplitPattern[] =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*)"
-    R"(|\s*[\r\n]+|\s+(?!\S)|\s+)";
-
 const std::vector<PreTokenizerType>& pre_tokenizer_types() {
   static const std::vector<PreTokenizerType> types = {
       {{"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"},

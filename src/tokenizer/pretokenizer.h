@@ -28,6 +28,8 @@ enum class PrependScheme { kAlways, kFirst, kNever };
 extern const char kGpt2SplitPattern[];
 // Llama-3's split pattern (also that of many later byte-level BPE vocabularies).
 extern const char kLlama3SplitPattern[];
+// Qwen2's split pattern (single digits, unlike Llama 3's runs of up to three).
+extern const char kQwen2SplitPattern[];
 
 class PreTokenizer {
  public:

@@ -29,6 +29,11 @@ const std::string& Tokenizer::token_text(int32_t id) const {
   return vocab_.texts[id];
 }
 
+TokenKind Tokenizer::token_kind(int32_t id) const {
+  check_id(id);
+  return vocab_.kinds[id];
+}
+
 std::optional<int32_t> Tokenizer::find_token(std::string_view text) const {
   const auto it = ids_by_text_.find(text);
   if (it == ids_by_text_.end()) return std::nullopt;

@@ -35,6 +35,8 @@ class Tokenizer {
   std::string token_to_piece(int32_t id) const;
   // The vocabulary's own string for `id`, e.g. "<|eot_id|>" or "▁the".
   const std::string& token_text(int32_t id) const;
+  // What kind of token `id` is (normal, control, byte, ...).
+  TokenKind token_kind(int32_t id) const;
   // The id whose vocabulary string is `text`.
   std::optional<int32_t> find_token(std::string_view text) const;
 
