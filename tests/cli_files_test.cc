@@ -2,9 +2,18 @@
 // that is one of the inputs (by name, another name, or a hard link), an output that is a device or
 // a link, inputs that are FIFOs or devices, text over the size limit. Each is refused with one
 // error line before any work, and no input is changed.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+#include <vector>
 
 #include <filesystem>
 #include <fstream>
@@ -126,6 +135,108 @@ TEST_F(CliFiles, TextOverTheLimitIsRefusedWithTheSizes) {
 TEST_F(CliFiles, ParseErrorsExitWithStatusOne) {
   expect_refused("perplexity -m " + model_ + " -f " + text_ + " --ctx abc", "--ctx");
   expect_refused("generate -m " + model_ + " --no-such-flag", "no-such-flag");
+}
+
+// Numbers out of range name the value and the range as a person writes them (CLI11's own said
+// "Value 0 not in range 0.000000 to 179769313486231570814527423731704356798070567525844996...").
+TEST_F(CliFiles, RangeErrorsNameTheValueAndARange) {
+  for (const auto& [args, said] : std::vector<std::pair<std::string, std::string>>{
+           {"generate -m " + model_ + " -t 0", "--threads: must be greater than 0, found '0'"},
+           {"generate -m " + model_ + " -n abc", "must be a number greater than 0, found 'abc'"},
+           {"perplexity -m " + model_ + " -f " + text_ + " --ctx 1",
+            "--ctx: must be in [2, 1048576], found '1'"},
+           {"generate -m " + model_ + " --top-p 1.5", "must be in [0, 1], found '1.5'"},
+           {"generate -m " + model_ + " --temp -1", "found '-1'"},
+           {"perplexity -m " + model_ + " -f " + text_ + " --max-windows 1e999", "found '1e999'"}}) {
+    testing::CliOutcome o;
+    o.out = testing::run_command("timeout 30 " + testing::eigenkv_binary() + " " + args + " 2>&1",
+                                 &o.status);
+    EXPECT_EQ(o.status, 1) << args << "\n" << o.out;
+    EXPECT_NE(o.out.find(said), std::string::npos) << args << "\n" << o.out;
+    EXPECT_EQ(o.out.find("179769"), std::string::npos) << o.out;
+    EXPECT_EQ(std::count(o.out.begin(), o.out.end(), '\n'), 1) << "one line: " << o.out;
+  }
+}
+
+// Names and text from files and flags reach the terminal with their control bytes escaped: a
+// path holding ESC [2J cannot clear the screen from an error line.
+TEST_F(CliFiles, ControlBytesInErrorsAreEscaped) {
+  const std::string bad = dir_ + "/no\x1b[2Jsuch\x07" "file.txt";
+  testing::CliOutcome o;
+  o.out = testing::run_command("timeout 30 " + testing::eigenkv_binary() + " perplexity -m " +
+                                   model_ + " -f '" + bad + "' 2>&1",
+                               &o.status);
+  EXPECT_EQ(o.status, 1) << o.out;
+  EXPECT_NE(o.out.find("no\\x1b[2Jsuch\\x07file.txt"), std::string::npos) << o.out;
+  EXPECT_EQ(o.out.find('\x1b'), std::string::npos) << "a raw ESC reached the terminal";
+  EXPECT_EQ(o.out.find('\x07'), std::string::npos);
+}
+
+// A context past the model's trained one is run (users do probe that) but warned about.
+TEST_F(CliFiles, ContextPastTheTrainedOneIsWarnedAbout) {
+  testing::CliOutcome o;
+  o.out = testing::run_command("timeout 60 " + testing::eigenkv_binary() + " perplexity -m " +
+                                   model_ + " -f " + text_ + " --ctx 4096 --max-windows 1 --json 2>&1",
+                               &o.status);
+  EXPECT_EQ(o.status, 0) << o.out;
+  EXPECT_NE(o.out.find("warning: --ctx 4096 is past the model's trained context of 2048"),
+            std::string::npos)
+      << o.out;
+  EXPECT_NE(o.out.find("\"past_trained_context\":true"), std::string::npos) << o.out;
+  o.out = testing::run_command(testing::eigenkv_binary() + " perplexity -m " + model_ + " -f " +
+                                   text_ + " --ctx 256 --max-windows 1 2>&1",
+                               &o.status);
+  EXPECT_EQ(o.status, 0) << o.out;
+  EXPECT_EQ(o.out.find("warning"), std::string::npos) << o.out;
+}
+
+// Peak resident memory (KiB) of one run of the command, waited for alone.
+long peak_rss_kib(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  int status = 0;
+  rusage usage{};
+  if (wait4(pid, &status, 0, &usage) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return -1;
+  return usage.ru_maxrss;
+}
+
+// A GGUF claiming a context of 1,048,576 positions costs a short run no more than the real one:
+// the KV cache and the RoPE angles are sized by the run (the RoPE table alone used to take
+// 2^20 x 32 x 8 bytes = 256 MiB on this head_dim-64 model).
+TEST_F(CliFiles, HugeClaimedContextIsNotAllocated) {
+  const std::string src = testing::shared_path("models/tinystories-c4-gqa.gguf");
+  if (!fs::exists(src)) GTEST_SKIP() << "skipped: ../shared/models/tinystories-c4-gqa.gguf is absent";
+  std::string bytes = slurp(src);
+  const std::string key = "llama.context_length";
+  const size_t at = bytes.find(key);
+  ASSERT_NE(at, std::string::npos);
+  uint32_t type = 0, value = 0;
+  std::memcpy(&type, bytes.data() + at + key.size(), 4);
+  std::memcpy(&value, bytes.data() + at + key.size() + 4, 4);
+  ASSERT_EQ(type, 4u) << "context_length is not a uint32";
+  ASSERT_LT(value, 1u << 20);
+  const uint32_t huge = 1u << 20;
+  std::memcpy(bytes.data() + at + key.size() + 4, &huge, 4);
+  const std::string big = dir_ + "/huge_context.gguf";
+  std::ofstream(big, std::ios::binary) << bytes;
+  const std::string bin = testing::eigenkv_binary();
+  ASSERT_EQ(bin.find(' '), std::string::npos) << "the binary's path is run without a shell";
+  const long normal = peak_rss_kib({bin, "generate", "-m", src, "-n", "3", "-p", "Once", "-t", "1"});
+  const long claimed = peak_rss_kib({bin, "generate", "-m", big, "-n", "3", "-p", "Once", "-t", "1"});
+  ASSERT_GT(normal, 0);
+  ASSERT_GT(claimed, 0);
+  std::printf("peak RSS: %ld KiB as trained, %ld KiB claiming 2^20 positions\n", normal, claimed);
+  EXPECT_LT(claimed, normal + 16 * 1024);
 }
 
 }  // namespace

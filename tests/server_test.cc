@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -824,6 +825,98 @@ TEST(ServerAccess, CrossSiteAndRebindingRequestsAreRefused) {
   EXPECT_EQ(request(port, "OPTIONS", "/v1/completions", {{"Origin", "http://app.local"}}).first, 204);
   EXPECT_EQ(request(port, "OPTIONS", "/v1/completions", {{"Origin", "http://evil.example"}}).first,
             403);
+}
+
+// A raw loopback connection to the server.
+int connect_raw(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether the server has closed the connection (a read gives end of file or an error) within
+// `seconds`, while this side keeps sending a header line every `every` seconds.
+bool closed_while_trickling(int fd, double seconds, double every) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (send(fd, "X-Slow: 1\r\n", 11, MSG_NOSIGNAL) < 0) return true;
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(every * 1000)) > 0) {
+      char buf[64];
+      if (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0) return true;
+    }
+  }
+  return false;
+}
+
+// Slowloris: 40 connections that send a header line every 0.4 s, more than the HTTP threads of
+// a --parallel 1 server (18). Requests that arrive whole are answered at once all the while, and
+// a connection that trickles is closed after --read-timeout even while it keeps sending.
+TEST(ServerAccess, SlowClientsCannotHoldTheThreads) {
+  EKV_REQUIRE_SHARED(kSmall);
+  ServerProcess server({"-m", shared_path(kSmall), "--parallel", "1", "--read-timeout", "2"});
+  ASSERT_GT(server.port(), 0);
+  const int port = server.port();
+  std::vector<int> slow;
+  for (int i = 0; i < 40; ++i) {
+    const int fd = connect_raw(port);
+    ASSERT_GE(fd, 0);
+    const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    ASSERT_EQ(send(fd, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+    slow.push_back(fd);
+  }
+  std::atomic<bool> done{false};
+  std::thread trickle([&] {
+    while (!done) {
+      for (const int fd : slow) send(fd, "X-Slow: 1\r\n", 11, MSG_NOSIGNAL);
+      std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (int i = 0; i < 6; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    // Clients that give up after 3 s, so a held server fails the test instead of hanging it.
+    httplib::Client client("127.0.0.1", port);
+    client.set_connection_timeout(3, 0);
+    client.set_read_timeout(3, 0);
+    auto health = client.Get("/health");
+    auto done_reply = client.Post(
+        "/v1/completions",
+        json{{"prompt", "Once"}, {"max_tokens", 4}, {"temperature", 0}}.dump(), "application/json");
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!health || !done_reply) {
+      ADD_FAILURE() << "round " << i << ": no answer within 3 s (the slow clients hold the server)";
+      break;
+    }
+    EXPECT_EQ(health->status, 200) << "round " << i;
+    EXPECT_EQ(done_reply->status, 200) << "round " << i << ": " << done_reply->body.substr(0, 200);
+    EXPECT_LT(took, 1.5) << "round " << i << ": the slow clients held the server";
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  done = true;
+  trickle.join();
+  for (const int fd : slow) close(fd);
+  // One trickling connection alone (no eviction): closed by the read timeout, not served forever.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int fd = connect_raw(port);
+  ASSERT_GE(fd, 0);
+  const std::string head = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+  ASSERT_EQ(send(fd, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(closed_while_trickling(fd, 6.0, 0.3)) << "a trickling connection was never closed";
+  const double lasted = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GT(lasted, 1.5) << "closed before its read timeout";
+  close(fd);
+  EXPECT_EQ(get(port, "/health").status, 200);
+  EXPECT_EQ(server.terminate(), 0);
 }
 
 }  // namespace

@@ -178,17 +178,17 @@ void register_bench(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("bench", "prefill/decode tokens per second at context depths");
   add_model_flags(cmd, flags->model);
   cmd->add_option("-p,--n-prompt", flags->n_prompt, "prompt tokens per prefill test (0: skip)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("-n,--n-gen", flags->n_gen, "tokens per decode test (0: skip)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("-d,--depth", flags->depths, "context depths, comma-separated")
       ->delimiter(',')
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("-r,--repeats", flags->repeats, "repeats per test (median reported)")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_flag("--kv-sweep", flags->kv_sweep,
                 "decode at each depth (default 256..4096) per cache type and model, with ratios "

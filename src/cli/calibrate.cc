@@ -418,32 +418,32 @@ void register_calibrate(CLI::App& app) {
                   "energy (eigenvalues) or singular (singular values, as the authors' code)")
       ->capture_default_str();
   cmd->add_option("--tokens", flags->tokens, "use at most N calibration tokens")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--ctx", flags->ctx, "calibration window in tokens")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->check(number_in(int64_t{2}, int64_t{1} << 20))
       ->capture_default_str();
   cmd->add_option("--error-windows", flags->error_windows,
                   "windows used to measure layer-output errors")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--profile-json", flags->profile_json,
                   "write the error-rank profiles here (stief: default OUT.profile.json beside "
                   "the model)");
   cmd->add_flag("--json", flags->json, "print a JSON summary");
   cmd->add_option("--epochs", flags->epochs, "stief: training epochs (0 keeps the Eigen bases)")
-      ->check(CLI::Range(int64_t{0}, int64_t{100000}))
+      ->check(number_in(int64_t{0}, int64_t{100000}))
       ->capture_default_str();
   cmd->add_option("--lr", flags->lr, "stief: Adam learning rate (cosine schedule)")
       ->capture_default_str();
   cmd->add_option("--seed", flags->seed, "stief: seed of the window order")->capture_default_str();
   cmd->add_option("--batch", flags->batch, "stief: windows per training step")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--ranks", flags->ranks, "stief: candidate ranks as fractions of the head width")
       ->capture_default_str();
   cmd->add_option("--train-windows", flags->train_windows,
                   "stief: calibration windows the bases are trained on")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--heldout", flags->heldout,
                   "stief: held-out text; its layer-output errors are added to the profiles");

@@ -1,6 +1,11 @@
 #include "cli/common.h"
 
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <optional>
 #include <fstream>
 #include <sstream>
 
@@ -10,6 +15,64 @@
 #include "util/threads.h"
 
 namespace eigenkv::cli {
+namespace {
+
+// A bound as a person writes it: 1048576, 0.5, 1e+30.
+std::string bound_text(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.10g", v);
+  return buf;
+}
+
+// The value as a finite number, or nullopt when the whole text is not one.
+std::optional<double> parse_number(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(text.c_str(), &end);
+  if (end != text.c_str() + text.size() || errno == ERANGE || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+// The value as the flag's error shows it: cut, control bytes escaped.
+std::string shown(const std::string& text) { return quote_for_error(text, 40); }
+
+CLI::Validator number_check(std::function<bool(double)> ok, std::string range,
+                            std::string name) {
+  return CLI::Validator(
+      [ok = std::move(ok), range](std::string& text) -> std::string {
+        const std::optional<double> v = parse_number(text);
+        if (!v) return cat("must be a number ", range, ", found ", shown(text));
+        if (!ok(*v)) return cat("must be ", range, ", found ", shown(text));
+        return "";
+      },
+      range, std::move(name));
+}
+
+}  // namespace
+
+CLI::Validator positive_number() {
+  return number_check([](double v) { return v > 0; }, "greater than 0", "POSITIVE");
+}
+
+CLI::Validator non_negative_number() {
+  return number_check([](double v) { return v >= 0; }, "0 or more", "NONNEGATIVE");
+}
+
+CLI::Validator number_in(double lo, double hi) {
+  return number_check([lo, hi](double v) { return v >= lo && v <= hi; },
+                      cat("in [", bound_text(lo), ", ", bound_text(hi), "]"), "RANGE");
+}
+
+bool warn_past_trained_context(const model::Model& model, int64_t ctx, const char* flag) {
+  const int64_t trained = model.config().n_ctx_train;
+  if (trained <= 0 || ctx <= trained) return false;
+  std::fprintf(stderr,
+               "eigenkv: warning: %s %lld is past the model's trained context of %lld positions; "
+               "scores there mean little\n",
+               flag, static_cast<long long>(ctx), static_cast<long long>(trained));
+  return true;
+}
 
 void add_model_flags(CLI::App* app, ModelFlags& flags, bool required) {
   auto* m = app->add_option("-m,--model", flags.model,
@@ -18,7 +81,7 @@ void add_model_flags(CLI::App* app, ModelFlags& flags, bool required) {
   if (required) m->required();
   app->add_option("-t,--threads", flags.threads,
                   "threads (default: OMP_NUM_THREADS, else all cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   if (!required) return;  // the model only provides a tokenizer
   app->add_option("--cache-type-k", flags.cache_type_k,
                   "KV cache element type of keys: f32, f16, int8, int4 (q8_0/q4_0 accepted); "

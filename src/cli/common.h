@@ -26,6 +26,18 @@ kv::CacheTypes cache_types(const ModelFlags& flags, const model::Model& model);
 // Sets the thread count, loads the model and sets its cache types; prints nothing.
 std::unique_ptr<model::Model> load_model(const ModelFlags& flags);
 
+// Checks of a flag's number that name the value and its range in the error ("must be a positive
+// number, found '0'"), where CLI11's own print "Value 0 not in range 0.000000 to 1.797...e308"
+// (and say so of a value that is no number at all).
+CLI::Validator positive_number();      // > 0
+CLI::Validator non_negative_number();  // >= 0
+CLI::Validator number_in(double lo, double hi);  // in [lo, hi]
+
+// Prints a warning to stderr when `ctx` (the flag `flag`) is past the model's trained context:
+// the model never saw those positions, so a perplexity there means little (stories260K, trained
+// on 2048: 4.5 at --ctx 1024, 32.8 at 4096). Returns whether it warned.
+bool warn_past_trained_context(const model::Model& model, int64_t ctx, const char* flag = "--ctx");
+
 // --fold-type: the type of folded attention weights in a written model ("" = auto).
 void add_fold_type_flag(CLI::App* app, std::string& fold_type);
 // Writes the model with that fold type; prints the type fallbacks, if any, to stderr.

@@ -31,6 +31,7 @@ void run(const CompareFlags& f) {
   const std::vector<int32_t> ids = base->tokenizer().encode(text, true);
   EKV_CHECK(model->tokenizer().encode(text, true) == ids,
             "the two models tokenize the text differently; compare needs the same vocabulary");
+  warn_past_trained_context(*base, f.ctx);
   eval::PerplexityOptions po;
   po.ctx = f.ctx;
   po.max_windows = f.max_windows;
@@ -98,17 +99,17 @@ void register_compare(CLI::App& app) {
   cmd->add_option("--base", flags->base, "the original model")->required();
   cmd->add_option("-f,--file", flags->file, "evaluation text")->required();
   cmd->add_option("--ctx", flags->ctx, "perplexity window")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->check(number_in(int64_t{2}, int64_t{1} << 20))
       ->capture_default_str();
   cmd->add_option("--max-windows", flags->max_windows, "score at most this many windows")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("-n,--n-gen", flags->n_gen, "decode tokens per speed test")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("-d,--depth", flags->depth, "context depth of the speed test (default: ctx - n)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("-r,--repeats", flags->repeats, "speed repeats (median)")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_flag("--json", flags->json, "print one JSON object");
   cmd->callback([flags] { run(*flags); });

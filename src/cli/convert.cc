@@ -139,7 +139,7 @@ void register_convert(CLI::App& app) {
                   "f32, f16, bf16, or a type mix: " + ops::quant_mix_names() + " (default f16)");
   cmd->add_option("-t,--threads", flags->threads,
                   "threads (default: OMP_NUM_THREADS, else all cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->callback([flags] { run(*flags); });
 }
 

@@ -87,6 +87,7 @@ void run(const EvalFlags& f) {
   to.num_fewshot = f.num_fewshot;
   eval::ScoreOptions so;
   so.max_length = f.ctx;
+  if (f.ctx > 0) warn_past_trained_context(*model, f.ctx);
   so.share_prefix = !f.no_share_prefix;
   so.parallel_items = !f.serial_items;
   // Load every task first, so a bad name or file fails before any scoring.
@@ -160,15 +161,15 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--data-dir", flags->data_dir, "where the built-in task files are")
       ->capture_default_str();
   cmd->add_option("--limit", flags->limit, "score only the first N items of each task")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--ctx", flags->ctx,
                   "context length; longer inputs are cut from the left (default: the model's)")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+      ->check(number_in(int64_t{2}, int64_t{1} << 20));
   cmd->add_option("--fewshot-file", flags->fewshot_file,
                   "MMLU-style dev split the k-shot examples come from");
   cmd->add_option("--num-fewshot", flags->num_fewshot,
                   "MMLU: dev examples (same subject) before each question")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_flag("--skip-bad-lines", flags->skip_bad_lines,
                 "skip and count malformed items instead of stopping at the first");
   cmd->add_flag("--no-share-prefix", flags->no_share_prefix,

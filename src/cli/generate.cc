@@ -111,18 +111,18 @@ void register_generate(CLI::App& app) {
   cmd->add_option("-p,--prompt", flags->prompt, "prompt text (default: none, start from BOS)");
   cmd->add_option("-f,--file", flags->file, "read the prompt from a file");
   cmd->add_option("-n,--n-predict", flags->n_tokens, "tokens to generate")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--ctx", flags->ctx, "KV cache capacity in tokens (default: prompt + -n, at most the model's context)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--temp", flags->temperature, "temperature; 0 = greedy")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("--top-k", flags->top_k, "keep the k most likely tokens; 0 = all")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("--top-p", flags->top_p, "nucleus sampling mass in (0, 1]")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_in(0.0, 1.0))
       ->capture_default_str();
   cmd->add_option("--seed", flags->seed, "random seed (default: random)");
   cmd->add_flag("--no-bos", flags->no_bos, "do not prepend the BOS token");

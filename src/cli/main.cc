@@ -11,7 +11,7 @@ int main(int argc, char** argv) {
   CLI::App app{"eigenkv: run Llama-family models with a low-rank KV cache"};
   app.require_subcommand(1);
   app.failure_message([](const CLI::App* failed, const CLI::Error& e) {
-    return "eigenkv: error: " + std::string(e.what()) + " (see: eigenkv " +
+    return "eigenkv: error: " + eigenkv::escape_control(e.what()) + " (see: eigenkv " +
            (failed && failed->get_parent() ? failed->get_name() + " " : std::string()) +
            "--help)\n";
   });
@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   app.fallthrough();
   app.add_option("--max-text-bytes", eigenkv::cli::max_text_bytes(),
                  "largest text file (-f, --heldout) a run reads, in bytes")
-      ->check(CLI::PositiveNumber);
+      ->check(eigenkv::cli::positive_number());
   eigenkv::cli::register_generate(app);
   eigenkv::cli::register_perplexity(app);
   eigenkv::cli::register_tokenize(app);
@@ -40,13 +40,13 @@ int main(int argc, char** argv) {
     // --help and --version exit 0; every other parse error is one error line and status 1.
     return app.exit(e) == 0 ? 0 : 1;
   } catch (const eigenkv::Error& e) {
-    std::fprintf(stderr, "eigenkv: error: %s\n", e.what());
+    std::fprintf(stderr, "eigenkv: error: %s\n", eigenkv::escape_control(e.what()).c_str());
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "eigenkv: error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "eigenkv: error: %s\n", e.what());
+    std::fprintf(stderr, "eigenkv: error: %s\n", eigenkv::escape_control(e.what()).c_str());
     return 1;
   }
   return 0;

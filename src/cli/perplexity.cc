@@ -35,6 +35,7 @@ void run(const PerplexityFlags& f) {
     EKV_CHECK(base->tokenizer().encode(text, true) == ids, f.kld_base,
               ": the base model tokenizes the text differently; KLD needs the same vocabulary");
   }
+  const bool past_context = warn_past_trained_context(*model, f.ctx);
   eval::PerplexityOptions options;
   options.ctx = f.ctx;
   options.max_windows = f.max_windows;
@@ -48,6 +49,7 @@ void run(const PerplexityFlags& f) {
                           {"tokens_scored", r.tokens_scored},
                           {"windows", r.windows},
                           {"ctx", f.ctx},
+                          {"past_trained_context", past_context},
                           {"protocol", f.llamacpp ? "llama.cpp" : "eigenkv"},
                           {"text_tokens", ids.size()},
                           {"tokenize_seconds", tokenize_seconds},
@@ -85,10 +87,10 @@ void register_perplexity(CLI::App& app) {
   add_model_flags(cmd, flags->model);
   cmd->add_option("-f,--file", flags->file, "text file to score")->required();
   cmd->add_option("--ctx", flags->ctx, "window size in tokens")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->check(number_in(int64_t{2}, int64_t{1} << 20))
       ->capture_default_str();
   cmd->add_option("--max-windows", flags->max_windows, "score at most this many windows")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_flag("--decode", flags->decode,
                 "feed each window one token at a time, as generation runs (decode kernels)");
   cmd->add_flag("--llamacpp-protocol", flags->llamacpp,

@@ -145,7 +145,7 @@ void register_quantize(CLI::App& app) {
                 "allow converting tensors that are already quantized (loses accuracy)");
   cmd->add_option("-t,--threads", flags->threads,
                   "threads (default: OMP_NUM_THREADS, else all cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->callback([flags] { run(*flags); });
 }
 

@@ -85,9 +85,9 @@ void register_quantize_cache(CLI::App& app) {
                   "KV bytes per token as a fraction of the uncompressed f16 cache, (0, 1]")
       ->capture_default_str();
   cmd->add_option("--tokens", flags->tokens, "calibration tokens used (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
-  cmd->add_option("--ctx", flags->ctx, "calibration window")->check(CLI::Range(2, 1 << 20))
+  cmd->add_option("--ctx", flags->ctx, "calibration window")->check(number_in(2, 1 << 20))
       ->capture_default_str();
   cmd->add_flag("--json", flags->json, "print the allotment as JSON");
   cmd->callback([flags] { run(*flags); });

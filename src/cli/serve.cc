@@ -26,6 +26,8 @@ struct ServeFlags {
   double timeout = 600;
   int64_t max_body = int64_t{8} << 20;
   double drain = 10;
+  double read_timeout = 20;
+  int max_reading = 0;
   std::string model_id;
   std::vector<std::string> api_keys;
   std::string api_key_file;
@@ -65,6 +67,8 @@ serve::ServerOptions server_options(const ServeFlags& f, const model::Model& mod
   o.limits.ctx = f.ctx > 0 ? f.ctx : model.config().n_ctx_train;
   o.limits.max_tokens_cap = f.max_tokens > 0 ? f.max_tokens : o.limits.ctx;
   o.max_body_bytes = static_cast<size_t>(f.max_body);
+  o.read_timeout_seconds = f.read_timeout;
+  o.max_reading = f.max_reading;
   o.api_keys = api_keys(f);
   o.open_health = f.open_health;
   o.allowed_origins = f.allowed_origins;
@@ -136,30 +140,39 @@ void register_serve(CLI::App& app) {
   add_model_flags(cmd, flags->model);
   cmd->add_option("--host", flags->host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", flags->port, "port; 0 = any free port (printed on stdout)")
-      ->check(CLI::Range(0, 65535))
+      ->check(number_in(0, 65535))
       ->capture_default_str();
   cmd->add_option("--parallel", flags->parallel, "most sequences decoded together")
-      ->check(CLI::Range(int64_t{1}, int64_t{1024}))
+      ->check(number_in(int64_t{1}, int64_t{1024}))
       ->capture_default_str();
   cmd->add_option("--ctx", flags->ctx, "tokens per sequence (default: the model's context)")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+      ->check(number_in(int64_t{2}, int64_t{1} << 20));
   cmd->add_option("--kv-mem", flags->kv_mem_mib,
                   "KV cache budget in MiB shared by all sequences (default: --parallel full "
                   "contexts)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--max-tokens", flags->max_tokens,
                   "largest max_tokens a request may ask for (default: --ctx)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--timeout", flags->timeout, "seconds a request may take, queue included")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--max-body", flags->max_body, "largest request body in bytes")
-      ->check(CLI::Range(int64_t{1024}, int64_t{1} << 30))
+      ->check(number_in(int64_t{1024}, int64_t{1} << 30))
       ->capture_default_str();
   cmd->add_option("--drain", flags->drain,
                   "on SIGINT/SIGTERM, seconds active requests may take to finish")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
+  cmd->add_option("--read-timeout", flags->read_timeout,
+                  "seconds a connection has to send each request, head and body (slow clients "
+                  "are closed)")
+      ->check(positive_number())
+      ->capture_default_str();
+  cmd->add_option("--max-reading", flags->max_reading,
+                  "connections that may be sending a request at once; over that the slowest "
+                  "is closed (default: half the HTTP threads)")
+      ->check(positive_number());
   cmd->add_option("--api-key", flags->api_keys,
                   "require 'Authorization: Bearer KEY' on every request (repeatable; "
                   "--api-key-file keeps keys out of the process list)");

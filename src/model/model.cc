@@ -25,8 +25,9 @@ Model::Model(ModelConfig config, ModelWeights weights, std::unique_ptr<tok::Toke
   if (!weights_.rope_freq_factors.empty()) {
     for (size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] /= weights_.rope_freq_factors[i];
   }
-  rope_ = ops::RopeTable(std::move(inv_freq), std::max<int64_t>(config_.n_ctx_train, 4096),
-                         config_.arch.rope_layout);
+  // The angles of the first 4096 positions; a cache reserves more when it is made (new_cache), so
+  // a file claiming a 1M context costs nothing until a run uses it.
+  rope_ = ops::RopeTable(std::move(inv_freq), 4096, config_.arch.rope_layout);
   if (config_.arch.position == PositionKind::kAlibi)
     alibi_slopes_ = alibi_slopes(config_.n_heads, config_.arch.alibi_bias_max);
   if (has_cache_allotment()) cache_types_ = {ops::KvType::kMixed, ops::KvType::kMixed};

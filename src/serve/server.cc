@@ -10,6 +10,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "serve/connection_guard.h"
 #include "serve/format.h"
 #include "serve/peer_socket.h"
 #include "tokenizer/tokenizer.h"
@@ -186,7 +187,16 @@ Server::Server(const model::Model& model, ServerOptions options)
   const int threads = options_.http_threads > 0
                           ? options_.http_threads
                           : static_cast<int>(2 * options_.scheduler.parallel + 16);
-  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  EKV_CHECK(options_.read_timeout_seconds > 0, "the read timeout must be positive, found ",
+            options_.read_timeout_seconds);
+  guard_ = std::make_unique<ConnectionGuard>(ConnectionGuardOptions{
+      options_.read_timeout_seconds,
+      options_.max_reading > 0 ? options_.max_reading : std::max(2, threads / 2)});
+  http_->new_task_queue = [this, threads] { return guard_->queue(threads); };
+  // After each response the connection reads again (keep-alive): its read clock restarts.
+  http_->set_logger([](const httplib::Request&, const httplib::Response&) {
+    ConnectionGuard::response_written();
+  });
   http_->set_payload_max_length(options_.max_body_bytes);
   // httplib's default also sets SO_REUSEPORT, which lets a second server bind a port in use and
   // silently share its clients; SO_REUSEADDR alone still allows a quick restart.
@@ -273,6 +283,8 @@ bool Server::admit(const httplib::Request& req, httplib::Response& res) {
 
 void Server::install_routes() {
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    // A request without a body is whole once its head is in; POST bodies are read by `wrap`.
+    if (req.method != "POST") ConnectionGuard::request_read();
     if (admit(req, res)) return httplib::Server::HandlerResponse::Unhandled;
     res.set_header("Connection", "close");
     metrics_.count_request("refused", res.status);
@@ -311,6 +323,7 @@ void Server::install_routes() {
                                   options_.max_body_bytes, " bytes"));
         }
         if (!read) throw ApiError(400, "the body could not be read");
+        ConnectionGuard::request_read();  // generation time is --timeout's, not the guard's
         (this->*handler)(req, body, res);
       } catch (const ApiError& e) {
         send_error(res, e.status(), e.what(), e.type(), e.param());

@@ -26,6 +26,7 @@ namespace eigenkv::serve {
 
 struct Generation;
 class HttpServer;
+class ConnectionGuard;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
@@ -35,6 +36,11 @@ struct ServerOptions {
   size_t max_body_bytes = size_t{8} << 20;
   std::string model_id;  // what /v1/models lists and responses name
   int http_threads = 0;  // 0: enough for every sequence to have a waiting client, plus spare
+  // A connection has read_timeout_seconds to deliver each request (head and body), and at most
+  // max_reading connections (0: half the HTTP threads) may be delivering at once; over that, the
+  // one reading longest is closed (ConnectionGuard: slow clients cannot take every thread).
+  double read_timeout_seconds = 20;
+  int max_reading = 0;
   // Access. With keys, every request needs "Authorization: Bearer KEY" (401 otherwise), except
   // /health and /metrics when open_health. Without keys, the Host header must name this machine
   // (a loopback name, an IP address or `host`), which stops DNS rebinding. A request with an
@@ -78,6 +84,7 @@ class Server {
   ServerInfo info_;
   Metrics metrics_;
   Scheduler scheduler_;
+  std::unique_ptr<ConnectionGuard> guard_;  // outlives http_, whose task queue it made
   std::unique_ptr<HttpServer> http_;
   int bound_port_ = 0;
   std::atomic<bool> stopping_{false};
