@@ -4,7 +4,7 @@ and the tables the result scripts wrote (docs/results/*.md)."""
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PARTS = ["summary.md", "reference.md", "eigen.md", "stief.md", "stief_variants.md",
+PARTS = ["summary.md", "reference.md", "llamacpp.md", "eigen.md", "families.md", "stief.md", "stief_variants.md",
          "stief_variants_rest.md", "kvquant.md", "kvquant_decode.md", "zeroshot.md"]
 
 
@@ -13,7 +13,8 @@ def main():
            "Every table below is written by a committed script from eigenkv's own `--json` output "
            "(the command, machine and date are under each table); the prose in the first section "
            "is our reading of them. Regenerate with `python3 scripts/results/reference_check.py`, "
-           "`python3 scripts/results/eigen_results.py`, `stief_results.py`, `kvquant_results.py`, `kvquant_decode_results.py`, "
+           "`python3 scripts/results/eigen_results.py`, `llamacpp_parity.py`, `stief_results.py` (also "
+           "for the families' section, with the arguments under its table), `kvquant_results.py`, `kvquant_decode_results.py`, "
            "`zeroshot_results.py`, then this script.", ""]
     for part in PARTS:
         path = os.path.join(ROOT, "docs", "results", part)

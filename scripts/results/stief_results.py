@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,18 @@ def at_ranks(points, rk, rv):
         if p["key_rank"] == rk and p["value_rank"] == rv:
             return p
     raise KeyError((rk, rv))
+
+
+def cpu_line():
+    """The CPU's name, the core count and the SIMD features that pick eigenkv's kernels."""
+    name, flags = platform.machine(), set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name") and name == platform.machine():
+            name = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    feats = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni") if f in flags]
+    return "%s, %d cores, %s" % (name, os.cpu_count(), " ".join(feats))
 
 
 def mean(xs):
@@ -165,7 +178,7 @@ def main():
                         for l, c in zip(cal["layers"], out["chosen"])]
                 err = mean([h["error"] for h in held])
                 cos = mean([h["cosine"] for h in held])
-                allot_rows.append("| %.1f | %s | %.4f | %.5f | %.6f | %.4f | %.5f | %.1f %% | "
+                allot_rows.append("| %g | %s | %.4f | %.5f | %.6f | %.4f | %.5f | %.1f %% | "
                                   "%.4f | %.5f | %.1f %% |" % (
                                       frac, method, out["kv_fraction"], err, cos, ts["ppl"],
                                       ts["kld_mean"], 100 * ts["top1_agree"], wk["ppl"],
@@ -182,7 +195,7 @@ def main():
             for key in ("eigen", "stief"):
                 pts = [at_ranks(l[key], r, r) for l in profiles["layers"]]
                 cal_rows.append(mean([p["error"] for p in pts]))
-            uniform_rows.append("| %.1f | %d | %.3f | %.5f | %.5f | %.5f | %.5f | %.6f | %.6f | "
+            uniform_rows.append("| %g | %d | %.3f | %.5f | %.5f | %.5f | %.5f | %.6f | %.6f | "
                                 "%+.1f %% |" % (frac, r, r / dh, cal_rows[0], cal_rows[1], row[0],
                                                 row[2], row[1], row[3],
                                                 100 * (row[2] - row[0]) / row[0]))
@@ -220,7 +233,7 @@ def main():
             # The shared basis' own errors, also where the layer fell back to Eigen's bases.
             sh = [at_ranks(l.get("stief_trained_heldout", l["stief_heldout"]), r, r)
                   for l in shared["layers"]]
-            lines.append("| %.1f | %d | %.5f | %.5f | %.5f | %.6f | %.6f |" % (
+            lines.append("| %g | %d | %.5f | %.5f | %.5f | %.6f | %.6f |" % (
                 frac, r, mean([p["error"] for p in e]), mean([p["error"] for p in ph]),
                 mean([p["error"] for p in sh]), mean([p["cosine"] for p in ph]),
                 mean([p["cosine"] for p in sh])))
@@ -255,11 +268,9 @@ def write(a, lines, timing, skipped, started, pending, n_budgets):
         out.append("Skipped (head_dim < 32): %s.\n" % ", ".join(skipped))
     if pending:
         out.append("_Partial: not yet run: %s._\n" % ", ".join(pending))
-    out.append("Produced by `python3 scripts/results/stief_results.py%s` on %s (%s, %d cores) "
-               "in %.0f s." % (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "",
-                               datetime.date.today().isoformat(),
-                               platform.processor() or platform.machine(), os.cpu_count(),
-                               time.time() - started))
+    out.append("Produced by `python3 scripts/results/stief_results.py%s` on %s (%s) in %.0f s." % (
+        " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "", datetime.date.today().isoformat(),
+        cpu_line(), time.time() - started))
     open(a.out, "w").write("\n".join(out) + "\n")
 
 if __name__ == "__main__":
