@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "compress/calibrate.h"
+#include "eval/perplexity.h"
 #include "io/gguf.h"
 #include "kv/kv_cache.h"
 #include "model/generate.h"
@@ -29,6 +30,16 @@ using testing::logits_of;
 using testing::max_relative_diff;
 
 constexpr const char* kQwen2 = "models/qwen2-tiny-hf";
+
+// Perplexity on the first 4 windows of 128 tokens of the repository's calibration text.
+double text_ppl(const model::Model& m) {
+  eval::PerplexityOptions o;
+  o.ctx = 128;
+  o.max_windows = 4;
+  o.progress = false;
+  return eval::perplexity(m, testing::repo_text_ids(m, "data/tinystories-calib.txt"), o).ppl;
+}
+
 
 nlohmann::json golden(const std::string& model_dir) {
   std::ifstream in(testing::shared_path(model_dir + "/golden_logits.json"));
@@ -116,13 +127,14 @@ TEST(Qwen2, GgufRoundTripKeepsTheLogits) {
 }
 
 // Eigen Attention at full rank (threshold 0) keeps the function: the biases fold as U^T b.
-TEST(Qwen2, EigenAtFullRankKeepsTheLogits) {
+TEST(Qwen2, EigenAtFullRankKeepsTheLogitsAndPerplexity) {
   EKV_REQUIRE_SHARED(kQwen2);
   for (model::KeyMode mode : {model::KeyMode::kPre, model::KeyMode::kPost}) {
     auto m = model::Model::load(testing::shared_path(kQwen2));
     const std::vector<int32_t> ids = testing::repo_text_ids(*m, "data/tinystories-calib.txt");
     const std::vector<int32_t> probe(ids.begin(), ids.begin() + 100);
     const std::vector<float> before = logits_of(*m, probe);
+    const double ppl_before = text_ppl(*m);
     compress::CalibrationOptions o;
     o.key_mode = mode;
     o.threshold = 0.0;
@@ -132,6 +144,7 @@ TEST(Qwen2, EigenAtFullRankKeepsTheLogits) {
     ASSERT_TRUE(m->is_compressed());
     EXPECT_FALSE(m->weights().layers[0].bv.empty());
     EXPECT_LT(max_relative_diff(logits_of(*m, probe), before), 1e-4) << model::key_mode_name(mode);
+    EXPECT_NEAR(text_ppl(*m) / ppl_before, 1.0, 1e-4);
   }
 }
 
@@ -157,12 +170,13 @@ TEST(Opt, GreedyTextMatchesTheReference) {
 
 // Without RoPE the key basis folds into both W_q and W_k (and their biases): attention runs
 // wholly in rank space, exact at full rank.
-TEST(Opt, EigenAtFullRankKeepsTheLogits) {
+TEST(Opt, EigenAtFullRankKeepsTheLogitsAndPerplexity) {
   EKV_REQUIRE_SHARED(kOpt);
   auto m = model::Model::load(testing::shared_path(kOpt));
   const std::vector<int32_t> ids = testing::repo_text_ids(*m, "data/tinystories-calib.txt");
   const std::vector<int32_t> probe(ids.begin(), ids.begin() + 100);
   const std::vector<float> before = logits_of(*m, probe);
+    const double ppl_before = text_ppl(*m);
   compress::CalibrationOptions o;
   o.key_mode = model::KeyMode::kNoRope;
   o.threshold = 0.0;
@@ -172,6 +186,7 @@ TEST(Opt, EigenAtFullRankKeepsTheLogits) {
   ASSERT_TRUE(m->is_compressed());
   EXPECT_EQ(m->weights().layers[0].bq.size(), m->weights().layers[0].wq.rows);
   EXPECT_LT(max_relative_diff(logits_of(*m, probe), before), 1e-4);
+    EXPECT_NEAR(text_ppl(*m) / ppl_before, 1.0, 1e-4);
 }
 
 TEST(Opt, PositionsPastTheTableAndUnbuiltVariantsAreRefused) {
@@ -314,12 +329,13 @@ TEST(Mpt, GgufRoundTripKeepsTheLogits) {
 
 // ALiBi has no rotation: the key basis folds into W_q and W_k (norope), and the ALiBi bias is
 // added to the rank-space scores unchanged: exact at full rank.
-TEST(Mpt, EigenAtFullRankKeepsTheLogits) {
+TEST(Mpt, EigenAtFullRankKeepsTheLogitsAndPerplexity) {
   EKV_REQUIRE_SHARED(kMpt);
   auto m = model::Model::load(testing::shared_path(kMpt));
   const std::vector<int32_t> ids = testing::repo_text_ids(*m, "data/tinystories-calib.txt");
   const std::vector<int32_t> probe(ids.begin(), ids.begin() + 100);
   const std::vector<float> before = logits_of(*m, probe);
+    const double ppl_before = text_ppl(*m);
   compress::CalibrationOptions o;
   o.key_mode = model::KeyMode::kNoRope;
   o.threshold = 0.0;
@@ -328,6 +344,7 @@ TEST(Mpt, EigenAtFullRankKeepsTheLogits) {
   compress::calibrate_eigen(*m, ids, o);
   ASSERT_TRUE(m->is_compressed());
   EXPECT_LT(max_relative_diff(logits_of(*m, probe), before), 1e-4);
+    EXPECT_NEAR(text_ppl(*m) / ppl_before, 1.0, 1e-4);
 }
 
 // A directory beside the trained MPT model whose config.json is edited by `edit`.
