@@ -2,6 +2,8 @@
 // and one-line errors (exit code != 0, no crash) for bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -59,6 +61,45 @@ TEST(Cli, TokenizeJsonIncludesBosUnlessAsked) {
   EXPECT_EQ(ids[0], 1);
   Outcome n = run("tokenize -m " + kBundled + " -p 'Once upon a time' --json --no-bos");
   EXPECT_EQ(nlohmann::json::parse(n.out)["ids"].size(), ids.size() - 1);
+}
+
+// Tokenizer defaults as the references have them: special-token strings are the tokens (Hugging
+// Face tokenizers, llama-tokenize), unless --no-parse-special; BOS as the tokenizer's own rule
+// (a bare Llama-3 tokenizer.json's post-processor adds none, Llama 2's TemplateProcessing adds <s>).
+TEST(Cli, TokenizeDefaultsFollowTheReferences) {
+  std::vector<int32_t> ids;
+  auto ids_of = [&](const std::string& args) {
+    Outcome o = run("tokenize " + args + " --json");
+    EXPECT_EQ(o.status, 0) << args << "\n" << o.out;
+    return o.status == 0 ? nlohmann::json::parse(o.out)["ids"].get<std::vector<int32_t>>()
+                         : std::vector<int32_t>{};
+  };
+  auto count = [](const std::vector<int32_t>& v, int32_t id) {
+    return std::count(v.begin(), v.end(), id);
+  };
+  // GGUF (llama.cpp's rules): PTB's "<unk>" and "</s>" written in the text.
+  ids = ids_of("-m " + kBundled + " -p 'a <unk> b</s>'");
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.front(), 1);
+  EXPECT_EQ(count(ids, 0), 1);
+  EXPECT_EQ(ids.back(), 2);
+  ids = ids_of("-m " + kBundled + " -p 'a <unk> b</s>' --no-parse-special");
+  EXPECT_EQ(count(ids, 0), 0);
+  EXPECT_NE(ids.back(), 2);
+  if (!std::filesystem::exists(shared_path("tokenizers/llama3/tokenizer.json"))) {
+    GTEST_SKIP() << "skipped: ../shared/tokenizers/llama3 is absent";
+  }
+  const std::string llama3 = "--tokenizer " + shared_path("tokenizers/llama3/tokenizer.json");
+  ids = ids_of(llama3 + " -p '<|start_header_id|>user<|end_header_id|>'");
+  EXPECT_EQ(ids, (std::vector<int32_t>{128006, 882, 128007}));  // no BOS: its post-processor
+  ids = ids_of(llama3 + " -p '<|start_header_id|>user' --bos");
+  EXPECT_EQ(ids.front(), 128000);
+  ids = ids_of(llama3 + " -p '<|start_header_id|>user' --no-parse-special");
+  EXPECT_EQ(count(ids, 128006), 0);
+  EXPECT_GT(ids.size(), 3u);
+  ids = ids_of("--tokenizer " + shared_path("tokenizers/llama2/tokenizer.json") + " -p 'Hello'");
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.front(), 1) << "Llama 2's TemplateProcessing adds <s>";
 }
 
 TEST(Cli, InfoJsonReportsKvBytesPerToken) {

@@ -135,6 +135,23 @@ TEST(Request, PromptFormsAndDefaults) {
   }
 }
 
+// A string prompt reads special-token strings as the tokens (llama.cpp's and vLLM's servers do),
+// unless serve --no-parse-special.
+TEST(Request, SpecialTokenStringsInPromptsAreTheTokens) {
+  EKV_REQUIRE_SHARED("models/stories260K.gguf");
+  auto tokenizer = model::load_tokenizer(testing::shared_path("models/stories260K.gguf"));
+  RequestLimits limits;
+  const json body = {{"prompt", "Lily said <unk> and</s>"}};
+  const std::vector<int32_t> parsed = parse_completion_request(body, *tokenizer, limits).prompts[0];
+  EXPECT_EQ(std::count(parsed.begin(), parsed.end(), 0), 1) << "<unk> (id 0) not matched";
+  EXPECT_EQ(parsed.back(), tokenizer->eos_id());
+  limits.parse_special = false;
+  const std::vector<int32_t> plain = parse_completion_request(body, *tokenizer, limits).prompts[0];
+  EXPECT_EQ(std::count(plain.begin(), plain.end(), 0), 0);
+  EXPECT_NE(plain.back(), tokenizer->eos_id());
+  EXPECT_GT(plain.size(), parsed.size());
+}
+
 TEST(Request, ChatMessagesAndTokenLimits) {
   EKV_REQUIRE_SHARED("models/stories260K.gguf");
   const auto tokenizer = small_tokenizer();

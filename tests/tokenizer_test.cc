@@ -239,7 +239,9 @@ TEST(TokenizerSpecialTest, ParseSpecialControlsMatching) {
   ASSERT_GE(parsed.size(), 3u);
   EXPECT_EQ(parsed.front(), tokenizer.bos_id());
   EXPECT_EQ(parsed.back(), tokenizer.eos_id());
-  const std::vector<int32_t> plain = tokenizer.encode("<s>Hi</s>", false);
+  // The default matches them, as llama.cpp and Hugging Face do; false spells them out.
+  EXPECT_EQ(tokenizer.encode("<s>Hi</s>", false), parsed);
+  const std::vector<int32_t> plain = tokenizer.encode("<s>Hi</s>", false, /*parse_special=*/false);
   EXPECT_EQ(std::count(plain.begin(), plain.end(), tokenizer.bos_id()), 0);
   EXPECT_EQ(tokenizer.decode(plain), "<s>Hi</s>");
   EXPECT_TRUE(tokenizer.is_end_of_generation(tokenizer.eos_id()));

@@ -289,9 +289,11 @@ void run_stief(const CalibrateFlags& flags) {
   if (budgets.empty()) budgets = {options.calibration.kv_budget};
   const std::string text = read_text_file(f.file);
   options.calibration.source = text_label(f.file, text);
-  const std::vector<int32_t> ids = model->tokenizer().encode(text, true);
+  const std::vector<int32_t> ids = model->tokenizer().encode(text, true, parse_special_text());
   std::vector<int32_t> heldout_ids;
-  if (!f.heldout.empty()) heldout_ids = model->tokenizer().encode(read_text_file(f.heldout), true);
+  if (!f.heldout.empty()) {
+    heldout_ids = model->tokenizer().encode(read_text_file(f.heldout), true, parse_special_text());
+  }
   const int64_t full_bytes = model->kv_bytes_per_token();
   const int64_t head_dim = model->config().head_dim;
   compress::StiefResult r = compress::train_stief(*model, ids, heldout_ids, options);
@@ -356,7 +358,7 @@ void run(const CalibrateFlags& f) {
   compress::CalibrationOptions options = options_from(f, *model);
   const std::string text = read_text_file(f.file);
   options.source = text_label(f.file, text);
-  const std::vector<int32_t> ids = model->tokenizer().encode(text, true);
+  const std::vector<int32_t> ids = model->tokenizer().encode(text, true, parse_special_text());
   const int64_t full_bytes = model->kv_bytes_per_token();
   compress::CalibrationResult r = compress::calibrate_eigen(*model, ids, options);
   save_model(*model, f.out, f.fold_type);

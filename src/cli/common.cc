@@ -103,6 +103,11 @@ std::unique_ptr<model::Model> load_model(const ModelFlags& flags) {
   return model;
 }
 
+bool& parse_special_text() {
+  static bool parse = true;
+  return parse;
+}
+
 uint64_t& max_text_bytes() {
   static uint64_t limit = uint64_t{1} << 30;
   return limit;

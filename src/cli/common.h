@@ -48,6 +48,9 @@ void save_model(const model::Model& model, const std::string& path, const std::s
 std::string read_text_file(const std::string& path);
 // --max-text-bytes: 1 GiB unless set.
 uint64_t& max_text_bytes();
+// Whether special tokens written in a text ("<s>", "<|endoftext|>") are read as those tokens: true
+// unless --no-parse-special (Hugging Face's and llama.cpp's default).
+bool& parse_special_text();
 // The text given by -p or read from -f (exactly one of them may be set; both empty gives "").
 std::string prompt_text(const std::string& prompt, const std::string& file);
 

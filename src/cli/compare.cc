@@ -28,8 +28,8 @@ void run(const CompareFlags& f) {
   auto model = load_model(f.model);
   auto base = model::Model::load(f.base);
   const std::string text = read_text_file(f.file);
-  const std::vector<int32_t> ids = base->tokenizer().encode(text, true);
-  EKV_CHECK(model->tokenizer().encode(text, true) == ids,
+  const std::vector<int32_t> ids = base->tokenizer().encode(text, true, parse_special_text());
+  EKV_CHECK(model->tokenizer().encode(text, true, parse_special_text()) == ids,
             "the two models tokenize the text differently; compare needs the same vocabulary");
   warn_past_trained_context(*base, f.ctx);
   eval::PerplexityOptions po;

@@ -87,6 +87,7 @@ void run(const EvalFlags& f) {
   to.num_fewshot = f.num_fewshot;
   eval::ScoreOptions so;
   so.max_length = f.ctx;
+  so.parse_special = parse_special_text();
   if (f.ctx > 0) warn_past_trained_context(*model, f.ctx);
   so.share_prefix = !f.no_share_prefix;
   so.parallel_items = !f.serial_items;

@@ -48,7 +48,7 @@ void run(const GenerateFlags& f) {
   auto model = load_model(f.model);
   const tok::Tokenizer& tokenizer = model->tokenizer();
   const std::string text = prompt_text(f.prompt, f.file);
-  std::vector<int32_t> prompt = tokenizer.encode(text, !f.no_bos);
+  std::vector<int32_t> prompt = tokenizer.encode(text, !f.no_bos, parse_special_text());
   EKV_CHECK(!prompt.empty(), "the prompt is empty and the model has no BOS token to start from");
   model::GenerateOptions options;
   options.max_tokens = f.n_tokens;

@@ -21,6 +21,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-text-bytes", eigenkv::cli::max_text_bytes(),
                  "largest text file (-f, --heldout) a run reads, in bytes")
       ->check(eigenkv::cli::positive_number());
+  app.add_flag("--no-parse-special{false}", eigenkv::cli::parse_special_text(),
+               "read special-token strings in texts (\"<s>\", \"<|endoftext|>\") letter by "
+               "letter instead of as the tokens");
   eigenkv::cli::register_generate(app);
   eigenkv::cli::register_perplexity(app);
   eigenkv::cli::register_tokenize(app);

@@ -29,10 +29,12 @@ void run(const PerplexityFlags& f) {
   if (!f.kld_base.empty()) base = model::Model::load(f.kld_base);
   const std::string text = read_text_file(f.file);
   const double t0 = now_seconds();
-  const std::vector<int32_t> ids = model->tokenizer().encode(text, true);
+  // llama-perplexity tokenizes without parsing special tokens: its protocol does too.
+  const bool special = parse_special_text() && !f.llamacpp;
+  const std::vector<int32_t> ids = model->tokenizer().encode(text, true, special);
   const double tokenize_seconds = now_seconds() - t0;
   if (base) {
-    EKV_CHECK(base->tokenizer().encode(text, true) == ids, f.kld_base,
+    EKV_CHECK(base->tokenizer().encode(text, true, special) == ids, f.kld_base,
               ": the base model tokenizes the text differently; KLD needs the same vocabulary");
   }
   const bool past_context = warn_past_trained_context(*model, f.ctx);

@@ -29,7 +29,7 @@ void run(const QuantizeCacheFlags& f) {
   auto model = load_model(f.model);
   model::check_can_save_gguf(*model);  // before the long work
   const std::string text = read_text_file(f.file);
-  const std::vector<int32_t> ids = model->tokenizer().encode(text, true);
+  const std::vector<int32_t> ids = model->tokenizer().encode(text, true, parse_special_text());
   compress::CacheBitsOptions o;
   o.budget = f.budget;
   o.ctx = f.ctx;

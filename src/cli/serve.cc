@@ -66,6 +66,7 @@ serve::ServerOptions server_options(const ServeFlags& f, const model::Model& mod
   o.model_id = f.model_id.empty() ? default_model_id(f.model.model) : f.model_id;
   o.limits.ctx = f.ctx > 0 ? f.ctx : model.config().n_ctx_train;
   o.limits.max_tokens_cap = f.max_tokens > 0 ? f.max_tokens : o.limits.ctx;
+  o.limits.parse_special = parse_special_text();
   o.max_body_bytes = static_cast<size_t>(f.max_body);
   o.read_timeout_seconds = f.read_timeout;
   o.max_reading = f.max_reading;

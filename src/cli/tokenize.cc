@@ -15,7 +15,8 @@ struct TokenizeFlags {
   std::string prompt;
   std::string file;
   bool no_bos = false;
-  bool parse_special = false;
+  bool bos = false;
+  bool parse_special = false;  // the default now; the flag is kept for old command lines
   bool json = false;
   bool pieces = false;
 };
@@ -31,7 +32,11 @@ void run(const TokenizeFlags& f) {
   auto tokenizer = load_tokenizer(f);
   const std::string text = prompt_text(f.prompt, f.file);
   EKV_CHECK(!f.prompt.empty() || !f.file.empty(), "no text: give -p TEXT or -f FILE");
-  const std::vector<int32_t> ids = tokenizer->encode(text, !f.no_bos, f.parse_special);
+  EKV_CHECK(!(f.bos && f.no_bos), "give --bos or --no-bos, not both");
+  // BOS as the tokenizer's own default (GGUF add_bos_token; for tokenizer.json its
+  // post-processor, or tokenizer_config.json's add_bos_token), as Hugging Face and llama.cpp add it.
+  const bool add_bos = f.bos || (!f.no_bos && tokenizer->add_bos_by_default());
+  const std::vector<int32_t> ids = tokenizer->encode(text, add_bos, parse_special_text());
   if (f.json) {
     std::printf("%s\n", nlohmann::json{{"ids", ids}}.dump().c_str());
     return;
@@ -60,8 +65,10 @@ void register_tokenize(CLI::App& app) {
   cmd->add_option("-p,--prompt", flags->prompt, "text to tokenize");
   cmd->add_option("-f,--file", flags->file, "read the text from a file");
   cmd->add_flag("--no-bos", flags->no_bos, "do not prepend the BOS token");
+  cmd->add_flag("--bos", flags->bos,
+                "prepend the BOS token even where the tokenizer does not by default");
   cmd->add_flag("--parse-special", flags->parse_special,
-                "match special tokens written in the text (e.g. <|begin_of_text|>)");
+                "match special tokens written in the text (the default; see --no-parse-special)");
   cmd->add_flag("--pieces", flags->pieces, "print one id and its text piece per line");
   cmd->add_flag("--json", flags->json, "print {\"ids\": [...]}");
   cmd->callback([flags] { run(*flags); });

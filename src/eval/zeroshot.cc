@@ -69,7 +69,8 @@ int64_t shared_prefix(const std::vector<Prepared>& ps) {
 
 }  // namespace
 
-TokenizedRequest tokenize_request(const tok::Tokenizer& tokenizer, const Request& request) {
+TokenizedRequest tokenize_request(const tok::Tokenizer& tokenizer, const Request& request,
+                                  bool parse_special) {
   std::string context = request.context;
   std::string continuation = request.continuation;
   size_t keep = context.size();
@@ -82,11 +83,11 @@ TokenizedRequest tokenize_request(const tok::Tokenizer& tokenizer, const Request
     EKV_CHECK(tokenizer.eos_id() >= 0,
               "an empty context needs a BOS or EOS token, and this vocabulary has neither");
     r.context = {tokenizer.eos_id()};
-    r.continuation = tokenizer.encode(continuation, false);
+    r.continuation = tokenizer.encode(continuation, false, parse_special);
     return r;
   }
-  const std::vector<int32_t> whole = tokenizer.encode(context + continuation, bos);
-  const std::vector<int32_t> context_ids = tokenizer.encode(context, bos);
+  const std::vector<int32_t> whole = tokenizer.encode(context + continuation, bos, parse_special);
+  const std::vector<int32_t> context_ids = tokenizer.encode(context, bos, parse_special);
   // The harness takes whole[len(enc(context)):]. Where a token of `whole` spans the boundary
   // (vocabularies with pieces like "with the " merge across it), that would drop part of the
   // continuation or leave it empty; splitting at the longest common prefix instead gives the
@@ -102,7 +103,8 @@ TokenizedRequest tokenize_request(const tok::Tokenizer& tokenizer, const Request
 ItemScorer::ItemScorer(const model::Model& model, const ScoreOptions& options)
     : model_(model),
       max_length_(options.max_length > 0 ? options.max_length : model.config().n_ctx_train),
-      share_prefix_(options.share_prefix) {
+      share_prefix_(options.share_prefix),
+      parse_special_(options.parse_special) {
   EKV_CHECK(max_length_ >= 2, "the context must hold at least 2 tokens, found ", max_length_);
   cache_ = model.new_cache(max_length_);
 }
@@ -181,7 +183,7 @@ ItemScore score_item(const model::Model& model, const Task& task, const McItem& 
   ItemScore s;
   std::vector<TokenizedRequest> requests;
   for (const Request& q : item.requests) {
-    requests.push_back(tokenize_request(model.tokenizer(), q));
+    requests.push_back(tokenize_request(model.tokenizer(), q, scorer.parse_special()));
     s.boundary_merged = s.boundary_merged || requests.back().boundary_merged;
   }
   try {

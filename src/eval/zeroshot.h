@@ -24,7 +24,9 @@ struct TokenizedRequest {
   std::vector<int32_t> continuation;
   bool boundary_merged = false;  // split at the common prefix, not at len(enc(context))
 };
-TokenizedRequest tokenize_request(const tok::Tokenizer& tokenizer, const Request& request);
+// parse_special: special-token strings in the text are those tokens (Hugging Face's default).
+TokenizedRequest tokenize_request(const tok::Tokenizer& tokenizer, const Request& request,
+                                  bool parse_special = true);
 
 struct ScoreOptions {
   int64_t max_length = 0;    // the model's context; 0: its n_ctx_train
@@ -34,6 +36,7 @@ struct ScoreOptions {
   // cache; otherwise one item at a time with threaded matmuls. Twice as fast on 2 threads for
   // the small shared models, where threading one forward pass gains 1.4x (docs/ZEROSHOT.md).
   bool parallel_items = true;
+  bool parse_special = true;  // special-token strings in the items are read as those tokens
 };
 
 // Scores the requests of one question against one model, reusing one KV cache.
@@ -46,6 +49,7 @@ class ItemScorer {
   std::vector<double> score(const std::vector<TokenizedRequest>& requests, bool* truncated);
   int64_t tokens_run() const { return tokens_run_; }
   int64_t max_length() const { return max_length_; }
+  bool parse_special() const { return parse_special_; }
 
  private:
   // Sum of log p(input[p + 1] | input[..p]) over p in [first, input.size() - 1), with
@@ -55,6 +59,7 @@ class ItemScorer {
   const model::Model& model_;
   int64_t max_length_;
   bool share_prefix_;
+  bool parse_special_;
   kv::KvCache cache_;
   std::vector<float> logits_;
   std::vector<double> row_;

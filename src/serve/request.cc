@@ -233,7 +233,8 @@ std::vector<std::vector<int32_t>> parse_prompts(Fields& f, const tok::Tokenizer&
   const json* v = f.find("prompt");
   if (!v) throw bad("prompt", "'prompt' is required");
   auto encode = [&](const json& s) {
-    return tokenizer.encode(s.get<std::string>(), tokenizer.add_bos_by_default());
+    return tokenizer.encode(s.get<std::string>(), tokenizer.add_bos_by_default(),
+                            limits.parse_special);
   };
   std::vector<std::vector<int32_t>> prompts;
   if (v->is_string()) {

@@ -53,6 +53,9 @@ struct RequestLimits {
   int64_t max_tokens_cap = 4096;  // largest max_tokens accepted
   int64_t max_prompts = 256;      // prompts in one /v1/completions request
   int64_t max_logprobs = 20;      // largest logprobs / top_logprobs
+  // String prompts: special-token strings ("<s>") are those tokens, as llama.cpp's and vLLM's
+  // servers read them; false (serve --no-parse-special) spells them letter by letter.
+  bool parse_special = true;
 };
 
 struct ChatMessage {

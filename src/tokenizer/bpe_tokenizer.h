@@ -31,7 +31,7 @@ class BpeTokenizer : public Tokenizer {
   BpeTokenizer(Vocabulary vocab, BpeModel model, BpePipeline pipeline);
 
   std::vector<int32_t> encode(std::string_view text, bool add_bos,
-                              bool parse_special = false) const override;
+                              bool parse_special = true) const override;
 
  private:
   void encode_normalized(std::string_view text, bool at_input_start, bool parse_special,

@@ -22,7 +22,7 @@ class SpmTokenizer : public Tokenizer {
                bool add_space_prefix);
 
   std::vector<int32_t> encode(std::string_view text, bool add_bos,
-                              bool parse_special = false) const override;
+                              bool parse_special = true) const override;
 
  private:
   void encode_escaped(std::string_view text, std::vector<int32_t>& out) const;

@@ -24,10 +24,11 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Text -> ids. add_bos prepends the BOS id when the vocabulary has one. Added tokens marked
-  // special (e.g. "<|begin_of_text|>") written in the text are matched as tokens only when
-  // parse_special is true; user-defined added tokens are always matched.
+  // special (e.g. "<|begin_of_text|>", "<unk>") written in the text are matched as tokens unless
+  // parse_special is false, as Hugging Face tokenizers and llama.cpp's tokenizer and server do;
+  // false spells them letter by letter. User-defined added tokens are always matched.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos,
-                                      bool parse_special = false) const = 0;
+                                      bool parse_special = true) const = 0;
 
   // The bytes `id` stands for in decoded text: "<0x0A>" gives "\n", "▁the" gives " the", a
   // byte-level "Ġthe" gives " the". Control and unknown tokens (BOS, EOS, chat markers) give
