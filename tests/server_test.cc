@@ -18,6 +18,7 @@
 #include <csignal>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -179,7 +180,8 @@ class ServerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(shared_path(kSmall))) return;
     server_ = new ServerProcess(
-        {"-m", shared_path(kSmall), "--parallel", "16", "--ctx", "256", "--max-tokens", "200"});
+        {"-m", shared_path(kSmall), "--parallel", "16", "--ctx", "256", "--max-tokens", "200",
+         "--alias", "tiny-llama", "--alias", "org/stories"});
   }
   static void TearDownTestSuite() {
     if (server_) {
@@ -207,6 +209,109 @@ TEST_F(ServerTest, HealthModelsAndMetrics) {
   EXPECT_EQ(models.body["data"][0]["meta"]["kv_bytes_per_token"], 1280);
   EXPECT_EQ(metric(port(), "eigenkv_kv_bytes_per_token"), 1280);
   EXPECT_EQ(metric(port(), "eigenkv_parallel"), 16);
+}
+
+// What OpenAI clients and vLLM users expect beyond the basics: n choices per prompt (distinct
+// samples, the prompt counted once), GET /v1/models/{id} and model_not_found for other names,
+// aliases, fields some clients always send (response_format text, tools []), and vLLM's
+// /tokenize, /detokenize and /tokenizer_info.
+TEST_F(ServerTest, ParityWithOpenAiAndVllm) {
+  // n = 3 on two prompts: six choices, prompt p's k-th at index 3p + k.
+  const json body = {{"prompt", {"Once upon", "Lily"}}, {"n", 3}, {"max_tokens", 6},
+                     {"temperature", 1.0}, {"seed", 7}};
+  const Reply r = post(port(), "/v1/completions", body);
+  ASSERT_EQ(r.status, 200) << r.raw;
+  ASSERT_EQ(r.body["choices"].size(), 6u);
+  std::set<std::string> texts;
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(r.body["choices"][i]["index"], i);
+    texts.insert(r.body["choices"][i]["text"].get<std::string>());
+  }
+  EXPECT_GE(texts.size(), 4u) << "the samples of a prompt should differ: " << r.raw;
+  // The same seed gives the same six (choice k samples with seed + k), and choice k of n = 3
+  // equals a single request seeded seed + k.
+  EXPECT_EQ(post(port(), "/v1/completions", body).body["choices"], r.body["choices"]);
+  json single = body;
+  single["prompt"] = "Lily";
+  single["n"] = 1;
+  single["seed"] = 7 + 2;
+  EXPECT_EQ(post(port(), "/v1/completions", single).body["choices"][0]["text"],
+            r.body["choices"][5]["text"]);
+  const int64_t p0 = post(port(), "/v1/completions",
+                          json{{"prompt", "Once upon"}, {"max_tokens", 1}})
+                         .body["usage"]["prompt_tokens"];
+  const int64_t p1 =
+      post(port(), "/v1/completions", json{{"prompt", "Lily"}, {"max_tokens", 1}}).body["usage"]["prompt_tokens"];
+  EXPECT_EQ(r.body["usage"]["prompt_tokens"], p0 + p1) << "each prompt counts once";
+  EXPECT_EQ(r.body["usage"]["completion_tokens"], 36);
+  // Chat with n = 2, whole and streamed.
+  const json chat = {{"messages", {{{"role", "user"}, {"content", "Tell a story"}}}},
+                     {"n", 2}, {"max_tokens", 5}, {"seed", 3}, {"model", "tiny-llama"},
+                     {"response_format", {{"type", "text"}}}, {"tools", json::array()},
+                     {"tool_choice", "none"}};
+  const Reply c = post(port(), "/v1/chat/completions", chat);
+  ASSERT_EQ(c.status, 200) << c.raw;
+  ASSERT_EQ(c.body["choices"].size(), 2u);
+  EXPECT_EQ(c.body["choices"][1]["index"], 1);
+  json streamed = chat;
+  streamed["stream"] = true;
+  const Reply s = post(port(), "/v1/chat/completions", streamed);
+  ASSERT_EQ(s.status, 200);
+  std::string joined[2];
+  for (size_t at = 0; (at = s.raw.find("data: {", at)) != std::string::npos; ++at) {
+    const json e = json::parse(s.raw.substr(at + 6, s.raw.find("\n", at) - at - 6));
+    for (const json& ch : e["choices"]) joined[ch["index"].get<int>()] += ch["delta"].value("content", "");
+  }
+  EXPECT_EQ(joined[0], c.body["choices"][0]["message"]["content"]);
+  EXPECT_EQ(joined[1], c.body["choices"][1]["message"]["content"]);
+  // Models: the served name and its aliases; anything else is 404 model_not_found.
+  const Reply models = get(port(), "/v1/models");
+  ASSERT_EQ(models.body["data"].size(), 3u);
+  EXPECT_EQ(models.body["data"][2]["id"], "org/stories");
+  EXPECT_EQ(get(port(), "/v1/models/stories260K").body["id"], "stories260K");
+  EXPECT_EQ(get(port(), "/v1/models/org/stories").body["root"], "stories260K");
+  const Reply missing = get(port(), "/v1/models/gpt-4");
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_EQ(missing.body["error"]["code"], "model_not_found");
+  const Reply wrong = post(port(), "/v1/completions", json{{"prompt", "hi"}, {"model", "gpt-4"}});
+  EXPECT_EQ(wrong.status, 404) << wrong.raw;
+  EXPECT_EQ(wrong.body["error"]["code"], "model_not_found");
+  EXPECT_EQ(wrong.body["error"]["param"], "model");
+  EXPECT_EQ(post(port(), "/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 1},
+                                                 {"model", "org/stories"}}).status,
+            200);
+  // vLLM's tokenizer endpoints agree with the completion endpoint's own tokens.
+  const Reply t = post(port(), "/tokenize", json{{"prompt", "Once upon a time"}, {"return_token_strs", true}});
+  ASSERT_EQ(t.status, 200) << t.raw;
+  const std::vector<int32_t> ids = t.body["tokens"].get<std::vector<int32_t>>();
+  ASSERT_GE(ids.size(), 2u);
+  EXPECT_EQ(ids[0], 1);  // BOS, as a string prompt gets it
+  EXPECT_EQ(t.body["count"], ids.size());
+  EXPECT_EQ(t.body["max_model_len"], 256);
+  EXPECT_EQ(t.body["token_strs"].size(), ids.size());
+  const json echo = post(port(), "/v1/completions",
+                         json{{"prompt", "Once upon a time"}, {"max_tokens", 0}, {"echo", true},
+                              {"logprobs", 0}}).body;
+  EXPECT_EQ(echo["usage"]["prompt_tokens"], ids.size());
+  const Reply no_bos =
+      post(port(), "/tokenize", json{{"prompt", "Once upon a time"}, {"add_special_tokens", false}});
+  EXPECT_EQ(no_bos.body["count"], ids.size() - 1);
+  const Reply d = post(port(), "/detokenize", json{{"tokens", ids}});
+  EXPECT_EQ(d.body["prompt"], "Once upon a time");
+  const Reply chat_tokens =
+      post(port(), "/tokenize", json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}});
+  EXPECT_EQ(chat_tokens.status, 200) << chat_tokens.raw;
+  EXPECT_EQ(post(port(), "/detokenize", json{{"tokens", {1, 999999}}}).status, 400);
+  EXPECT_EQ(post(port(), "/tokenize", json{{"prompt", "a"}, {"model", "nope"}}).status, 404);
+  const Reply info = get(port(), "/tokenizer_info");
+  ASSERT_EQ(info.status, 200);
+  EXPECT_EQ(info.body["bos_token_id"], 1);
+  EXPECT_EQ(info.body["vocab_size"], 512);
+  // A completion with add_special_tokens false (vLLM's extension) scores the string without BOS.
+  const json plain = post(port(), "/v1/completions",
+                          json{{"prompt", "Once upon a time"}, {"max_tokens", 0}, {"echo", true},
+                               {"logprobs", 0}, {"add_special_tokens", false}}).body;
+  EXPECT_EQ(plain["usage"]["prompt_tokens"], ids.size() - 1);
 }
 
 TEST_F(ServerTest, SecondServerOnTheSamePortFails) {
@@ -454,7 +559,11 @@ TEST_F(ServerTest, BadInputGets400AndServerKeepsServing) {
       {"too many logprobs", R"({"prompt": "hi", "logprobs": 1000})"},
       {"token id out of the vocabulary", R"({"prompt": [1, 99999]})"},
       {"negative token id", R"({"prompt": [1, -2]})"},
-      {"n of 2", R"({"prompt": "hi", "n": 2})"},
+      {"n of 0", R"({"prompt": "hi", "n": 0})"},
+      {"n of 17", R"({"prompt": "hi", "n": 17})"},
+      {"n with echo", R"({"prompt": "hi", "n": 2, "echo": true})"},
+      {"response_format json", R"({"prompt": "hi", "response_format": {"type": "json_object"}})"},
+      {"response_format not an object", R"({"prompt": "hi", "response_format": "text"})"},
       {"logit_bias key not a token", R"({"prompt": "hi", "logit_bias": {"abc": 1}})"},
       {"logit_bias too large", R"({"prompt": "hi", "logit_bias": {"5": 1000}})"},
       {"empty prompt list", R"({"prompt": []})"},
@@ -478,6 +587,9 @@ TEST_F(ServerTest, BadInputGets400AndServerKeepsServing) {
       {"unknown message field", R"({"messages": [{"role": "user", "content": "a", "x": 1}]})"},
       {"top_logprobs without logprobs",
        R"({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2})"},
+      {"a tool", R"({"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]})"},
+      {"tool_choice required",
+       R"({"messages": [{"role": "user", "content": "a"}], "tools": [], "tool_choice": "required"})"},
   };
   for (const auto& [name, body] : chat_cases) {
     const Reply r = post(port(), "/v1/chat/completions", body);

@@ -29,6 +29,7 @@ struct ServeFlags {
   double read_timeout = 20;
   int max_reading = 0;
   std::string model_id;
+  std::vector<std::string> aliases;
   std::vector<std::string> api_keys;
   std::string api_key_file;
   bool open_health = false;
@@ -64,6 +65,7 @@ serve::ServerOptions server_options(const ServeFlags& f, const model::Model& mod
   o.host = f.host;
   o.port = f.port;
   o.model_id = f.model_id.empty() ? default_model_id(f.model.model) : f.model_id;
+  o.aliases = f.aliases;
   o.limits.ctx = f.ctx > 0 ? f.ctx : model.config().n_ctx_train;
   o.limits.max_tokens_cap = f.max_tokens > 0 ? f.max_tokens : o.limits.ctx;
   o.limits.parse_special = parse_special_text();
@@ -183,6 +185,9 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--allow-origin", flags->allowed_origins,
                   "browser origin allowed to call the server (repeatable; * for any); others "
                   "get 403");
+  cmd->add_option("--alias", flags->aliases,
+                  "another name a request's \"model\" may give (repeatable); other names get "
+                  "404 model_not_found");
   cmd->add_option("--model-id", flags->model_id,
                   "model name in responses and /v1/models (default: the file's stem)");
   cmd->callback([flags] { run(*flags); });

@@ -1,5 +1,7 @@
 #include "serve/format.h"
 
+#include <algorithm>
+
 #include "tokenizer/tokenizer.h"
 
 namespace eigenkv::serve {
@@ -76,7 +78,7 @@ json completion_logprobs(const std::vector<TokenLogprob>& tokens, const tok::Tok
 }
 
 json completion_response(const ResponseMeta& meta, const std::vector<ChoiceResult>& choices,
-                         bool logprobs, const tok::Tokenizer& tokenizer) {
+                         bool logprobs, const tok::Tokenizer& tokenizer, int64_t n) {
   json out = {{"id", meta.id},
               {"object", "text_completion"},
               {"created", meta.created},
@@ -89,7 +91,7 @@ json completion_response(const ResponseMeta& meta, const std::vector<ChoiceResul
                               {"text", c.text},
                               {"logprobs", choice_logprobs_or_null(c.tokens, logprobs, tokenizer)},
                               {"finish_reason", c.finish_reason}});
-    prompt += c.prompt_tokens;
+    if (static_cast<int64_t>(i) % std::max<int64_t>(n, 1) == 0) prompt += c.prompt_tokens;
     completion += c.completion_tokens;
   }
   out["usage"] = usage_object(prompt, completion);
@@ -125,27 +127,34 @@ json chat_logprobs(const std::vector<TokenLogprob>& tokens, const tok::Tokenizer
   return {{"content", std::move(content)}};
 }
 
-json chat_response(const ResponseMeta& meta, const ChoiceResult& c, bool logprobs,
-                   const tok::Tokenizer& tokenizer) {
-  json choice = {{"index", 0},
-                 {"message", {{"role", "assistant"}, {"content", c.text}}},
-                 {"logprobs", logprobs ? chat_logprobs(c.tokens, tokenizer) : json(nullptr)},
-                 {"finish_reason", c.finish_reason}};
+json chat_response(const ResponseMeta& meta, const std::vector<ChoiceResult>& choices,
+                   bool logprobs, const tok::Tokenizer& tokenizer) {
+  json out = json::array();
+  int64_t completion = 0;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceResult& c = choices[i];
+    out.push_back({{"index", i},
+                   {"message", {{"role", "assistant"}, {"content", c.text}}},
+                   {"logprobs", logprobs ? chat_logprobs(c.tokens, tokenizer) : json(nullptr)},
+                   {"finish_reason", c.finish_reason}});
+    completion += c.completion_tokens;
+  }
+  const int64_t prompt = choices.empty() ? 0 : choices[0].prompt_tokens;
   return {{"id", meta.id},
           {"object", "chat.completion"},
           {"created", meta.created},
           {"model", meta.model},
           {"chat_template", meta.chat_template},
-          {"choices", json::array({choice})},
-          {"usage", usage_object(c.prompt_tokens, c.completion_tokens)}};
+          {"choices", std::move(out)},
+          {"usage", usage_object(prompt, completion)}};
 }
 
-json chat_chunk(const ResponseMeta& meta, const Chunk& chunk, bool first, bool logprobs,
-                const tok::Tokenizer& tokenizer) {
+json chat_chunk(const ResponseMeta& meta, int64_t index, const Chunk& chunk, bool first,
+                bool logprobs, const tok::Tokenizer& tokenizer) {
   json delta = json::object();
   if (first) delta["role"] = "assistant";
   if (!chunk.text.empty() || first) delta["content"] = chunk.text;
-  json choice = {{"index", 0},
+  json choice = {{"index", index},
                  {"delta", std::move(delta)},
                  {"logprobs", logprobs ? chat_logprobs(chunk.tokens, tokenizer) : json(nullptr)},
                  {"finish_reason", finish_or_null(chunk.finish_reason)}};

@@ -41,19 +41,21 @@ nlohmann::json usage_object(int64_t prompt_tokens, int64_t completion_tokens);
 // {tokens, token_logprobs, top_logprobs, text_offset}; null entries for an unscored token.
 nlohmann::json completion_logprobs(const std::vector<TokenLogprob>& tokens,
                                    const tok::Tokenizer& tokenizer);
+// `n`: choices per prompt (choice p * n + k); each prompt's tokens count once in the usage.
 nlohmann::json completion_response(const ResponseMeta& meta,
                                    const std::vector<ChoiceResult>& choices, bool logprobs,
-                                   const tok::Tokenizer& tokenizer);
+                                   const tok::Tokenizer& tokenizer, int64_t n = 1);
 nlohmann::json completion_chunk(const ResponseMeta& meta, int64_t index, const Chunk& chunk,
                                 bool logprobs, const tok::Tokenizer& tokenizer);
 
 // {"content": [{token, logprob, bytes, top_logprobs: [...]}]}
 nlohmann::json chat_logprobs(const std::vector<TokenLogprob>& tokens,
                              const tok::Tokenizer& tokenizer);
-nlohmann::json chat_response(const ResponseMeta& meta, const ChoiceResult& choice, bool logprobs,
-                             const tok::Tokenizer& tokenizer);
+// One choice per sample of the one prompt, whose tokens count once in the usage.
+nlohmann::json chat_response(const ResponseMeta& meta, const std::vector<ChoiceResult>& choices,
+                             bool logprobs, const tok::Tokenizer& tokenizer);
 // `first`: the chunk opening the message carries the assistant role.
-nlohmann::json chat_chunk(const ResponseMeta& meta, const Chunk& chunk, bool first, bool logprobs,
+nlohmann::json chat_chunk(const ResponseMeta& meta, int64_t index, const Chunk& chunk, bool first, bool logprobs,
                           const tok::Tokenizer& tokenizer);
 
 // JSON text that survives token pieces holding part of a UTF-8 character (replaced by U+FFFD).

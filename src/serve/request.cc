@@ -187,7 +187,21 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(Fields& f, size_t n_voca
   return bias;
 }
 
-void parse_common(Fields& f, GenerationParams& p, size_t n_vocab) {
+// response_format: "text" is what the server gives anyway; JSON modes are not built.
+void parse_response_format(Fields& f) {
+  const json* v = f.find("response_format");
+  if (!v) return;
+  if (!v->is_object() || !v->contains("type") || !(*v)["type"].is_string()) {
+    throw bad("response_format", "'response_format' must be an object with a \"type\"");
+  }
+  const std::string type = (*v)["type"].get<std::string>();
+  if (type != "text" || v->size() != 1) {
+    throw bad("response_format", cat("'response_format' type '", brief(type),
+                                     "' is not supported (only {\"type\": \"text\"})"));
+  }
+}
+
+void parse_common(Fields& f, GenerationParams& p, size_t n_vocab, const RequestLimits& limits) {
   p.sampler.temperature = f.number("temperature", 0.0, 2.0, 1.0);
   p.sampler.top_p = f.number("top_p", 0.0, 1.0, 1.0, /*open_low=*/true);
   p.sampler.top_k = f.integer("top_k", 0, 100000, 0);
@@ -203,7 +217,9 @@ void parse_common(Fields& f, GenerationParams& p, size_t n_vocab) {
     options.reject_unknown();
     if (!p.stream) throw bad("stream_options", "'stream_options' needs \"stream\": true");
   }
-  f.require_neutral("n", 1);
+  p.n = f.integer("n", 1, limits.max_n, 1);
+  if (p.n > 1 && p.echo) throw bad("n", "'n' > 1 with \"echo\" is not supported");
+  parse_response_format(f);
   f.require_neutral("presence_penalty", 0);
   f.require_neutral("frequency_penalty", 0);
   p.logit_bias = parse_logit_bias(f, n_vocab);
@@ -229,11 +245,11 @@ std::vector<int32_t> token_list(const json& v, const tok::Tokenizer& tokenizer, 
 
 // A string, a list of token ids, a list of strings or a list of token lists.
 std::vector<std::vector<int32_t>> parse_prompts(Fields& f, const tok::Tokenizer& tokenizer,
-                                                const RequestLimits& limits) {
+                                                const RequestLimits& limits, bool add_special) {
   const json* v = f.find("prompt");
   if (!v) throw bad("prompt", "'prompt' is required");
   auto encode = [&](const json& s) {
-    return tokenizer.encode(s.get<std::string>(), tokenizer.add_bos_by_default(),
+    return tokenizer.encode(s.get<std::string>(), add_special && tokenizer.add_bos_by_default(),
                             limits.parse_special);
   };
   std::vector<std::vector<int32_t>> prompts;
@@ -297,6 +313,47 @@ std::string message_content(Fields& mf, size_t index) {
   return text;
 }
 
+// "messages": a non-empty list of {role, content[, name]}.
+std::vector<ChatMessage> parse_messages(Fields& f) {
+  std::vector<ChatMessage> messages_out;
+  const json* messages = f.find("messages");
+  if (!messages || !messages->is_array() || messages->empty()) {
+    throw bad("messages", "'messages' must be a non-empty list of {role, content} objects");
+  }
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& m = (*messages)[i];
+    if (!m.is_object()) throw bad("messages", cat("message ", i, " must be an object"));
+    Fields mf(m, cat("message ", i));
+    ChatMessage msg;
+    msg.role = mf.string("role", "");
+    msg.content = message_content(mf, i);
+    mf.string("name", "");
+    mf.reject_unknown();
+    if (msg.role != "system" && msg.role != "user" && msg.role != "assistant") {
+      throw bad("messages", cat("message ", i, ": role must be system, user or assistant, found '",
+                                brief(msg.role), "'"));
+    }
+    messages_out.push_back(std::move(msg));
+  }
+  return messages_out;
+}
+
+// Tools: an empty list (some clients always send one) changes nothing; function calling is not
+// built, so tools themselves are refused by name, and tool_choice may only say none or auto.
+void parse_tools(Fields& f) {
+  const json* tools = f.find("tools");
+  if (tools && (!tools->is_array() || !tools->empty())) {
+    throw bad("tools", "'tools' (function calling) is not supported; only an empty list is");
+  }
+  if (const json* choice = f.find("tool_choice")) {
+    if (!choice->is_string() || (*choice != "none" && *choice != "auto")) {
+      throw bad("tool_choice", cat("'tool_choice' must be \"none\" or \"auto\" (no tools are "
+                                   "supported), found ", brief(*choice)));
+    }
+  }
+  f.boolean("parallel_tool_calls", true);  // no tools: nothing to call in parallel
+}
+
 }  // namespace
 
 std::string brief(const std::string& s) {
@@ -346,13 +403,18 @@ CompletionRequest parse_completion_request(const nlohmann::json& body,
   Fields f(body, "/v1/completions request");
   CompletionRequest r;
   r.model = f.string("model", "");
-  r.prompts = parse_prompts(f, tokenizer, limits);
   GenerationParams& p = r.params;
+  p.add_special_tokens = f.boolean("add_special_tokens", true);  // vLLM's extension
+  r.prompts = parse_prompts(f, tokenizer, limits, p.add_special_tokens);
   const bool given = f.find("max_tokens") != nullptr;
   p.max_tokens = f.integer("max_tokens", 0, limits.max_tokens_cap, 16);
   p.logprobs = f.integer("logprobs", 0, limits.max_logprobs, -1);
   p.echo = f.boolean("echo", false);
-  parse_common(f, p, tokenizer.vocab_size());
+  parse_common(f, p, tokenizer.vocab_size(), limits);
+  if (static_cast<int64_t>(r.prompts.size()) * p.n > limits.max_prompts) {
+    throw bad("n", cat("prompts x n must be at most ", limits.max_prompts, ", found ",
+                       r.prompts.size() * p.n));
+  }
   f.require_neutral("best_of", 1);
   f.require_neutral("suffix", "");
   f.reject_unknown();
@@ -373,25 +435,7 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const tok::Tokenizer&
   Fields f(body, "/v1/chat/completions request");
   ChatRequest r;
   r.model = f.string("model", "");
-  const json* messages = f.find("messages");
-  if (!messages || !messages->is_array() || messages->empty()) {
-    throw bad("messages", "'messages' must be a non-empty list of {role, content} objects");
-  }
-  for (size_t i = 0; i < messages->size(); ++i) {
-    const json& m = (*messages)[i];
-    if (!m.is_object()) throw bad("messages", cat("message ", i, " must be an object"));
-    Fields mf(m, cat("message ", i));
-    ChatMessage msg;
-    msg.role = mf.string("role", "");
-    msg.content = message_content(mf, i);
-    mf.string("name", "");
-    mf.reject_unknown();
-    if (msg.role != "system" && msg.role != "user" && msg.role != "assistant") {
-      throw bad("messages", cat("message ", i, ": role must be system, user or assistant, found '",
-                                brief(msg.role), "'"));
-    }
-    r.messages.push_back(std::move(msg));
-  }
+  r.messages = parse_messages(f);
   GenerationParams& p = r.params;
   // max_completion_tokens is the newer name of max_tokens; it wins when both are given.
   const int64_t max_tokens = f.integer("max_tokens", 0, limits.max_tokens_cap, -1);
@@ -404,7 +448,44 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const tok::Tokenizer&
     throw bad("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
   }
   p.logprobs = logprobs ? top : -1;
-  parse_common(f, p, tokenizer.vocab_size());
+  parse_common(f, p, tokenizer.vocab_size(), limits);
+  parse_tools(f);
+  f.reject_unknown();
+  return r;
+}
+
+TokenizeRequest parse_tokenize_request(const nlohmann::json& body) {
+  if (!body.is_object()) throw bad("", "the body must be a JSON object");
+  Fields f(body, "/tokenize request");
+  TokenizeRequest r;
+  r.model = f.string("model", "");
+  const bool chat = f.find("messages") != nullptr;
+  if (chat) {
+    if (f.find("prompt")) throw bad("prompt", "give 'prompt' or 'messages', not both");
+    r.messages = parse_messages(f);
+    if (!f.boolean("add_generation_prompt", true)) {
+      throw bad("add_generation_prompt",
+                "'add_generation_prompt' false is not supported (the chat format adds it)");
+    }
+  } else {
+    r.prompt = f.string("prompt", "");
+    if (!f.find("prompt")) throw bad("prompt", "'prompt' (a string) or 'messages' is required");
+  }
+  r.add_special_tokens = f.boolean("add_special_tokens", !chat);
+  r.return_token_strs = f.boolean("return_token_strs", false);
+  f.reject_unknown();
+  return r;
+}
+
+DetokenizeRequest parse_detokenize_request(const nlohmann::json& body,
+                                           const tok::Tokenizer& tokenizer) {
+  if (!body.is_object()) throw bad("", "the body must be a JSON object");
+  Fields f(body, "/detokenize request");
+  DetokenizeRequest r;
+  r.model = f.string("model", "");
+  const json* tokens = f.find("tokens");
+  if (!tokens || !tokens->is_array()) throw bad("tokens", "'tokens' must be a list of token ids");
+  r.tokens = token_list(*tokens, tokenizer, 0);
   f.reject_unknown();
   return r;
 }

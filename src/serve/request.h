@@ -22,16 +22,23 @@ namespace eigenkv::serve {
 class ApiError : public Error {
  public:
   ApiError(int status, const std::string& message, std::string param = "",
-           std::string type = "invalid_request_error")
-      : Error(message), status_(status), param_(std::move(param)), type_(std::move(type)) {}
+           std::string type = "invalid_request_error", std::string code = "")
+      : Error(message),
+        status_(status),
+        param_(std::move(param)),
+        type_(std::move(type)),
+        code_(std::move(code)) {}
   int status() const { return status_; }
   const std::string& param() const { return param_; }
   const std::string& type() const { return type_; }
+  // OpenAI's error code ("model_not_found"); empty: the HTTP status stands for it.
+  const std::string& code() const { return code_; }
 
  private:
   int status_;
   std::string param_;
   std::string type_;
+  std::string code_;
 };
 
 // What one sequence generates and reports.
@@ -44,6 +51,9 @@ struct GenerationParams {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool ignore_eos = false;     // extension (as llama.cpp and vLLM): generate past EOS
+  int64_t n = 1;               // choices per prompt; choice k samples with seed + k
+  // String prompts get the tokenizer's BOS rule (vLLM's add_special_tokens, default true).
+  bool add_special_tokens = true;
   std::vector<std::pair<int32_t, float>> logit_bias;  // (token id, added to its logit)
 };
 
@@ -53,6 +63,7 @@ struct RequestLimits {
   int64_t max_tokens_cap = 4096;  // largest max_tokens accepted
   int64_t max_prompts = 256;      // prompts in one /v1/completions request
   int64_t max_logprobs = 20;      // largest logprobs / top_logprobs
+  int64_t max_n = 16;             // largest n (choices per prompt)
   // String prompts: special-token strings ("<s>") are those tokens, as llama.cpp's and vLLM's
   // servers read them; false (serve --no-parse-special) spells them letter by letter.
   bool parse_special = true;
@@ -94,6 +105,26 @@ CompletionRequest parse_completion_request(const nlohmann::json& body,
 // finish_max_tokens.
 ChatRequest parse_chat_request(const nlohmann::json& body, const tok::Tokenizer& tokenizer,
                                const RequestLimits& limits);
+
+// POST /tokenize (vLLM's shape): a prompt string ("add_special_tokens", default true: the BOS
+// rule) or chat messages (rendered with the generation prompt; "add_special_tokens" default
+// false, as the template writes BOS itself). "return_token_strs" adds each token's text.
+struct TokenizeRequest {
+  std::string model;
+  std::string prompt;                 // when messages is empty
+  std::vector<ChatMessage> messages;  // chat form
+  bool add_special_tokens = true;
+  bool return_token_strs = false;
+};
+TokenizeRequest parse_tokenize_request(const nlohmann::json& body);
+
+// POST /detokenize: {"tokens": [ids]} (ids checked against the vocabulary).
+struct DetokenizeRequest {
+  std::string model;
+  std::vector<int32_t> tokens;
+};
+DetokenizeRequest parse_detokenize_request(const nlohmann::json& body,
+                                           const tok::Tokenizer& tokenizer);
 
 // Fills in max_tokens when the request left it out (`default_tokens`, -1: up to the context) and
 // checks prompt + max_tokens against the context. `given`: the request set max_tokens.

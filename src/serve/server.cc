@@ -35,6 +35,7 @@ struct Generation {
   bool chat = false;
   bool logprobs = false;
   bool include_usage = false;
+  int64_t n = 1;  // choices per prompt: the prompt's tokens count once in the usage
   std::string endpoint;
   double start = 0;
   double peer_checked = 0;  // when the client's connection was last looked at
@@ -79,8 +80,11 @@ void send_json(httplib::Response& res, int status, const json& body) {
 }
 
 void send_error(httplib::Response& res, int status, const std::string& message,
-                const std::string& type, const std::string& param = "") {
-  send_json(res, status, error_object(message, type, param, status));
+                const std::string& type, const std::string& param = "",
+                const std::string& code = "") {
+  json body = error_object(message, type, param, status);
+  if (!code.empty()) body["error"]["code"] = code;
+  send_json(res, status, body);
 }
 
 // Compares in time that depends on the lengths only, so a key cannot be guessed byte by byte.
@@ -148,15 +152,16 @@ bool stream_events(Generation& g, httplib::DataSink& sink, const tok::Tokenizer&
         event(error_object(c->error_message, c->error_type, "", c->error_status));
         return finish_stream(g, sink);
       }
+      const int64_t index = static_cast<int64_t>(i);
       const json j =
-          g.chat ? chat_chunk(g.meta, *c, first, g.logprobs, tokenizer)
-                 : completion_chunk(g.meta, static_cast<int64_t>(i), *c, g.logprobs, tokenizer);
+          g.chat ? chat_chunk(g.meta, index, *c, first, g.logprobs, tokenizer)
+                 : completion_chunk(g.meta, index, *c, g.logprobs, tokenizer);
       if (!event(j)) {
         g.cancel_all("disconnect");
         return false;
       }
       if (c->last()) {
-        prompt_tokens += c->prompt_tokens;
+        if (index % g.n == 0) prompt_tokens += c->prompt_tokens;  // once per prompt
         completion_tokens += c->completion_tokens;
         break;
       }
@@ -326,7 +331,7 @@ void Server::install_routes() {
         ConnectionGuard::request_read();  // generation time is --timeout's, not the guard's
         (this->*handler)(req, body, res);
       } catch (const ApiError& e) {
-        send_error(res, e.status(), e.what(), e.type(), e.param());
+        send_error(res, e.status(), e.what(), e.type(), e.param(), e.code());
       } catch (const std::exception& e) {
         send_error(res, 500, cat("internal error: ", e.what()), "server_error");
       }
@@ -342,6 +347,17 @@ void Server::install_routes() {
   http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     handle_models(res);
     metrics_.count_request("models", res.status);
+  });
+  http_->Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_model(req.matches[1], res);
+    metrics_.count_request("models", res.status);
+  });
+  // vLLM's tokenizer endpoints (lm-evaluation-harness's remote tokenizer calls them).
+  http_->Post("/tokenize", wrap("tokenize", &Server::handle_tokenize));
+  http_->Post("/detokenize", wrap("detokenize", &Server::handle_detokenize));
+  http_->Get("/tokenizer_info", [this](const httplib::Request&, httplib::Response& res) {
+    handle_tokenizer_info(res);
+    metrics_.count_request("tokenizer_info", res.status);
   });
   http_->Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     const bool up = !stopping_;
@@ -370,7 +386,7 @@ void Server::install_routes() {
   }));
 }
 
-void Server::handle_models(httplib::Response& res) const {
+json Server::model_entry(const std::string& id) const {
   const model::ModelConfig& c = model_.config();
   json meta = {{"n_ctx", options_.limits.ctx},
                {"n_ctx_train", c.n_ctx_train},
@@ -379,25 +395,105 @@ void Server::handle_models(httplib::Response& res) const {
                {"kv_bytes_per_token", model_.kv_bytes_per_token()},
                {"compressed", model_.is_compressed()},
                {"chat_template", info_.chat_template}};
-  json entry = {{"id", options_.model_id},
-                {"object", "model"},
-                {"created", unix_seconds()},
-                {"owned_by", "eigenkv"},
-                {"meta", std::move(meta)}};
-  send_json(res, 200, {{"object", "list"}, {"data", json::array({std::move(entry)})}});
+  return {{"id", id},
+          {"object", "model"},
+          {"created", unix_seconds()},
+          {"owned_by", "eigenkv"},
+          {"root", options_.model_id},
+          {"max_model_len", options_.limits.ctx},
+          {"meta", std::move(meta)}};
+}
+
+void Server::handle_models(httplib::Response& res) const {
+  json data = json::array({model_entry(options_.model_id)});
+  for (const std::string& alias : options_.aliases) data.push_back(model_entry(alias));
+  send_json(res, 200, {{"object", "list"}, {"data", std::move(data)}});
+}
+
+void Server::check_model(const std::string& name) const {
+  if (name.empty() || name == options_.model_id) return;
+  const auto& a = options_.aliases;
+  if (std::find(a.begin(), a.end(), name) != a.end()) return;
+  throw ApiError(404,
+                 cat("the model '", brief(name), "' does not exist; this server serves '",
+                     options_.model_id, "'", a.empty() ? "" : " and its --alias names"),
+                 "model", "invalid_request_error", "model_not_found");
+}
+
+void Server::handle_model(const std::string& id, httplib::Response& res) const {
+  try {
+    check_model(id.empty() ? std::string("?") : id);
+    send_json(res, 200, model_entry(id));
+  } catch (const ApiError& e) {
+    send_error(res, e.status(), e.what(), e.type(), e.param(), e.code());
+  }
+}
+
+void Server::handle_tokenize(const httplib::Request&, const std::string& text,
+                             httplib::Response& res) {
+  const TokenizeRequest r = parse_tokenize_request(parse_body(text));
+  check_model(r.model);
+  const tok::Tokenizer& tokenizer = model_.tokenizer();
+  std::vector<int32_t> ids;
+  if (r.messages.empty()) {
+    ids = tokenizer.encode(r.prompt, r.add_special_tokens && tokenizer.add_bos_by_default(),
+                           options_.limits.parse_special);
+  } else {  // the chat endpoint's own rendering; its BOS rule unless add_special_tokens
+    const ChatPrompt rendered = render_chat(chat_family_, r.messages);
+    ids = tokenizer.encode(rendered.text, tokenizer.add_bos_by_default() || r.add_special_tokens,
+                           /*parse_special=*/true);
+  }
+  json out = {{"count", ids.size()}, {"max_model_len", options_.limits.ctx}, {"tokens", ids}};
+  if (r.return_token_strs) {
+    json strs = json::array();
+    for (const int32_t id : ids) strs.push_back(tokenizer.token_text(id));
+    out["token_strs"] = std::move(strs);
+  }
+  send_json(res, 200, out);
+}
+
+void Server::handle_detokenize(const httplib::Request&, const std::string& text,
+                               httplib::Response& res) {
+  const DetokenizeRequest r = parse_detokenize_request(parse_body(text), model_.tokenizer());
+  check_model(r.model);
+  send_json(res, 200, {{"prompt", model_.tokenizer().decode(r.tokens)}});
+}
+
+void Server::handle_tokenizer_info(httplib::Response& res) const {
+  const tok::Tokenizer& t = model_.tokenizer();
+  auto text_of = [&](int32_t id) { return id >= 0 ? json(t.token_text(id)) : json(nullptr); };
+  send_json(res, 200,
+            {{"tokenizer_class", "eigenkv"},
+             {"vocab_size", t.vocab_size()},
+             {"bos_token", text_of(t.bos_id())},
+             {"bos_token_id", t.bos_id() >= 0 ? json(t.bos_id()) : json(nullptr)},
+             {"eos_token", text_of(t.eos_id())},
+             {"eos_token_id", t.eos_id() >= 0 ? json(t.eos_id()) : json(nullptr)},
+             {"add_bos_token", t.add_bos_by_default()},
+             {"model_max_length", options_.limits.ctx},
+             {"chat_template", info_.chat_template}});
 }
 
 void Server::handle_completions(const httplib::Request& req, const std::string& text,
                                 httplib::Response& res) {
   const json body = parse_body(text);
   CompletionRequest r = parse_completion_request(body, model_.tokenizer(), options_.limits);
+  check_model(r.model);
   auto g = std::make_shared<Generation>(PeerSocket(req.remote_addr, req.remote_port, bound_port_));
   g->meta = {new_id("cmpl"), unix_seconds(), options_.model_id, ""};
   g->logprobs = r.params.logprobs >= 0;
   g->include_usage = r.params.include_usage;
   g->endpoint = "completions";
+  g->n = r.params.n;
   try {
-    for (auto& prompt : r.prompts) g->sequences.push_back(scheduler_.submit(prompt, r.params));
+    // Choice p * n + k: prompt p's k-th sample, seeded seed + k.
+    for (auto& prompt : r.prompts) {
+      for (int64_t k = 0; k < r.params.n; ++k) {
+        GenerationParams params = r.params;
+        params.sampler.seed += static_cast<uint64_t>(k);
+        g->sequences.push_back(scheduler_.submit(prompt, params));
+      }
+    }
   } catch (const ApiError&) {
     g->cancel_all("rejected");  // a later prompt cannot run: the earlier ones need not either
     throw;
@@ -409,6 +505,7 @@ void Server::handle_chat(const httplib::Request& req, const std::string& text,
                          httplib::Response& res) {
   const json body = parse_body(text);
   ChatRequest r = parse_chat_request(body, model_.tokenizer(), options_.limits);
+  check_model(r.model);
   const ChatPrompt rendered = render_chat(chat_family_, r.messages);
   const tok::Tokenizer& tokenizer = model_.tokenizer();
   std::vector<int32_t> prompt =
@@ -423,7 +520,17 @@ void Server::handle_chat(const httplib::Request& req, const std::string& text,
   g->logprobs = r.params.logprobs >= 0;
   g->include_usage = r.params.include_usage;
   g->endpoint = "chat";
-  g->sequences.push_back(scheduler_.submit(std::move(prompt), r.params));
+  g->n = r.params.n;
+  try {
+    for (int64_t k = 0; k < r.params.n; ++k) {
+      GenerationParams params = r.params;
+      params.sampler.seed += static_cast<uint64_t>(k);
+      g->sequences.push_back(scheduler_.submit(prompt, params));
+    }
+  } catch (const ApiError&) {
+    g->cancel_all("rejected");
+    throw;
+  }
   respond(g, r.params.stream, res);
 }
 
@@ -465,8 +572,8 @@ void Server::respond(const std::shared_ptr<Generation>& g, bool stream, httplib:
     }
   }
   send_json(res, 200,
-            g->chat ? chat_response(g->meta, choices[0], g->logprobs, tokenizer)
-                    : completion_response(g->meta, choices, g->logprobs, tokenizer));
+            g->chat ? chat_response(g->meta, choices, g->logprobs, tokenizer)
+                    : completion_response(g->meta, choices, g->logprobs, tokenizer, g->n));
 }
 
 }  // namespace eigenkv::serve

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstddef>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,9 @@ struct ServerOptions {
   SchedulerOptions scheduler;
   size_t max_body_bytes = size_t{8} << 20;
   std::string model_id;  // what /v1/models lists and responses name
+  // Other names a request's "model" may give (--alias); any other name gets 404
+  // model_not_found. A request without "model" is served.
+  std::vector<std::string> aliases;
   int http_threads = 0;  // 0: enough for every sequence to have a waiting client, plus spare
   // A connection has read_timeout_seconds to deliver each request (head and body), and at most
   // max_reading connections (0: half the HTTP threads) may be delivering at once; over that, the
@@ -75,6 +79,14 @@ class Server {
                           httplib::Response& res);
   void handle_chat(const httplib::Request& req, const std::string& body, httplib::Response& res);
   void handle_models(httplib::Response& res) const;
+  void handle_model(const std::string& id, httplib::Response& res) const;
+  void handle_tokenize(const httplib::Request& req, const std::string& body, httplib::Response& res);
+  void handle_detokenize(const httplib::Request& req, const std::string& body,
+                         httplib::Response& res);
+  void handle_tokenizer_info(httplib::Response& res) const;
+  // Throws ApiError(404, model_not_found) unless `name` is empty, the model id or an alias.
+  void check_model(const std::string& name) const;
+  nlohmann::json model_entry(const std::string& id) const;
   // Streams the generation's chunks as server-sent events, or waits for them and answers once.
   void respond(const std::shared_ptr<Generation>& g, bool stream, httplib::Response& res);
 
