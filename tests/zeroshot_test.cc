@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -336,6 +338,96 @@ TEST(ZeroShot, SharedHellaswagFileHasAllTasks) {
   const Task t = load("hellaswag");
   EXPECT_EQ(t.items.size(), 10042u);  // the file's README: all 10042 validation tasks
   EXPECT_EQ(t.bad_lines, 0);
+}
+
+// The same question in the schema its Hugging Face dataset is published in (jsonl export) and
+// in the llm-foundry export the shared files use give the same requests, the harness's prompts.
+TEST(ZeroShotTasks, HubSchemasGiveTheHarnessPrompts) {
+  const std::string dir = testing::temp_path("hub_tasks");
+  std::filesystem::create_directories(dir);
+  struct Case {
+    const char* task;
+    std::string hub, foundry;
+  };
+  const std::vector<Case> cases = {
+      {"arc_easy",
+       R"({"id": "x", "question": "Which is a metal?", "choices": {"text": ["wood", "iron"], "label": ["A", "B"]}, "answerKey": "B"})",
+       R"({"query": "Question: Which is a metal?", "choices": ["wood", "iron"], "gold": 1})"},
+      {"piqa", R"({"goal": "Open a jar", "sol1": "twist the lid", "sol2": "paint the lid", "label": 0})",
+       R"({"query": "Question: Open a jar\n", "choices": ["twist the lid", "paint the lid"], "gold": 0})"},
+      {"openbookqa",
+       R"({"id": "y", "question_stem": "The sun is", "choices": {"text": ["a star", "a moon", "cold", "wet"], "label": ["A", "B", "C", "D"]}, "answerKey": "A"})",
+       R"({"query": "The sun is", "choices": ["a star", "a moon", "cold", "wet"], "gold": 0})"},
+      {"copa",
+       R"({"premise": "The man broke his toe.", "choice1": "He dropped a hammer on his foot.", "choice2": "He got a hole in his sock.", "question": "cause", "label": 0})",
+       R"({"query": "The man broke his toe, because", "choices": ["He dropped a hammer on his foot.", "He got a hole in his sock."], "gold": 0})"},
+      {"winogrande",
+       R"({"sentence": "Tom gave Bob a book because _ was done with it.", "option1": "Tom", "option2": "Bob", "answer": "1"})",
+       R"({"context_options": ["Tom gave Bob a book because Tom", "Tom gave Bob a book because Bob"], "continuation": "was done with it.", "gold": 0})"},
+  };
+  for (const Case& c : cases) {
+    write_file(dir + "/hub.jsonl", c.hub + "\n");
+    write_file(dir + "/foundry.jsonl", c.foundry + "\n");
+    const Task hub = eval::load_task(std::string(c.task) + "=" + dir + "/hub.jsonl", {});
+    const Task foundry = eval::load_task(std::string(c.task) + "=" + dir + "/foundry.jsonl", {});
+    ASSERT_EQ(hub.items.size(), 1u) << c.task;
+    ASSERT_EQ(foundry.items.size(), 1u) << c.task;
+    const eval::McItem& a = hub.items[0];
+    const eval::McItem& b = foundry.items[0];
+    EXPECT_EQ(a.gold, b.gold) << c.task;
+    ASSERT_EQ(a.requests.size(), b.requests.size()) << c.task;
+    for (size_t k = 0; k < a.requests.size(); ++k) {
+      EXPECT_EQ(a.requests[k].context, b.requests[k].context) << c.task << " choice " << k;
+      EXPECT_EQ(a.requests[k].continuation, b.requests[k].continuation) << c.task << " choice " << k;
+    }
+  }
+  // HellaSwag from the hub's jsonl: the harness's preprocess(activity_label: ctx_a ctx_b.capitalize()).
+  write_file(dir + "/hs.jsonl",
+             R"({"ctx_a": "A man is sitting on a roof.", "ctx_b": "he [step] starts", "activity_label": "Roof shingle removal", "endings": ["is using wrap.", "starts pulling up roofing.", "is ripping level tiles.", "is holding a rubik's cube."], "label": "1"})"
+             "\n");
+  const Task hs = eval::load_task("hellaswag=" + dir + "/hs.jsonl", {});
+  ASSERT_EQ(hs.items.size(), 1u);
+  EXPECT_EQ(hs.items[0].gold, 1);
+  EXPECT_EQ(hs.items[0].requests[0].context,
+            "Roof shingle removal: A man is sitting on a roof. He starts");
+  EXPECT_EQ(hs.items[0].requests[1].continuation, " starts pulling up roofing.");
+  // Wrong hub values are errors naming the field.
+  write_file(dir + "/bad.jsonl", R"({"sentence": "no blank here", "option1": "a", "option2": "b", "answer": "1"})" "\n");
+  try {
+    eval::load_task("winogrande=" + dir + "/bad.jsonl", {});
+    ADD_FAILURE() << "a sentence without a blank was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("blank"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// Built-in names look in a user location (no path into the development tree): the flag, else
+// $EIGENKV_ZEROSHOT_DIR, else ~/.local/share/eigenkv/zeroshot; a missing file says where it
+// looked and how to choose the folder.
+TEST(ZeroShotTasks, BuiltInNamesReadTheUsersDataDirectory) {
+  const std::string dir = testing::temp_path("zeroshot_home");
+  std::filesystem::create_directories(dir);
+  write_file(dir + "/copa.jsonl",
+             R"({"query": "It rained, therefore", "choices": ["we got wet.", "we flew."], "gold": 0})" "\n");
+  setenv("EIGENKV_ZEROSHOT_DIR", dir.c_str(), 1);
+  EXPECT_EQ(eval::default_data_dir(), dir);
+  EXPECT_EQ(eval::load_task("copa", {}).items.size(), 1u);
+  try {
+    eval::load_task("piqa", {});
+    ADD_FAILURE() << "a missing built-in file was accepted";
+  } catch (const Error& e) {
+    const std::string said = e.what();
+    EXPECT_NE(said.find(dir + "/piqa.jsonl"), std::string::npos) << said;
+    EXPECT_NE(said.find("EIGENKV_ZEROSHOT_DIR"), std::string::npos) << said;
+  }
+  unsetenv("EIGENKV_ZEROSHOT_DIR");
+  const std::string saved_home = std::getenv("HOME") ? std::getenv("HOME") : "";
+  unsetenv("XDG_DATA_HOME");
+  setenv("HOME", "/home/someone", 1);
+  EXPECT_EQ(eval::default_data_dir(), "/home/someone/.local/share/eigenkv/zeroshot");
+  setenv("HOME", saved_home.c_str(), 1);
+  std::filesystem::remove_all(dir);
 }
 
 constexpr auto& eigenkv = testing::run_eigenkv;

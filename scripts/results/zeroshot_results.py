@@ -149,7 +149,8 @@ def main():
                       % (name, method, cal["kv_fraction"], time.time() - started),
                       file=sys.stderr)
                 res = run(["eval", "-t", "1", "-m", out, "--base", path, "--tasks",
-                           ",".join(TASKS), "--limit", str(a.limit), "--json"])
+                           ",".join(TASKS), "--limit", str(a.limit), "--json", "--data-dir",
+                           os.path.join(SHARED, "data", "zeroshot")])
                 base_row = base_row or res
                 label = "%s %d%%" % ("Eigen" if method == "eigen" else "Stief",
                                      round(100 * cal["kv_fraction"]))

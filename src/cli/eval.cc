@@ -16,7 +16,7 @@ struct EvalFlags {
   ModelFlags model;
   std::string base;
   std::string tasks;
-  std::string data_dir = "../shared/data/zeroshot";
+  std::string data_dir;  // empty: eval::default_data_dir()
   int64_t limit = 0;
   int64_t ctx = 0;
   std::string fewshot_file;
@@ -159,8 +159,9 @@ void register_eval(CLI::App& app) {
                   "comma-separated tasks: " + names +
                       "; NAME=PATH reads a file of that task's format from anywhere")
       ->required();
-  cmd->add_option("--data-dir", flags->data_dir, "where the built-in task files are")
-      ->capture_default_str();
+  cmd->add_option("--data-dir", flags->data_dir,
+                  "where the built-in task files are (default: $EIGENKV_ZEROSHOT_DIR, else "
+                  "~/.local/share/eigenkv/zeroshot)");
   cmd->add_option("--limit", flags->limit, "score only the first N items of each task")
       ->check(non_negative_number());
   cmd->add_option("--ctx", flags->ctx,

@@ -3,6 +3,8 @@
 #include <bzlib.h>
 
 #include <cctype>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -150,7 +152,65 @@ std::string lower_first(std::string s) {
   return s;
 }
 
+// {"text": [...], "label": [...]} choices and an answerKey naming one label (ARC, OpenBookQA on
+// the Hugging Face hub): the texts and the gold index.
+std::pair<std::vector<std::string>, int> labelled_choices(const json& j) {
+  const auto it = j.find("choices");
+  if (it == j.end() || !it->is_object()) throw BadItem("expected an object field 'choices'");
+  std::vector<std::string> texts = get_strings(*it, "text", 2);
+  const std::vector<std::string> labels = get_strings(*it, "label", texts.size());
+  if (labels.size() != texts.size()) throw BadItem("'choices' has as many labels as texts");
+  const std::string& key = get_string(j, "answerKey");
+  for (size_t i = 0; i < labels.size(); ++i) {
+    if (labels[i] == key) return {std::move(texts), static_cast<int>(i)};
+  }
+  throw BadItem(cat("answerKey '", key, "' is none of the choices' labels"));
+}
+
+// A gold index written as a string of digits ("1"), as several hub datasets store labels.
+int string_gold(const json& j, const char* key, int first, size_t n_choices) {
+  const std::string& s = get_string(j, key);
+  if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos || s.size() > 3) {
+    throw BadItem(cat("'", key, "' must be a number written as a string, found '", s, "'"));
+  }
+  const int g = std::stoi(s) - first;
+  if (g < 0 || g >= static_cast<int>(n_choices)) {
+    throw BadItem(cat("'", key, "' is ", s, ", expected ", first, "..", n_choices - 1 + first));
+  }
+  return g;
+}
+
+// The same tasks in the schemas the Hugging Face datasets are published in (their jsonl
+// exports), with lm-evaluation-harness's prompts: ARC (allenai/ai2_arc: question, choices
+// {text, label}, answerKey), OpenBookQA (allenai/openbookqa: question_stem, ...), PIQA (goal,
+// sol1, sol2, label) and COPA (super_glue: premise, choice1, choice2, question, label).
+McItem parse_hub_item(const json& j, Format format) {
+  if (j.contains("goal")) {  // PIQA
+    const std::vector<std::string> sols = {get_string(j, "sol1"), get_string(j, "sol2")};
+    return choices_item(question_prompt(get_string(j, "goal")), sols,
+                        get_gold(j, "label", sols.size()));
+  }
+  if (j.contains("premise")) {  // COPA
+    const std::string& q = get_string(j, "question");
+    if (q != "cause" && q != "effect") {
+      throw BadItem(cat("COPA 'question' must be cause or effect, found '", q, "'"));
+    }
+    std::string premise = strip(get_string(j, "premise"));
+    if (!premise.empty() && premise.back() == '.') premise.pop_back();
+    std::vector<std::string> choices = {lower_first(get_string(j, "choice1")),
+                                        lower_first(get_string(j, "choice2"))};
+    return choices_item(premise + (q == "cause" ? " because" : " therefore"), choices,
+                        get_gold(j, "label", choices.size()));
+  }
+  auto [choices, gold] = labelled_choices(j);
+  if (j.contains("question_stem")) return choices_item(get_string(j, "question_stem"), choices, gold);
+  const std::string& question = get_string(j, "question");
+  return choices_item(format == Format::kPlain ? question : question_prompt(question), choices,
+                      gold);
+}
+
 McItem parse_query_item(const json& j, Format format) {
+  if (!j.contains("query")) return parse_hub_item(j, format);
   const std::string& query = get_string(j, "query");
   std::vector<std::string> choices = get_strings(j, "choices", 2);
   const int gold = get_gold(j, "gold", choices.size());
@@ -168,6 +228,20 @@ McItem parse_query_item(const json& j, Format format) {
 // WinoGrande by partial scoring: each option substituted into the sentence is a context, and the
 // rest of the sentence after the blank is scored after each.
 McItem parse_winogrande_item(const json& j) {
+  if (j.contains("sentence")) {  // allenai/winogrande: sentence with "_", option1/2, answer "1"/"2"
+    const std::string& sentence = get_string(j, "sentence");
+    const size_t blank = sentence.find('_');
+    if (blank == std::string::npos) throw BadItem("a WinoGrande 'sentence' needs a '_' blank");
+    const std::string rest = strip(sentence.substr(blank + 1));
+    if (rest.empty()) throw BadItem("nothing follows the blank to score");
+    McItem item;
+    item.gold = string_gold(j, "answer", 1, 2);
+    for (const char* option : {"option1", "option2"}) {
+      item.requests.push_back({sentence.substr(0, blank) + get_string(j, option), " " + rest});
+      item.norm_text.push_back(rest);
+    }
+    return item;
+  }
   const std::vector<std::string> contexts = get_strings(j, "context_options", 2);
   const std::string rest = strip(get_string(j, "continuation"));
   if (rest.empty()) throw BadItem("'continuation' is empty");
@@ -354,6 +428,29 @@ std::string hellaswag_preprocess(const std::string& text) {
   return replace_all(out, "  ", " ");
 }
 
+namespace {
+
+// Python's str.capitalize (ASCII): the first letter upper case, every other letter lower case.
+std::string capitalize(std::string s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    s[i] = static_cast<char>(i == 0 ? std::toupper(c) : std::tolower(c));
+  }
+  return s;
+}
+
+// Rowan/hellaswag on the Hugging Face hub: ctx_a, ctx_b, activity_label, endings, label ("2"):
+// the harness's query is preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize()).
+McItem parse_hellaswag_hub_item(const json& j) {
+  const std::string ctx = get_string(j, "ctx_a") + " " + capitalize(get_string(j, "ctx_b"));
+  std::vector<std::string> endings = get_strings(j, "endings", 2);
+  for (std::string& e : endings) e = hellaswag_preprocess(e);
+  return choices_item(hellaswag_preprocess(get_string(j, "activity_label") + ": " + ctx), endings,
+                      string_gold(j, "label", 0, endings.size()));
+}
+
+}  // namespace
+
 std::string read_maybe_bz2(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open");
@@ -392,6 +489,15 @@ std::string read_maybe_bz2(const std::string& path) {
   return out;
 }
 
+std::string default_data_dir() {
+  if (const char* dir = std::getenv("EIGENKV_ZEROSHOT_DIR"); dir && *dir) return dir;
+  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg) {
+    return std::string(xdg) + "/eigenkv/zeroshot";
+  }
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : ".") + "/.local/share/eigenkv/zeroshot";
+}
+
 Task load_task(const std::string& spec, const TaskOptions& o) {
   EKV_CHECK(o.limit >= 0, "--limit must be >= 0, found ", o.limit);
   EKV_CHECK(o.num_fewshot >= 0, "--num-fewshot must be >= 0, found ", o.num_fewshot);
@@ -404,11 +510,22 @@ Task load_task(const std::string& spec, const TaskOptions& o) {
   } else {
     EKV_CHECK(info.file[0] != '\0', "task '", info.name, "' has no built-in file: give one as ",
               info.name, "=PATH");
-    task.path = o.data_dir + "/" + info.file;
+    const std::string dir = o.data_dir.empty() ? default_data_dir() : o.data_dir;
+    task.path = dir + "/" + info.file;
+    EKV_CHECK(std::filesystem::exists(task.path), "task '", info.name, "' reads ", task.path,
+              ", which does not exist: put ", info.file, " in ", dir, " (--data-dir or ",
+              "EIGENKV_ZEROSHOT_DIR choose the folder; docs/ZEROSHOT.md says where each file "
+              "comes from), or give the task as ", info.name, "=PATH");
   }
   switch (info.format) {
     case Format::kHellaswag:
-      parse_hellaswag(read_maybe_bz2(task.path), o, task);
+      if (ends_with(task.path, ".jsonl") || ends_with(task.path, ".jsonl.bz2")) {
+        task.items = parse_jsonl<McItem>(task.path, read_maybe_bz2(task.path), o.limit,
+                                         o.skip_bad_lines, &task.bad_lines,
+                                         parse_hellaswag_hub_item);
+      } else {
+        parse_hellaswag(read_maybe_bz2(task.path), o, task);
+      }
       break;
     case Format::kMmlu:
       task.has_acc_norm = false;  // the choices are single letters: acc_norm would equal acc

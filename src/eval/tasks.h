@@ -34,7 +34,7 @@ struct Task {
 };
 
 struct TaskOptions {
-  std::string data_dir;         // where built-in task names find their files
+  std::string data_dir;         // where built-in task names find their files (default_data_dir())
   int64_t limit = 0;            // keep the first `limit` items (0: all), as the harness's --limit
   bool skip_bad_lines = false;  // skip (and count) malformed items instead of stopping
   std::string fewshot_path;     // MMLU-style dev split for k-shot prompts
@@ -43,6 +43,10 @@ struct TaskOptions {
 
 // The task names load_task knows, in a fixed order.
 std::vector<std::string> known_task_names();
+
+// Where built-in task names look when no --data-dir is given: $EIGENKV_ZEROSHOT_DIR, else
+// $XDG_DATA_HOME/eigenkv/zeroshot, else ~/.local/share/eigenkv/zeroshot.
+std::string default_data_dir();
 
 // `spec` is a task name ("piqa": its file under data_dir) or "name=PATH" (a file in that task's
 // format anywhere). Throws Error for an unknown name, a missing file, or (unless skip_bad_lines)
