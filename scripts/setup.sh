@@ -25,6 +25,13 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# The official OpenAI Node.js client for the server's SDK test (tests/node), pinned by its
+# package-lock.json. Only where npm is installed; without it (or without a registry) that one
+# test skips and nothing else changes.
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/node/node_modules/openai ]; then
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error) ||
+    echo "setup: npm ci in tests/node failed; the OpenAI client test will skip"
+fi
 [ "${1:-}" = "--deps-only" ] && exit 0
 
 # The same configuration as scripts/test.sh, so the test command does not rebuild.
