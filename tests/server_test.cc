@@ -244,6 +244,13 @@ TEST_F(ServerTest, ParityWithOpenAiAndVllm) {
       post(port(), "/v1/completions", json{{"prompt", "Lily"}, {"max_tokens", 1}}).body["usage"]["prompt_tokens"];
   EXPECT_EQ(r.body["usage"]["prompt_tokens"], p0 + p1) << "each prompt counts once";
   EXPECT_EQ(r.body["usage"]["completion_tokens"], 36);
+  // The choices of a prompt share its prefill: the engine prefills each prompt once.
+  const double prefilled = metric(port(), "eigenkv_prompt_tokens_total");
+  json three = body;
+  three["seed"] = 11;
+  ASSERT_EQ(post(port(), "/v1/completions", three).status, 200);
+  EXPECT_EQ(metric(port(), "eigenkv_prompt_tokens_total") - prefilled, p0 + p1)
+      << "each prompt is prefilled once, not once per choice";
   // Chat with n = 2, whole and streamed.
   const json chat = {{"messages", {{{"role", "user"}, {"content", "Tell a story"}}}},
                      {"n", 2}, {"max_tokens", 5}, {"seed", 3}, {"model", "tiny-llama"},

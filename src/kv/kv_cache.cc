@@ -1,5 +1,7 @@
 #include "kv/kv_cache.h"
 
+#include <cstring>
+
 #include "util/error.h"
 
 namespace eigenkv::kv {
@@ -88,6 +90,28 @@ void KvCache::advance(int64_t n) {
   EKV_CHECK(n >= 0 && size_ + n <= capacity_, "KV cache overflow: ", size_, " + ", n,
             " tokens exceed the capacity of ", capacity_);
   size_ += n;
+}
+
+void KvCache::copy_prefix_from(const KvCache& other, int64_t n) {
+  EKV_CHECK(n >= 0 && n <= other.size_ && n <= capacity_, "cannot copy ", n,
+            " positions of a KV cache of ", other.size_, " into one of capacity ", capacity_);
+  EKV_CHECK(other.layers_.size() == layers_.size() && other.types_.key == types_.key &&
+                other.types_.value == types_.value,
+            "the two KV caches differ in layers or types");
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    EKV_CHECK(other.layers_[l].n_kv_heads == layers_[l].n_kv_heads &&
+                  other.key_formats_[l].bytes() == key_formats_[l].bytes() &&
+                  other.value_formats_[l].bytes() == value_formats_[l].bytes(),
+              "layer ", l, " of the two KV caches differs");
+    const int64_t key_row = key_formats_[l].bytes(), value_row = value_formats_[l].bytes();
+    for (int64_t j = 0; j < layers_[l].n_kv_heads; ++j) {
+      std::memcpy(keys_[l].data() + j * capacity_ * key_row,
+                  other.keys_[l].data() + j * other.capacity_ * key_row, n * key_row);
+      std::memcpy(values_[l].data() + j * capacity_ * value_row,
+                  other.values_[l].data() + j * other.capacity_ * value_row, n * value_row);
+    }
+  }
+  size_ = n;
 }
 
 void KvCache::truncate(int64_t n) {

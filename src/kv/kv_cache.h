@@ -63,6 +63,9 @@ class KvCache {
   void advance(int64_t n);
   // Forgets positions from n on (keeps a shared prefix).
   void truncate(int64_t n);
+  // Holds the first n positions of `other` (same layers and types, n <= other.size() and
+  // capacity()), as if they had been written here: the choices of one prompt share its prefill.
+  void copy_prefix_from(const KvCache& other, int64_t n);
   void clear() { size_ = 0; }
 
   // Bytes one token takes across all layers, in the cache's element types (scales included).

@@ -57,8 +57,12 @@ Scheduler::Scheduler(const model::Model& model, SchedulerOptions options, Metric
 Scheduler::~Scheduler() { shutdown(0); }
 
 std::shared_ptr<Sequence> Scheduler::submit(std::vector<int32_t> prompt,
-                                            const GenerationParams& params) {
+                                            const GenerationParams& params,
+                                            std::shared_ptr<Sequence> share_prefill_with) {
   auto s = std::make_shared<Sequence>();
+  if (share_prefill_with && share_prefill_with->prompt_ == prompt && !params.echo) {
+    s->prefill_from_ = std::move(share_prefill_with);
+  }
   // The last sampled token is never run through the model, so it needs no cache row.
   s->capacity_ = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(params.max_tokens - 1, 0);
   const int64_t need = s->capacity_ * bytes_per_token_;
@@ -216,11 +220,23 @@ void Scheduler::step() {
   const int64_t nv = model_.config().n_vocab;
   std::vector<model::BatchSequence> batch;
   int64_t rows = 0;
+  std::vector<Sequence*> ran, prefilling;
   for (auto& sp : active_) {
     Sequence& s = *sp;
+    if (!s.prefilled_ && s.prefill_from_) {
+      const Sequence* from = s.prefill_from_.get();
+      // Waits for its source's prefill in this step, which copies into it; if that source is
+      // not running (ended, or cancelled in the queue) or has moved on, it prefills itself.
+      const bool source_runs = std::any_of(active_.begin(), active_.end(),
+                                           [&](const auto& a) { return a.get() == from; });
+      if (source_runs && !from->prefilled_ && !from->ended_) continue;
+      s.prefill_from_.reset();
+    }
     model::BatchSequence b;
     b.cache = &s.cache_;
+    ran.push_back(&s);
     if (!s.prefilled_) {
+      prefilling.push_back(&s);
       b.tokens = s.prompt_;
       b.all_logits = s.params_.echo && s.params_.logprobs >= 0;
     } else {
@@ -231,12 +247,28 @@ void Scheduler::step() {
     rows += static_cast<int64_t>(b.tokens.size());
     batch.push_back(b);
   }
+  if (batch.empty()) return;
   const double t0 = now_seconds();
   model_.forward_batch(batch);
   metrics_.count_step(static_cast<int64_t>(batch.size()), rows, now_seconds() - t0);
+  // Choices waiting on a prompt prefilled just now take its cache and last logits (before its
+  // own sampling touches them) and sample their own first token from there.
+  std::vector<Sequence*> copied;
+  for (auto& sp : active_) {
+    Sequence& s = *sp;
+    if (s.prefilled_ || !s.prefill_from_) continue;
+    Sequence* from = s.prefill_from_.get();
+    if (std::find(prefilling.begin(), prefilling.end(), from) == prefilling.end()) continue;
+    s.cache_.copy_prefix_from(from->cache_, static_cast<int64_t>(s.prompt_.size()));
+    s.logits_.assign(from->logits_.end() - nv, from->logits_.end());
+    s.prefill_from_.reset();
+    s.copied_prefill_ = true;
+    copied.push_back(&s);
+  }
+  for (Sequence* s : ran) after_step(*s);
+  for (Sequence* s : copied) after_step(*s);
   std::vector<std::shared_ptr<Sequence>> still;
   for (auto& sp : active_) {
-    after_step(*sp);
     if (!sp->ended_) still.push_back(sp);
   }
   active_.swap(still);
@@ -255,7 +287,7 @@ void Scheduler::after_step(Sequence& s) {
   const GenerationParams& p = s.params_;
   if (!s.prefilled_) {
     s.prefilled_ = true;
-    metrics_.add_tokens(static_cast<int64_t>(s.prompt_.size()), 0);
+    if (!s.copied_prefill_) metrics_.add_tokens(static_cast<int64_t>(s.prompt_.size()), 0);
     if (p.echo) emit_prompt(s, s.logits_.data());
     if (p.max_tokens == 0) {
       Chunk c;

@@ -70,6 +70,11 @@ class Sequence {
   std::optional<CompletionText> text_;
   bool prefilled_ = false;
   bool ended_ = false;  // finished or failed; its cache is freed
+  // Another choice of the same prompt whose prefill this one copies (cache and last logits)
+  // instead of running its own; cleared when that cannot happen (it ended first, or this one
+  // was not admitted in time) and this one prefills itself.
+  std::shared_ptr<Sequence> prefill_from_;
+  bool copied_prefill_ = false;
   int32_t next_token_ = 0;
   int64_t generated_ = 0;
   std::vector<float> logits_;
@@ -88,7 +93,10 @@ class Scheduler {
 
   // Queues a prompt; throws ApiError(400) when its cache could never fit the budget, and
   // ApiError(503) when the server is shutting down.
-  std::shared_ptr<Sequence> submit(std::vector<int32_t> prompt, const GenerationParams& params);
+  // `share_prefill_with`: an earlier submitted sequence of the same prompt (another of its n
+  // choices) whose prefill this one reuses when both are admitted by then.
+  std::shared_ptr<Sequence> submit(std::vector<int32_t> prompt, const GenerationParams& params,
+                                   std::shared_ptr<Sequence> share_prefill_with = nullptr);
   // Stops admitting; queued sequences fail with 503; active ones finish (or are cut off with
   // 503 after `drain_seconds`); then the engine thread ends.
   void shutdown(double drain_seconds);

@@ -488,10 +488,12 @@ void Server::handle_completions(const httplib::Request& req, const std::string& 
   try {
     // Choice p * n + k: prompt p's k-th sample, seeded seed + k.
     for (auto& prompt : r.prompts) {
+      std::shared_ptr<Sequence> first;  // the prompt's other choices reuse its prefill
       for (int64_t k = 0; k < r.params.n; ++k) {
         GenerationParams params = r.params;
         params.sampler.seed += static_cast<uint64_t>(k);
-        g->sequences.push_back(scheduler_.submit(prompt, params));
+        g->sequences.push_back(scheduler_.submit(prompt, params, first));
+        if (k == 0) first = g->sequences.back();
       }
     }
   } catch (const ApiError&) {
@@ -525,7 +527,8 @@ void Server::handle_chat(const httplib::Request& req, const std::string& text,
     for (int64_t k = 0; k < r.params.n; ++k) {
       GenerationParams params = r.params;
       params.sampler.seed += static_cast<uint64_t>(k);
-      g->sequences.push_back(scheduler_.submit(prompt, params));
+      g->sequences.push_back(
+          scheduler_.submit(prompt, params, k == 0 ? nullptr : g->sequences.front()));
     }
   } catch (const ApiError&) {
     g->cancel_all("rejected");
