@@ -109,7 +109,7 @@ function writeMetaspaceTokenizer(relPath) {
 function writeByteLevelTokenizer(relPath) {
   const pre = byteLevelPreTokenizer(true, true);
   const words = new Map();  // space-joined symbols -> count
-  for (const text of TEXTS) {
+  for (const text of [...TEXTS, ...heldOutTexts()]) {
     for (const [word] of pre.preTokenizeString(text)) {
       const key = Array.from(word).join(" ");
       words.set(key, (words.get(key) || 0) + 1);
@@ -173,12 +173,41 @@ function writeByteLevelTokenizer(relPath) {
   fs.writeFileSync(resolveTokenizer(relPath), JSON.stringify(tokenizer) + "\n");
 }
 
+// Held-out text: chunks of WikiText-2 test and of TinyStories valid_a's second half, cut at line
+// starts, and PTB-style copies of the WikiText chunks (every 12th word "<unk>", sentences marked
+// "<s>" ... "</s>", and other vocabularies' special strings), so that the default handling of
+// special-token strings is checked on real text, not only on short cases.
+function heldOutTexts() {
+  const chunks = (file, count, size) => {
+    const text = fs.readFileSync(path.join(sharedDir, file), "utf8");
+    const out = [];
+    for (let k = 0; k < count; ++k) {
+      let start = Math.floor((text.length * (k + 0.5)) / (count + 1));
+      start = text.indexOf("\n", start) + 1;
+      let end = text.indexOf("\n", start + size);
+      if (end < 0) end = text.length;
+      out.push(text.slice(start, end));
+    }
+    return out;
+  };
+  const wiki = chunks("data/wikitext-2-raw/wiki.test.raw", 8, 2500);
+  const stories = chunks("data/tinystories/valid_a.txt", 4, 2500);
+  const specials = ["<|endoftext|>", "<|begin_of_text|>", "<|eot_id|>", "[MASK]"];
+  const ptb = wiki.map((t, k) => {
+    let n = 0;
+    const unk = t.replace(/[^\s]+/g, (w) => (++n % 12 === 0 ? "<unk>" : w));
+    const marked = unk.split(/(?<=[.!?]) /).map((s) => "<s> " + s + " </s>").join(" ");
+    return k % 2 === 0 ? marked : marked + specials[k % specials.length] + " " + t.slice(0, 200);
+  });
+  return [...wiki, ...stories, ...ptb];
+}
+
 async function goldenFor(name, relPath) {
   const file = resolveTokenizer(relPath);
   const tokenizer = Tokenizer.fromFile(file);
   const special = specialIds(file);
   const cases = [];
-  for (const text of TEXTS) {
+  for (const text of [...TEXTS, ...heldOutTexts()]) {
     const encoding = await tokenizer.encode(text, null, { addSpecialTokens: false });
     const ids = encoding.getIds();
     const decoded = await tokenizer.decode(ids.filter((id) => !special.has(id)), true);
