@@ -10,9 +10,11 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "io/gguf.h"
+#include "model/weights.h"
 #include "ops/dequant.h"
 #include "ops/qdot.h"
 #include "test_util.h"
@@ -157,6 +159,26 @@ TEST(Matmul, UnsupportedTypeNamesIt) {
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("i32"), std::string::npos) << e.what();
+  }
+}
+
+// The basis projection (kPost queries and keys, clip_qkv's bases) against its plain loop, on the
+// shapes it meets: one row or a GQA group of rows, ranks from 1 to the head width.
+TEST(ProjectRows, MatchesThePlainLoop) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  for (auto [n, d, r] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 32}, {4, 64, 1}, {8, 128, 96},
+                         {3, 16, 16}, {1, 8, 5}}) {
+    model::Matrix u;
+    u.rows = d;
+    u.cols = r;
+    for (int64_t i = 0; i < d * r; ++i) u.data.push_back(normal(rng));
+    std::vector<float> x(static_cast<size_t>(n * d)), fast(static_cast<size_t>(n * r)), plain(fast);
+    for (float& v : x) v = normal(rng);
+    model::project_rows(x.data(), n, u, fast.data());
+    model::project_rows_reference(x.data(), n, u, plain.data());
+    for (size_t i = 0; i < fast.size(); ++i)
+      EXPECT_NEAR(fast[i], plain[i], 1e-4f * (1.0f + std::abs(plain[i]))) << n << "x" << d << "x" << r;
   }
 }
 

@@ -94,21 +94,16 @@ void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_to
       for (int64_t i = 0; i < n_tokens * n; ++i) p[i] = std::clamp(p[i], -c, c);
   }
   if (!L.bases_after_clamp) return;
-  // Per head: out[t, head] = row [t, head] of the full projection times U ([d_h, r]).
+  // Per head: out[t, head] = row [t, head] of the full projection times U ([d_h, r]); the query
+  // heads of a group share their KV head's basis.
   const int64_t dh = config_.head_dim, g = config_.group_size();
   auto project = [&](const float* in, int64_t heads, int64_t per_basis,
                      const std::vector<Matrix>& bases, float* out) {
     const int64_t r = bases[0].cols;
     for (int64_t t = 0; t < n_tokens; ++t) {
-      for (int64_t h = 0; h < heads; ++h) {
-        const float* x = in + (t * heads + h) * dh;
-        const Matrix& u = bases[h / per_basis];
-        float* o = out + (t * heads + h) * r;
-        std::fill(o, o + r, 0.0f);
-        for (int64_t i = 0; i < dh; ++i) {
-          const float* ui = u.row(i);
-          for (int64_t j = 0; j < r; ++j) o[j] += x[i] * ui[j];
-        }
+      for (int64_t h = 0; h < heads; h += per_basis) {
+        project_rows(in + (t * heads + h) * dh, per_basis, bases[h / per_basis],
+                     out + (t * heads + h) * r);
       }
     }
   };

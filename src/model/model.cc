@@ -98,18 +98,6 @@ namespace {
 constexpr int64_t kParallelWork = int64_t{1} << 16;
 
 // out[r] = U^T x for each of n rows x of width u.rows: [n, u.cols].
-void project_rows(const float* x, int64_t n, const Matrix& u, float* out) {
-  for (int64_t t = 0; t < n; ++t) {
-    const float* xt = x + t * u.rows;
-    float* ot = out + t * u.cols;
-    std::fill(ot, ot + u.cols, 0.0f);
-    for (int64_t i = 0; i < u.rows; ++i) {
-      const float xi = xt[i];
-      const float* ui = u.row(i);
-      for (int64_t c = 0; c < u.cols; ++c) ot[c] += xi * ui[c];
-    }
-  }
-}
 
 }  // namespace
 
@@ -234,11 +222,9 @@ void Model::attend_sequence(int64_t layer, const LayerWeights& L, float* q_in, f
     q_scored.resize(static_cast<size_t>(n_tokens * nh * rk));
     k_scored.resize(static_cast<size_t>(n_tokens * nkv * rk));
     for (int64_t t = 0; t < n_tokens; ++t) {
-      for (int64_t h = 0; h < nh; ++h) {
-        project_rows(q_in + (t * nh + h) * dh, 1, L.key_basis[h / g],
-                     q_scored.data() + (t * nh + h) * rk);
-      }
-      for (int64_t j = 0; j < nkv; ++j) {
+      for (int64_t j = 0; j < nkv; ++j) {  // the g query heads of KV head j share its basis
+        project_rows(q_in + (t * nh + j * g) * dh, g, L.key_basis[j],
+                     q_scored.data() + (t * nh + j * g) * rk);
         project_rows(k_in + (t * nkv + j) * dh, 1, L.key_basis[j],
                      k_scored.data() + (t * nkv + j) * rk);
       }

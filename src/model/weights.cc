@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <Eigen/Dense>
+
 #include <algorithm>
 #include <cstring>
 #include <set>
@@ -167,6 +169,22 @@ ModelWeights load_named(const TensorSource& source, const ModelConfig& c, const 
 }
 
 }  // namespace
+
+void project_rows(const float* x, int64_t n, const Matrix& u, float* out) {
+  using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<RowMajor>(out, n, u.cols).noalias() =
+      Eigen::Map<const RowMajor>(x, n, u.rows) * Eigen::Map<const RowMajor>(u.data.data(), u.rows, u.cols);
+}
+
+void project_rows_reference(const float* x, int64_t n, const Matrix& u, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t c = 0; c < u.cols; ++c) {
+      float sum = 0;
+      for (int64_t i = 0; i < u.rows; ++i) sum += x[t * u.rows + i] * u.row(i)[c];
+      out[t * u.cols + c] = sum;
+    }
+  }
+}
 
 std::string layer_name(const std::string& pattern, int64_t layer) {
   std::string s = pattern;

@@ -27,6 +27,11 @@ struct Matrix {
   bool empty() const { return data.empty(); }
 };
 
+// out [n, u.cols] = x [n, u.rows] u (row-major, float32 accumulation): projects n rows onto a
+// basis. Vectorised (Eigen); project_rows_reference is the plain loop beside it.
+void project_rows(const float* x, int64_t n, const Matrix& u, float* out);
+void project_rows_reference(const float* x, int64_t n, const Matrix& u, float* out);
+
 // A weight matrix [rows, cols] in its stored type (F32, F16, BF16 or one of llama.cpp's block
 // types), rows contiguous and each a whole number of blocks. The bytes are usually borrowed from
 // the mapped model file, which `owner` keeps alive; copies share them. A weight that eigenkv
