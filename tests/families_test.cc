@@ -31,6 +31,14 @@ using testing::max_relative_diff;
 
 constexpr const char* kQwen2 = "models/qwen2-tiny-hf";
 
+// The model written to GGUF by eigenkv, in a temporary file named after `family`.
+fs::path write_gguf_copy(const model::Model& m, const std::string& family) {
+  const fs::path out =
+      fs::temp_directory_path() / ("eigenkv_" + family + "_" + std::to_string(::getpid()) + ".gguf");
+  model::save_gguf(m, out.string());
+  return out;
+}
+
 // Perplexity on the first 4 windows of 128 tokens of the repository's calibration text.
 double text_ppl(const model::Model& m) {
   eval::PerplexityOptions o;
@@ -107,8 +115,7 @@ TEST(Qwen2, GreedyTextMatchesTheReference) {
 TEST(Qwen2, GgufRoundTripKeepsTheLogits) {
   EKV_REQUIRE_SHARED(kQwen2);
   const auto hf = model::Model::load(testing::shared_path(kQwen2));
-  const fs::path out = fs::temp_directory_path() / ("eigenkv_qwen2_" + std::to_string(::getpid()) + ".gguf");
-  model::save_gguf(*hf, out.string());
+  const fs::path out = write_gguf_copy(*hf, "qwen2");
   {
     const io::GgufFile f(out.string());
     EXPECT_EQ(f.get_string("general.architecture"), "qwen2");
@@ -224,8 +231,7 @@ TEST(Opt, PositionsPastTheTableAndUnbuiltVariantsAreRefused) {
 TEST(Opt, GgufRoundTripKeepsTheLogits) {
   EKV_REQUIRE_SHARED(kOpt);
   const auto hf = model::Model::load(testing::shared_path(kOpt));
-  const fs::path out = fs::temp_directory_path() / ("eigenkv_opt_" + std::to_string(::getpid()) + ".gguf");
-  model::save_gguf(*hf, out.string());
+  const fs::path out = write_gguf_copy(*hf, "opt");
   {
     const io::GgufFile f(out.string());
     EXPECT_EQ(f.get_string("general.architecture"), "opt");
@@ -304,8 +310,7 @@ TEST(Mpt, GreedyTextMatchesTheReference) {
 TEST(Mpt, GgufRoundTripKeepsTheLogits) {
   EKV_REQUIRE_SHARED(kMpt);
   const auto hf = model::Model::load(testing::shared_path(kMpt));
-  const fs::path out = fs::temp_directory_path() / ("eigenkv_mpt_" + std::to_string(::getpid()) + ".gguf");
-  model::save_gguf(*hf, out.string());
+  const fs::path out = write_gguf_copy(*hf, "mpt");
   {
     const io::GgufFile f(out.string());
     EXPECT_EQ(f.get_string("general.architecture"), "mpt");

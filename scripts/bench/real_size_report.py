@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from machine import cpu_line  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "eigenkv")
 def markers(section):
@@ -33,18 +36,6 @@ def markers(section):
 
 BEGIN, END = markers("")
 PROMPT = "Once upon a time"
-
-
-def cpu_line():
-    name, flags = "unknown CPU", set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name") and name == "unknown CPU":
-            name = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    feats = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni")
-             if f in flags]
-    return f"{name}, {os.cpu_count()} cores, {' '.join(feats)}"
 
 
 def eigenkv_bench(model, threads, n_prompt, n_gen):

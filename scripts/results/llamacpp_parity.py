@@ -21,23 +21,14 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from machine import cpu_line  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 BIN = os.path.join(ROOT, "build", "eigenkv")
 BEGIN = "<!-- llama.cpp parity: begin (scripts/results/llamacpp_parity.py) -->"
 END = "<!-- llama.cpp parity: end -->"
-
-
-def cpu_line():
-    name, flags = "unknown CPU", set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name") and name == "unknown CPU":
-            name = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    feats = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni")
-             if f in flags]
-    return f"{name}, {os.cpu_count()} cores, {' '.join(feats)}"
 
 
 def run(cmd):

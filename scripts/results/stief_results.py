@@ -30,6 +30,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from machine import cpu_line  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 BIN = os.path.join(ROOT, "build", "eigenkv")
@@ -76,18 +79,6 @@ def at_ranks(points, rk, rv):
         if p["key_rank"] == rk and p["value_rank"] == rv:
             return p
     raise KeyError((rk, rv))
-
-
-def cpu_line():
-    """The CPU's name, the core count and the SIMD features that pick eigenkv's kernels."""
-    name, flags = platform.machine(), set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name") and name == platform.machine():
-            name = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    feats = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni") if f in flags]
-    return "%s, %d cores, %s" % (name, os.cpu_count(), " ".join(feats))
 
 
 def mean(xs):
