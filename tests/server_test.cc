@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -980,7 +981,8 @@ bool closed_while_trickling(int fd, double seconds, double every) {
 // a connection that trickles is closed after --read-timeout even while it keeps sending.
 TEST(ServerAccess, SlowClientsCannotHoldTheThreads) {
   EKV_REQUIRE_SHARED(kSmall);
-  ServerProcess server({"-m", shared_path(kSmall), "--parallel", "1", "--read-timeout", "2"});
+  ServerProcess server(
+      {"-m", shared_path(kSmall), "--parallel", "1", "--read-timeout", "2", "--max-reading", "8"});
   ASSERT_GT(server.port(), 0);
   const int port = server.port();
   std::vector<int> slow;
@@ -998,7 +1000,19 @@ TEST(ServerAccess, SlowClientsCannotHoldTheThreads) {
       std::this_thread::sleep_for(std::chrono::milliseconds(400));
     }
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Over --max-reading the longest-reading connections are closed: exactly 8 stay open.
+  auto closed_count = [&] {
+    int closed = 0;
+    for (const int fd : slow) {
+      char b;
+      const ssize_t got = recv(fd, &b, 1, MSG_DONTWAIT | MSG_PEEK);
+      closed += got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+    }
+    return closed;
+  };
+  for (int i = 0; i < 75 && closed_count() < 32; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(closed_count(), 32) << "of 40 trickling connections over --max-reading 8";
   for (int i = 0; i < 6; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     // Clients that give up after 3 s, so a held server fails the test instead of hanging it.

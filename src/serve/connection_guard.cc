@@ -104,7 +104,10 @@ void ConnectionGuard::enter(Connection& c) {
   c.at = live_.insert(live_.end(), &c);
   ++reading_;
   // Over the limit: the connection reading longest goes (never the new one: it has had no time).
-  while (reading_ > options_.max_reading) {
+  // Those already shut down still count in reading_ until their threads leave; they do not here.
+  int open_reading = 0;
+  for (const Connection* o : live_) open_reading += o->reading && !o->shut;
+  while (open_reading > options_.max_reading) {
     Connection* oldest = nullptr;
     for (Connection* o : live_) {
       if (o != &c && o->reading && !o->shut && (!oldest || o->since < oldest->since)) oldest = o;
@@ -112,6 +115,7 @@ void ConnectionGuard::enter(Connection& c) {
     if (!oldest) break;
     shut_down(*oldest);
     ++evicted_;
+    --open_reading;
   }
   wake_.notify_all();
 }
