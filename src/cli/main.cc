@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "cli/common.h"
+#include "dist/comm.h"
 #include "ops/matmul.h"
 #include "util/error.h"
 
@@ -36,21 +37,42 @@ int main(int argc, char** argv) {
   eigenkv::cli::register_convert(app);
   eigenkv::cli::register_eval(app);
   eigenkv::cli::register_serve(app);
+  // Under mpirun an error on any rank ends every rank (with that rank's message) instead of
+  // leaving the others waiting in a collective; one process prints it as always.
+  const eigenkv::dist::Comm& comm = eigenkv::dist::Comm::world();
+  auto fail = [&](const std::string& message) {
+    if (comm.distributed()) comm.abort(message);
+    std::fprintf(stderr, "eigenkv: error: %s\n", eigenkv::escape_control(message).c_str());
+    return 1;
+  };
   try {
     eigenkv::ops::prefill_mode();  // a bad EIGENKV_PREFILL is reported before any work
+    if (comm.distributed()) {
+      // Only subcommands that split their work run under mpirun: the others would do it N
+      // times over (and write the same outputs).
+      for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        bool is_subcommand = false;
+        for (const CLI::App* sub : app.get_subcommands({})) is_subcommand |= sub->get_name() == arg;
+        if (!is_subcommand) continue;
+        if (arg != "perplexity") {
+          return fail("'" + arg + "' runs as one process; under mpirun only perplexity splits "
+                      "its work across ranks");
+        }
+        break;
+      }
+    }
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; every other parse error is one error line and status 1.
+    if (comm.distributed() && app.exit(e) != 0) comm.abort(e.what());
     return app.exit(e) == 0 ? 0 : 1;
   } catch (const eigenkv::Error& e) {
-    std::fprintf(stderr, "eigenkv: error: %s\n", eigenkv::escape_control(e.what()).c_str());
-    return 1;
+    return fail(e.what());
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "eigenkv: error: out of memory\n");
-    return 1;
+    return fail("out of memory");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "eigenkv: error: %s\n", eigenkv::escape_control(e.what()).c_str());
-    return 1;
+    return fail(e.what());
   }
   return 0;
 }

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
+#include "dist/comm.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -53,9 +55,16 @@ PerplexityResult perplexity(const model::Model& model, const std::vector<int32_t
                            tokenizer.bos_id() >= 0;
   const int64_t first_scored = options.llamacpp_protocol ? ctx / 2 : 0;
   std::vector<int32_t> window_ids(static_cast<size_t>(ctx));
-  Progress progress("perplexity", windows, "windows");
+  // Under mpirun each rank scores windows w % size == rank; the per-token numbers are gathered
+  // in window order below, so every sum sees the same numbers in the same order as one process.
+  const dist::Comm& comm = options.comm ? *options.comm : dist::Comm::world();
+  const bool show = comm.root();
+  std::optional<Progress> progress;  // rank 0's only
+  if (show) progress.emplace("perplexity", windows, "windows");
   const double start = now_seconds();
+  int64_t done = 0;
   for (int64_t w = 0; w < windows; ++w) {
+    if (!comm.owns(w)) continue;
     std::copy(ids.begin() + w * ctx, ids.begin() + (w + 1) * ctx, window_ids.begin());
     if (replace_bos) window_ids[0] = tokenizer.bos_id();
     std::span<const int32_t> window(window_ids);
@@ -84,10 +93,19 @@ PerplexityResult perplexity(const model::Model& model, const std::vector<int32_t
                  std::max_element(base_row, base_row + n_vocab) - base_row;
       }
     }
-    progress.update(w + 1, static_cast<double>((w + 1) * ctx), "tok");
+    // Rank 0's bar stands for the job: its windows times the ranks.
+    ++done;
+    const int64_t shown = std::min(windows, done * comm.size());
+    if (progress) progress->update(shown, static_cast<double>(shown * ctx), "tok");
   }
-  progress.finish();
-  r.seconds = now_seconds() - start;
+  if (progress) progress->finish();
+  if (comm.distributed()) {
+    const int64_t per_window = ctx - 1 - first_scored;
+    nll = dist::interleave(comm.allgather(nll), windows, per_window);
+    if (base) kld = dist::interleave(comm.allgather(kld), windows, per_window);
+    agree = comm.sum(agree);
+  }
+  r.seconds = comm.max(now_seconds() - start);
   r.tokens_scored = static_cast<int64_t>(nll.size());
   double sum = 0.0, sum_sq = 0.0;
   for (double x : nll) {

@@ -9,6 +9,10 @@
 
 #include "model/model.h"
 
+namespace eigenkv::dist {
+class Comm;
+}
+
 namespace eigenkv::eval {
 
 struct PerplexityOptions {
@@ -23,6 +27,9 @@ struct PerplexityOptions {
   // model's BOS (when it adds one) replaces each window's first token, and only the positions
   // from ctx/2 on predict (ctx - 1 - ctx/2 tokens scored per window).
   bool llamacpp_protocol = false;
+  // The processes the windows are split over (window w to rank w % size; the results, gathered
+  // in window order, equal one process's); null: dist::Comm::world(), one process without mpirun.
+  const dist::Comm* comm = nullptr;
 };
 
 struct PerplexityResult {

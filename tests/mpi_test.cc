@@ -1,0 +1,102 @@
+// eigenkv under mpirun (OpenMPI): perplexity split over 2 and 3 ranks gives exactly one process's
+// numbers, errors on any rank end the whole job with that rank's message, and subcommands that do
+// not split their work are refused. Skips where mpirun or the MPI build is absent.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "dist/comm.h"
+#include "test_util.h"
+
+namespace eigenkv {
+namespace {
+
+using testing::shared_path;
+using testing::source_path;
+
+// mpirun -np N (as root too, more ranks than cores allowed), or "" when it cannot run here.
+std::string mpirun(int n) {
+  if (!dist::built_with_mpi()) return "";
+  int status = 0;
+  testing::run_command("command -v mpirun >/dev/null 2>&1", &status);
+  if (status != 0) return "";
+  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
+         "mpirun --oversubscribe -np " +
+         std::to_string(n) + " ";
+}
+
+#define EKV_REQUIRE_MPIRUN()                                                                  \
+  if (mpirun(1).empty())                                                                      \
+    GTEST_SKIP() << "skipped: " << (dist::built_with_mpi() ? "mpirun is not installed"        \
+                                                           : "this build has no MPI (-DEIGENKV_MPI)")
+
+nlohmann::json perplexity_json(const std::string& launcher, const std::string& args) {
+  int status = 0;
+  const std::string out = testing::run_command(
+      launcher + testing::eigenkv_binary() + " perplexity " + args + " --json -t 1 2>/dev/null",
+      &status);
+  EXPECT_EQ(status, 0) << launcher << args << "\n" << out;
+  return status == 0 ? nlohmann::json::parse(out) : nlohmann::json::object();
+}
+
+TEST(Mpi, PerplexitySplitOverRanksEqualsOneProcess) {
+  EKV_REQUIRE_MPIRUN();
+  EKV_REQUIRE_SHARED("models/tinystories-c4-gqa.gguf");
+  EKV_REQUIRE_SHARED("models/quantized/tinystories-c4-gqa-Q8_0.gguf");
+  const std::string common = "-m " + shared_path("models/quantized/tinystories-c4-gqa-Q8_0.gguf") +
+                             " --kld-base " + shared_path("models/tinystories-c4-gqa.gguf") +
+                             " -f " + source_path("data/tinystories-eval.txt") + " --ctx 128";
+  const std::string args = common + " --max-windows 23";
+  const nlohmann::json one = perplexity_json("", args);
+  ASSERT_TRUE(one.contains("ppl"));
+  for (int n : {2, 3}) {
+    const nlohmann::json split = perplexity_json(mpirun(n), args);
+    ASSERT_TRUE(split.contains("ppl")) << n << " ranks";
+    // The per-token numbers are gathered in window order, so every sum is the same sum.
+    for (const char* key : {"ppl", "nll_mean", "nll_stderr", "kld_mean", "kld_p99", "top1_agree"}) {
+      EXPECT_EQ(split[key].get<double>(), one[key].get<double>()) << key << " with " << n << " ranks";
+    }
+    EXPECT_EQ(split["tokens_scored"], one["tokens_scored"]);
+    EXPECT_EQ(split["windows"], 23);
+  }
+  // llama.cpp's protocol and the decode path split the same way.
+  const std::string decode = common + " --llamacpp-protocol --decode --max-windows 5";
+  EXPECT_EQ(perplexity_json(mpirun(2), decode)["ppl"], perplexity_json("", decode)["ppl"]);
+}
+
+TEST(Mpi, AFailingRankEndsTheJobWithItsMessage) {
+  EKV_REQUIRE_MPIRUN();
+  const auto start = std::chrono::steady_clock::now();
+  int status = 0;
+  const std::string out = testing::run_command(
+      mpirun(2) + testing::eigenkv_binary() + " perplexity -m " +
+          source_path("models/stories260K.gguf") + " -f /nonexistent/text.txt 2>&1",
+      &status);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(status, 0) << out;
+  EXPECT_LT(seconds, 30.0) << "the job hung";
+  EXPECT_NE(out.find("eigenkv: error: rank"), std::string::npos) << out;
+  EXPECT_NE(out.find("/nonexistent/text.txt"), std::string::npos) << out;
+}
+
+TEST(Mpi, SubcommandsThatDoNotSplitAreRefused) {
+  EKV_REQUIRE_MPIRUN();
+  const std::string out_path = testing::temp_path("mpi_refused.gguf");
+  int status = 0;
+  const std::string out = testing::run_command(
+      mpirun(2) + testing::eigenkv_binary() + " calibrate -m " +
+          source_path("models/stories260K.gguf") + " -f " +
+          source_path("data/tinystories-calib.txt") + " --kv-budget 0.5 -o " + out_path + " 2>&1",
+      &status);
+  EXPECT_NE(status, 0) << out;
+  EXPECT_NE(out.find("only perplexity splits its work"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(out_path));
+}
+
+}  // namespace
+}  // namespace eigenkv
