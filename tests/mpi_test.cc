@@ -1,5 +1,5 @@
-// eigenkv under mpirun (OpenMPI): perplexity split over 2 and 3 ranks gives exactly one process's
-// numbers, errors on any rank end the whole job with that rank's message, and subcommands that do
+// eigenkv under mpirun (OpenMPI): perplexity and zero-shot evaluation split over 2 and 3 ranks
+// give exactly one process's numbers, errors on any rank end the whole job with that rank's message, and subcommands that do
 // not split their work are refused. Skips where mpirun or the MPI build is absent.
 #include <gtest/gtest.h>
 
@@ -68,6 +68,37 @@ TEST(Mpi, PerplexitySplitOverRanksEqualsOneProcess) {
   EXPECT_EQ(perplexity_json(mpirun(2), decode)["ppl"], perplexity_json("", decode)["ppl"]);
 }
 
+// Zero-shot items split over ranks: the same accuracies, agreements and token counts as one
+// process (the per-item log-likelihoods are gathered in item order), for the model and its base.
+TEST(Mpi, EvalSplitOverRanksEqualsOneProcess) {
+  EKV_REQUIRE_MPIRUN();
+  EKV_REQUIRE_SHARED("models/tinystories-c4-gqa.gguf");
+  EKV_REQUIRE_SHARED("data/zeroshot/copa.jsonl");
+  const std::string d = source_path("tests/data/zeroshot/");
+  const std::string args =
+      "eval -t 1 --json -m " + shared_path("models/quantized/tinystories-c4-gqa-Q8_0.gguf") +
+      " --base " + shared_path("models/tinystories-c4-gqa.gguf") + " --tasks arc_easy=" + d +
+      "tiny_arc.jsonl,winogrande=" + d + "tiny_winogrande.jsonl,copa=" +
+      shared_path("data/zeroshot/copa.jsonl") + " --limit 30";
+  auto run = [&](const std::string& launcher) {
+    int status = 0;
+    const std::string out =
+        testing::run_command(launcher + testing::eigenkv_binary() + " " + args + " 2>/dev/null", &status);
+    EXPECT_EQ(status, 0) << launcher << "\n" << out;
+    nlohmann::json j = status == 0 ? nlohmann::json::parse(out) : nlohmann::json::object();
+    for (auto& t : j["tasks"]) {  // timings differ; everything else must not
+      for (const char* side : {"model", "base"}) {
+        t[side].erase("seconds");
+        t[side].erase("items_per_s");
+      }
+    }
+    return j;
+  };
+  const nlohmann::json one = run("");
+  ASSERT_EQ(one["tasks"].size(), 3u);
+  for (int n : {2, 3}) EXPECT_EQ(run(mpirun(n)), one) << n << " ranks";
+}
+
 TEST(Mpi, AFailingRankEndsTheJobWithItsMessage) {
   EKV_REQUIRE_MPIRUN();
   const auto start = std::chrono::steady_clock::now();
@@ -94,7 +125,7 @@ TEST(Mpi, SubcommandsThatDoNotSplitAreRefused) {
           source_path("data/tinystories-calib.txt") + " --kv-budget 0.5 -o " + out_path + " 2>&1",
       &status);
   EXPECT_NE(status, 0) << out;
-  EXPECT_NE(out.find("only perplexity splits its work"), std::string::npos) << out;
+  EXPECT_NE(out.find("only perplexity and eval split their work"), std::string::npos) << out;
   EXPECT_FALSE(std::filesystem::exists(out_path));
 }
 

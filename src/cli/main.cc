@@ -55,9 +55,9 @@ int main(int argc, char** argv) {
         bool is_subcommand = false;
         for (const CLI::App* sub : app.get_subcommands({})) is_subcommand |= sub->get_name() == arg;
         if (!is_subcommand) continue;
-        if (arg != "perplexity") {
-          return fail("'" + arg + "' runs as one process; under mpirun only perplexity splits "
-                      "its work across ranks");
+        if (arg != "perplexity" && arg != "eval") {
+          return fail("'" + arg + "' runs as one process; under mpirun only perplexity and eval "
+                      "split their work across ranks");
         }
         break;
       }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <optional>
 
+#include "dist/comm.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -256,10 +257,52 @@ TaskResult evaluate_task(const model::Model& model, const Task& task, const Scor
   r.n = static_cast<int64_t>(task.items.size());
   r.has_acc_norm = task.has_acc_norm;
   r.bad_lines = task.bad_lines;
-  const int workers = options.parallel_items ? item_workers(model, options, r.n) : 1;
+  const dist::Comm& comm = options.comm ? *options.comm : dist::Comm::world();
   const double t0 = now_seconds();
-  std::vector<ItemScore> scores = score_items(model, task, options, workers, &r.tokens);
-  r.seconds = now_seconds() - t0;
+  std::vector<ItemScore> scores;
+  if (!comm.distributed()) {
+    const int workers = options.parallel_items ? item_workers(model, options, r.n) : 1;
+    scores = score_items(model, task, options, workers, &r.tokens);
+  } else {
+    // Under mpirun item i is rank i % size's; each rank's scores come back into item order, so
+    // the metrics below see what one process would.
+    Task mine = task;
+    mine.items.clear();
+    for (int64_t i = comm.rank(); i < r.n; i += comm.size()) mine.items.push_back(task.items[i]);
+    ScoreOptions local = options;
+    local.progress = options.progress && comm.root();
+    const int workers =
+        options.parallel_items ? item_workers(model, local, static_cast<int64_t>(mine.items.size())) : 1;
+    int64_t tokens = 0;
+    const std::vector<ItemScore> own =
+        mine.items.empty() ? std::vector<ItemScore>{}
+                           : score_items(model, mine, local, std::max(workers, 1), &tokens);
+    std::vector<double> packed;  // per item: choices, their log-likelihoods, truncated, merged
+    for (const ItemScore& s : own) {
+      packed.push_back(static_cast<double>(s.loglik.size()));
+      packed.insert(packed.end(), s.loglik.begin(), s.loglik.end());
+      packed.push_back(s.truncated ? 1.0 : 0.0);
+      packed.push_back(s.boundary_merged ? 1.0 : 0.0);
+    }
+    const std::vector<std::vector<double>> all = comm.allgather(packed);
+    scores.resize(static_cast<size_t>(r.n));
+    for (int rank = 0; rank < comm.size(); ++rank) {
+      size_t at = 0;
+      for (int64_t i = rank; i < r.n; i += comm.size()) {
+        const std::vector<double>& v = all[rank];
+        EKV_CHECK(at < v.size(), "rank ", rank, " returned too few item scores");
+        const size_t choices = static_cast<size_t>(v[at++]);
+        EKV_CHECK(at + choices + 2 <= v.size(), "rank ", rank, " returned a cut item score");
+        ItemScore& s = scores[static_cast<size_t>(i)];
+        s.loglik.assign(v.begin() + at, v.begin() + at + choices);
+        at += choices;
+        s.truncated = v[at++] != 0;
+        s.boundary_merged = v[at++] != 0;
+      }
+    }
+    r.tokens = comm.sum(tokens);
+  }
+  r.seconds = comm.max(now_seconds() - t0);
   std::vector<double> hits, hits_norm;
   for (int64_t i = 0; i < r.n; ++i) {
     const McItem& item = task.items[static_cast<size_t>(i)];

@@ -12,6 +12,10 @@
 #include "eval/tasks.h"
 #include "model/model.h"
 
+namespace eigenkv::dist {
+class Comm;
+}
+
 namespace eigenkv::eval {
 
 // Token ids of one request, encoded as the harness does: whole = enc(context + continuation),
@@ -37,6 +41,9 @@ struct ScoreOptions {
   // the small shared models, where threading one forward pass gains 1.4x (docs/ZEROSHOT.md).
   bool parallel_items = true;
   bool parse_special = true;  // special-token strings in the items are read as those tokens
+  // The processes the items are split over (item i to rank i % size; the scores, gathered in
+  // item order, equal one process's); null: dist::Comm::world().
+  const dist::Comm* comm = nullptr;
 };
 
 // Scores the requests of one question against one model, reusing one KV cache.
