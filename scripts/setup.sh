@@ -11,7 +11,7 @@ PACKAGES=(
   libeigen3-dev libopenblas-openmp-dev libhwy-dev libomp-dev libbz2-dev
   libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libopenmpi-dev openmpi-bin
+  libopenmpi-dev openmpi-bin openssh-client
   python3 python3-numpy
 )
 
