@@ -24,14 +24,14 @@ std::string mpirun(int n) {
   int status = 0;
   testing::run_command("command -v mpirun >/dev/null 2>&1", &status);
   if (status != 0) return "";
-  const std::string launcher =
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-      "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe -np ";
+  const std::string env =
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 ";
+  const std::string launcher = env + "mpirun --oversubscribe -np ";
   // A machine where mpirun cannot start even two copies of `true` (a container without what
   // OpenMPI's launcher needs) skips these tests rather than failing them.
   static const bool can_launch = [&] {
     int s = 0;
-    testing::run_command("timeout 60 " + launcher + "2 true >/dev/null 2>&1", &s);
+    testing::run_command(env + "timeout 60 mpirun --oversubscribe -np 2 true >/dev/null 2>&1", &s);
     return s == 0;
   }();
   if (!can_launch) return "";
