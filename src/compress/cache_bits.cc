@@ -74,24 +74,21 @@ LayerWeights truncate_layer(const LayerWeights& L, int64_t rk, int64_t rv) {
   LayerWeights out = L;
   using model::Weight;
   out.wo = Weight::from_float(keep_cols(L.wo.to_float(), L.value_rank, rv));
-  if (L.bases_after_clamp) {  // W_q, W_k, W_v are full: cut the bases alone
-    for (Matrix& u : out.key_basis) u = keep_cols(u, u.cols, rk);
+  for (Matrix& u : out.key_basis) u = keep_cols(u, u.cols, rk);
+  if (L.bases_after_clamp) {  // W_q, W_k, W_v are full: the bases alone are cut
     for (Matrix& u : out.value_basis) u = keep_cols(u, u.cols, rv);
   } else {
     out.wv = Weight::from_float(keep_rows(L.wv.to_float(), L.value_rank, rv));
     out.bv = keep_entries(L.bv, L.value_rank, rv);
+    if (L.key_mode == model::KeyMode::kPre || L.key_mode == model::KeyMode::kNoRope) {
+      out.wk = Weight::from_float(keep_rows(L.wk.to_float(), L.key_rank, rk));
+      out.bk = keep_entries(L.bk, L.key_rank, rk);
+    }
+    if (L.key_mode == model::KeyMode::kNoRope) {
+      out.wq = Weight::from_float(keep_rows(L.wq.to_float(), L.key_rank, rk));
+      out.bq = keep_entries(L.bq, L.key_rank, rk);
+    }
   }
-  if (!L.bases_after_clamp &&
-      (L.key_mode == model::KeyMode::kPre || L.key_mode == model::KeyMode::kNoRope)) {
-    out.wk = Weight::from_float(keep_rows(L.wk.to_float(), L.key_rank, rk));
-    out.bk = keep_entries(L.bk, L.key_rank, rk);
-  }
-  if (!L.bases_after_clamp && L.key_mode == model::KeyMode::kNoRope) {
-    out.wq = Weight::from_float(keep_rows(L.wq.to_float(), L.key_rank, rk));
-    out.bq = keep_entries(L.bq, L.key_rank, rk);
-  }
-  if (!L.bases_after_clamp)
-    for (Matrix& u : out.key_basis) u = keep_cols(u, u.cols, rk);
   out.key_rank = rk;
   out.value_rank = rv;
   out.key_sigma.clear();

@@ -94,22 +94,9 @@ void Model::project_qkv(const LayerWeights& L, const float* x_norm, int64_t n_to
       for (int64_t i = 0; i < n_tokens * n; ++i) p[i] = std::clamp(p[i], -c, c);
   }
   if (!L.bases_after_clamp) return;
-  // Per head: out[t, head] = row [t, head] of the full projection times U ([d_h, r]); the query
-  // heads of a group share their KV head's basis.
-  const int64_t dh = config_.head_dim, g = config_.group_size();
-  auto project = [&](const float* in, int64_t heads, int64_t per_basis,
-                     const std::vector<Matrix>& bases, float* out) {
-    const int64_t r = bases[0].cols;
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      for (int64_t h = 0; h < heads; h += per_basis) {
-        project_rows(in + (t * heads + h) * dh, per_basis, bases[h / per_basis],
-                     out + (t * heads + h) * r);
-      }
-    }
-  };
-  project(pq, config_.n_heads, g, L.key_basis, q);
-  project(pk, config_.n_kv_heads, 1, L.key_basis, k);
-  project(pv, config_.n_kv_heads, 1, L.value_basis, v);
+  project_heads(pq, n_tokens, config_.n_heads, config_.group_size(), L.key_basis, q);
+  project_heads(pk, n_tokens, config_.n_kv_heads, 1, L.key_basis, k);
+  project_heads(pv, n_tokens, config_.n_kv_heads, 1, L.value_basis, v);
 }
 
 void Model::ffn_block(const LayerWeights& L, const float* x_norm, int64_t n_tokens,

@@ -97,8 +97,6 @@ namespace {
 // Multiply-adds below which a loop is not worth splitting across threads.
 constexpr int64_t kParallelWork = int64_t{1} << 16;
 
-// out[r] = U^T x for each of n rows x of width u.rows: [n, u.cols].
-
 }  // namespace
 
 void Model::attend_cached(const LayerWeights& L, const float* qs, int64_t sw, int64_t n_tokens,
@@ -221,14 +219,8 @@ void Model::attend_sequence(int64_t layer, const LayerWeights& L, float* q_in, f
   if (L.key_mode == KeyMode::kPost) {
     q_scored.resize(static_cast<size_t>(n_tokens * nh * rk));
     k_scored.resize(static_cast<size_t>(n_tokens * nkv * rk));
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      for (int64_t j = 0; j < nkv; ++j) {  // the g query heads of KV head j share its basis
-        project_rows(q_in + (t * nh + j * g) * dh, g, L.key_basis[j],
-                     q_scored.data() + (t * nh + j * g) * rk);
-        project_rows(k_in + (t * nkv + j) * dh, 1, L.key_basis[j],
-                     k_scored.data() + (t * nkv + j) * rk);
-      }
-    }
+    project_heads(q_in, n_tokens, nh, g, L.key_basis, q_scored.data());
+    project_heads(k_in, n_tokens, nkv, 1, L.key_basis, k_scored.data());
     qs = q_scored.data();
     k = k_scored.data();
   }

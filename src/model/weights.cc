@@ -176,6 +176,17 @@ void project_rows(const float* x, int64_t n, const Matrix& u, float* out) {
       Eigen::Map<const RowMajor>(x, n, u.rows) * Eigen::Map<const RowMajor>(u.data.data(), u.rows, u.cols);
 }
 
+void project_heads(const float* in, int64_t n_tokens, int64_t heads, int64_t heads_per_basis,
+                   const std::vector<Matrix>& bases, float* out) {
+  const int64_t dh = bases[0].rows, r = bases[0].cols;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t h = 0; h < heads; h += heads_per_basis) {
+      project_rows(in + (t * heads + h) * dh, heads_per_basis, bases[h / heads_per_basis],
+                   out + (t * heads + h) * r);
+    }
+  }
+}
+
 void project_rows_reference(const float* x, int64_t n, const Matrix& u, float* out) {
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t c = 0; c < u.cols; ++c) {

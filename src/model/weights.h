@@ -31,6 +31,11 @@ struct Matrix {
 // basis. Vectorised (Eigen); project_rows_reference is the plain loop beside it.
 void project_rows(const float* x, int64_t n, const Matrix& u, float* out);
 void project_rows_reference(const float* x, int64_t n, const Matrix& u, float* out);
+// Each of n_tokens rows of `heads` heads [d_h] onto its basis: head h of a token uses
+// bases[h / heads_per_basis] ([d_h, r]), so a GQA group's query heads share their KV head's basis
+// and go through one product. in [n_tokens, heads, d_h] -> out [n_tokens, heads, r].
+void project_heads(const float* in, int64_t n_tokens, int64_t heads, int64_t heads_per_basis,
+                   const std::vector<Matrix>& bases, float* out);
 
 // A weight matrix [rows, cols] in its stored type (F32, F16, BF16 or one of llama.cpp's block
 // types), rows contiguous and each a whole number of blocks. The bytes are usually borrowed from
