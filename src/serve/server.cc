@@ -87,6 +87,10 @@ void send_error(httplib::Response& res, int status, const std::string& message,
   send_json(res, status, body);
 }
 
+void send_api_error(httplib::Response& res, const ApiError& e) {
+  send_error(res, e.status(), e.what(), e.type(), e.param(), e.code());
+}
+
 // Compares in time that depends on the lengths only, so a key cannot be guessed byte by byte.
 bool same_secret(const std::string& a, const std::string& b) {
   if (a.size() != b.size()) return false;
@@ -331,7 +335,7 @@ void Server::install_routes() {
         ConnectionGuard::request_read();  // generation time is --timeout's, not the guard's
         (this->*handler)(req, body, res);
       } catch (const ApiError& e) {
-        send_error(res, e.status(), e.what(), e.type(), e.param(), e.code());
+        send_api_error(res, e);
       } catch (const std::exception& e) {
         send_error(res, 500, cat("internal error: ", e.what()), "server_error");
       }
@@ -425,7 +429,7 @@ void Server::handle_model(const std::string& id, httplib::Response& res) const {
     check_model(id.empty() ? std::string("?") : id);
     send_json(res, 200, model_entry(id));
   } catch (const ApiError& e) {
-    send_error(res, e.status(), e.what(), e.type(), e.param(), e.code());
+    send_api_error(res, e);
   }
 }
 
@@ -474,6 +478,18 @@ void Server::handle_tokenizer_info(httplib::Response& res) const {
              {"chat_template", info_.chat_template}});
 }
 
+void Server::submit_choices(Generation& g, const std::vector<int32_t>& prompt,
+                            const GenerationParams& params) {
+  // Choice k of the prompt is seeded seed + k; the others reuse the first one's prefill.
+  std::shared_ptr<Sequence> first;
+  for (int64_t k = 0; k < params.n; ++k) {
+    GenerationParams choice = params;
+    choice.sampler.seed += static_cast<uint64_t>(k);
+    g.sequences.push_back(scheduler_.submit(prompt, choice, first));
+    if (k == 0) first = g.sequences.back();
+  }
+}
+
 void Server::handle_completions(const httplib::Request& req, const std::string& text,
                                 httplib::Response& res) {
   const json body = parse_body(text);
@@ -486,16 +502,7 @@ void Server::handle_completions(const httplib::Request& req, const std::string& 
   g->endpoint = "completions";
   g->n = r.params.n;
   try {
-    // Choice p * n + k: prompt p's k-th sample, seeded seed + k.
-    for (auto& prompt : r.prompts) {
-      std::shared_ptr<Sequence> first;  // the prompt's other choices reuse its prefill
-      for (int64_t k = 0; k < r.params.n; ++k) {
-        GenerationParams params = r.params;
-        params.sampler.seed += static_cast<uint64_t>(k);
-        g->sequences.push_back(scheduler_.submit(prompt, params, first));
-        if (k == 0) first = g->sequences.back();
-      }
-    }
+    for (const auto& prompt : r.prompts) submit_choices(*g, prompt, r.params);
   } catch (const ApiError&) {
     g->cancel_all("rejected");  // a later prompt cannot run: the earlier ones need not either
     throw;
@@ -524,12 +531,7 @@ void Server::handle_chat(const httplib::Request& req, const std::string& text,
   g->endpoint = "chat";
   g->n = r.params.n;
   try {
-    for (int64_t k = 0; k < r.params.n; ++k) {
-      GenerationParams params = r.params;
-      params.sampler.seed += static_cast<uint64_t>(k);
-      g->sequences.push_back(
-          scheduler_.submit(prompt, params, k == 0 ? nullptr : g->sequences.front()));
-    }
+    submit_choices(*g, prompt, r.params);
   } catch (const ApiError&) {
     g->cancel_all("rejected");
     throw;

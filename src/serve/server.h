@@ -87,6 +87,10 @@ class Server {
   // Throws ApiError(404, model_not_found) unless `name` is empty, the model id or an alias.
   void check_model(const std::string& name) const;
   nlohmann::json model_entry(const std::string& id) const;
+  // Submits the n choices of one prompt (params.n) to the scheduler, appending them to g: choice k
+  // of the prompt is seeded seed + k, and the choices after the first reuse its prefill.
+  void submit_choices(Generation& g, const std::vector<int32_t>& prompt,
+                      const GenerationParams& params);
   // Streams the generation's chunks as server-sent events, or waits for them and answers once.
   void respond(const std::shared_ptr<Generation>& g, bool stream, httplib::Response& res);
 
