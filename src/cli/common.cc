@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "dist/comm.h"
 #include "model/save.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -67,11 +68,19 @@ CLI::Validator number_in(double lo, double hi) {
 bool warn_past_trained_context(const model::Model& model, int64_t ctx, const char* flag) {
   const int64_t trained = model.config().n_ctx_train;
   if (trained <= 0 || ctx <= trained) return false;
+  if (!dist::Comm::world().root()) return true;
   std::fprintf(stderr,
                "eigenkv: warning: %s %lld is past the model's trained context of %lld positions; "
                "scores there mean little\n",
                flag, static_cast<long long>(ctx), static_cast<long long>(trained));
   return true;
+}
+
+void report_on_rank_zero_only() {
+  const dist::Comm& comm = dist::Comm::world();
+  if (!comm.root() && !std::freopen("/dev/null", "w", stdout)) {
+    fail("cannot silence the output of rank ", comm.rank());
+  }
 }
 
 void add_model_flags(CLI::App* app, ModelFlags& flags, bool required) {

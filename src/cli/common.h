@@ -35,8 +35,13 @@ CLI::Validator number_in(double lo, double hi);  // in [lo, hi]
 
 // Prints a warning to stderr when `ctx` (the flag `flag`) is past the model's trained context:
 // the model never saw those positions, so a perplexity there means little (stories260K, trained
-// on 2048: 4.5 at --ctx 1024, 32.8 at 4096). Returns whether it warned.
+// on 2048: 4.5 at --ctx 1024, 32.8 at 4096). Returns whether ctx is past it; under mpirun only
+// rank 0 prints.
 bool warn_past_trained_context(const model::Model& model, int64_t ctx, const char* flag = "--ctx");
+
+// Under mpirun, a subcommand whose ranks all end with the whole result (perplexity, eval) lets
+// rank 0 alone report it: the other ranks' standard output goes to /dev/null.
+void report_on_rank_zero_only();
 
 // --fold-type: the type of folded attention weights in a written model ("" = auto).
 void add_fold_type_flag(CLI::App* app, std::string& fold_type);

@@ -5,7 +5,6 @@
 #include <sstream>
 
 #include "cli/common.h"
-#include "dist/comm.h"
 #include "eval/tasks.h"
 #include "eval/zeroshot.h"
 #include "util/error.h"
@@ -77,11 +76,7 @@ void print_pair(const eval::TaskResult& base, const eval::TaskResult& r) {
 }
 
 void run(const EvalFlags& f) {
-  // Under mpirun the items are split over the ranks and every rank gets every result; rank 0
-  // alone prints them.
-  if (!dist::Comm::world().root() && !std::freopen("/dev/null", "w", stdout)) {
-    fail("cannot silence the output of rank ", dist::Comm::world().rank());
-  }
+  report_on_rank_zero_only();  // under mpirun every rank ends with every task's result
   auto model = load_model(f.model);
   std::unique_ptr<model::Model> base;
   if (!f.base.empty()) base = model::Model::load(f.base);
@@ -94,7 +89,7 @@ void run(const EvalFlags& f) {
   eval::ScoreOptions so;
   so.max_length = f.ctx;
   so.parse_special = parse_special_text();
-  if (f.ctx > 0 && dist::Comm::world().root()) warn_past_trained_context(*model, f.ctx);
+  if (f.ctx > 0) warn_past_trained_context(*model, f.ctx);
   so.share_prefix = !f.no_share_prefix;
   so.parallel_items = !f.serial_items;
   // Load every task first, so a bad name or file fails before any scoring.

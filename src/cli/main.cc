@@ -64,8 +64,9 @@ int main(int argc, char** argv) {
     }
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // --help and --version exit 0; every other parse error is one error line and status 1.
-    if (comm.distributed() && app.exit(e) != 0) comm.abort(e.what());
+    // --help and --version exit 0; every other parse error is one error line and status 1
+    // (under mpirun, every rank ends with it).
+    if (e.get_exit_code() != 0 && comm.distributed()) comm.abort(e.what());
     return app.exit(e) == 0 ? 0 : 1;
   } catch (const eigenkv::Error& e) {
     return fail(e.what());

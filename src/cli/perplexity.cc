@@ -5,7 +5,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
-#include "dist/comm.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -25,6 +24,7 @@ struct PerplexityFlags {
 };
 
 void run(const PerplexityFlags& f) {
+  report_on_rank_zero_only();  // under mpirun every rank ends with the whole result
   auto model = load_model(f.model);
   std::unique_ptr<model::Model> base;
   if (!f.kld_base.empty()) base = model::Model::load(f.kld_base);
@@ -38,17 +38,13 @@ void run(const PerplexityFlags& f) {
     EKV_CHECK(base->tokenizer().encode(text, true, special) == ids, f.kld_base,
               ": the base model tokenizes the text differently; KLD needs the same vocabulary");
   }
-  const bool root = dist::Comm::world().root();  // under mpirun rank 0 alone reports
-  const int64_t trained = model->config().n_ctx_train;
-  const bool past_context =
-      root ? warn_past_trained_context(*model, f.ctx) : trained > 0 && f.ctx > trained;
+  const bool past_context = warn_past_trained_context(*model, f.ctx);
   eval::PerplexityOptions options;
   options.ctx = f.ctx;
   options.max_windows = f.max_windows;
   options.decode = f.decode;
   options.llamacpp_protocol = f.llamacpp;
   eval::PerplexityResult r = eval::perplexity(*model, ids, options, base.get());
-  if (!root) return;
   if (f.json) {
     nlohmann::json out = {{"ppl", r.ppl},
                           {"nll_mean", r.nll_mean},
